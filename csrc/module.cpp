@@ -1,0 +1,45 @@
+// The pybind11 module mmcam._C. Loading it registers the `mmcam::` operators with the PyTorch
+// dispatcher (see register.cpp); the module itself only reports how it was built.
+#include <pybind11/pybind11.h>
+
+#include <ATen/Parallel.h>
+
+namespace py = pybind11;
+
+namespace {
+
+bool built_with_openmp() {
+#if defined(_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool built_with_cuda() {
+#if defined(MMCAM_WITH_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "mmcam compiled core: registers the mmcam:: operators and reports build information.";
+  m.def(
+      "build_info",
+      []() {
+        py::dict info;
+        info["mmcam_version"] = MMCAM_VERSION;
+        info["torch_version"] = MMCAM_TORCH_VERSION;
+        info["cuda"] = built_with_cuda();
+        info["openmp"] = built_with_openmp();
+        info["parallel_backend"] = at::get_parallel_info();
+        info["cxx_standard"] = static_cast<long>(__cplusplus);
+        return info;
+      },
+      "Build information: mmcam and torch versions the extension was compiled for, CUDA and "
+      "OpenMP support, and ATen's parallel settings at call time.");
+}

@@ -1,0 +1,5 @@
+// Operator schemas of the `mmcam` namespace and their CPU implementations.
+#include <torch/library.h>
+
+TORCH_LIBRARY(mmcam, m) {
+}
