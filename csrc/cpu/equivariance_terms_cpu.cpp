@@ -1,0 +1,228 @@
+// CPU kernels of mmcam::equivariance_terms: the ER and CMER losses of every modality's network in one
+// pass (DESIGN §1-2). For each sample, every modality's plane is normalised, warped and L2-normalised
+// ONCE; all M ER terms and all M(M-1) ordered CMER pairs then read those buffers.
+//
+//   ER_i   = sum_n y_n sum_hw d(P_i - Q_i)                                   / (N Hd Wd)
+//   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)
+// with P_i = warp(mn(cams[:, i])), Q_i = mn(cams_t[:, i]), A_i / B_i their per-plane L2-normalised
+// versions, p / pt the masks "network j predicts class 1" on the original / transformed view. In CMER_i the
+// other modality's map (B_j, A_j) is a fixed target: no gradient flows into network j through it.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include "cpu/cam_planes.h"
+#include "cpu/tensor_planes.h"
+#include "op_args.h"
+#include "ops.h"
+
+namespace mmcam::cpu {
+namespace {
+
+struct TermsInputs {
+  at::Tensor cams, cams_t;
+  std::vector<double> inverses, labels, pred, pred_t;  // pred, pred_t: (N, M) row-major
+  int64_t N, M, Hs, Ws, Hd, Wd;
+};
+
+std::vector<double> as_doubles(const at::Tensor& t) {
+  const at::Tensor d = t.to(at::kCPU, at::kDouble).contiguous();
+  return std::vector<double>(d.const_data_ptr<double>(), d.const_data_ptr<double>() + d.numel());
+}
+
+TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+                           const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
+  check_cam_tensor(cams, "cams");
+  check_cam_tensor(cams_t, "cams_t");
+  TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(), "mmcam: cams and cams_t must be CPU tensors here");
+  TORCH_CHECK_TYPE(cams.scalar_type() == cams_t.scalar_type() &&
+                       (cams.scalar_type() == at::kFloat || cams.scalar_type() == at::kDouble),
+                   "mmcam: cams and cams_t must both be float32 or float64 on the CPU, got ",
+                   cams.scalar_type(), " and ", cams_t.scalar_type());
+  const int64_t N = cams.size(0), M = cams.size(1);
+  TORCH_CHECK_VALUE(cams_t.size(0) == N && cams_t.size(1) == M, "mmcam: cams ", cams.sizes(), " and cams_t ",
+                    cams_t.sizes(), " must agree in N and M");
+  TORCH_CHECK_VALUE(M >= 2, "mmcam: equivariance_terms needs M >= 2 modalities, got ", M);
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == N, "mmcam: labels must have shape (", N, ",)");
+  TORCH_CHECK_VALUE(pred_mask.dim() == 2 && pred_mask.size(0) == N && pred_mask.size(1) == M &&
+                        pred_t_mask.sizes() == pred_mask.sizes(),
+                    "mmcam: pred and pred_t must have shape (", N, ", ", M, ")");
+  TermsInputs in;
+  in.cams = with_unit_col_stride(cams);
+  in.cams_t = with_unit_col_stride(cams_t);
+  in.inverses = inverse_affines(matrix);
+  TORCH_CHECK_VALUE(static_cast<int64_t>(in.inverses.size()) == 6 * N, "mmcam: matrix must have N = ", N, " rows");
+  in.labels = as_doubles(labels);
+  in.pred = as_doubles(pred_mask);
+  in.pred_t = as_doubles(pred_t_mask);
+  in.N = N;
+  in.M = M;
+  in.Hs = cams.size(2);
+  in.Ws = cams.size(3);
+  in.Hd = cams_t.size(2);
+  in.Wd = cams_t.size(3);
+  return in;
+}
+
+/// Per-thread working set: every modality's two sides for the current sample.
+template <class T>
+struct SampleSides {
+  std::vector<WarpedSource<T>> source;      // P_m (warped) and A_m (unit)
+  std::vector<NormalizedTarget<T>> target;  // Q_m and B_m (unit)
+
+  void compute(const TermsInputs& in, int64_t n, T eps, T l2_eps) {
+    source.resize(static_cast<size_t>(in.M));
+    target.resize(static_cast<size_t>(in.M));
+    const InverseAffine inv = inverse_of_sample(in.inverses, n);
+    for (int64_t m = 0; m < in.M; ++m) {
+      source[m].compute(plane_of<T>(in.cams, n, m), inv, in.Hd, in.Wd, eps, true, l2_eps);
+      target[m].compute(plane_of<T>(in.cams_t, n, m), eps, true, l2_eps);
+    }
+  }
+};
+
+template <class T>
+double squared_distance(const T* a, const T* b, int64_t count) {
+  double s = 0.0;
+  for (int64_t i = 0; i < count; ++i) {
+    const T d = a[i] - b[i];
+    s += d * d;
+  }
+  return s;
+}
+
+double er_scale(const TermsInputs& in) {
+  return 1.0 / (static_cast<double>(in.N) * static_cast<double>(in.Hd) * static_cast<double>(in.Wd));
+}
+
+double cmer_scale(const TermsInputs& in) { return er_scale(in) / (2.0 * static_cast<double>(in.M - 1)); }
+
+}  // namespace
+
+at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+                              const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
+                              const std::string& er_distance, double eps, double l2_eps) {
+  const math::Distance distance = parse_distance(er_distance);
+  const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
+  const int64_t N = in.N, M = in.M, HW = in.Hd * in.Wd;
+  // partial[(n * 2 + row) * M + m]: sample n's unscaled contribution to row (0 = ER, 1 = CMER), network m.
+  std::vector<double> partial(static_cast<size_t>(N * 2 * M), 0.0);
+
+  AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
+    const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      SampleSides<scalar_t> sides;
+      for (int64_t n = begin; n < end; ++n) {
+        const double y = in.labels[n];
+        if (y == 0.0) continue;  // every term of a negative slice is weighted by y = 0
+        sides.compute(in, n, e, le);
+        double* er = partial.data() + (n * 2 + 0) * M;
+        double* cm = partial.data() + (n * 2 + 1) * M;
+        for (int64_t i = 0; i < M; ++i) {
+          const scalar_t* P = sides.source[i].warped.data();
+          const scalar_t* Q = sides.target[i].normalized.data();
+          double s = 0.0;
+          for (int64_t k = 0; k < HW; ++k) s += math::distance_value<scalar_t>(P[k] - Q[k], distance);
+          er[i] = y * s;
+          for (int64_t j = 0; j < M; ++j) {
+            if (j == i) continue;
+            const double w_a = y * in.pred_t[n * M + j], w_b = y * in.pred[n * M + j];
+            if (w_a != 0.0) cm[i] += w_a * squared_distance(sides.source[i].unit.data(), sides.target[j].unit.data(), HW);
+            if (w_b != 0.0) cm[i] += w_b * squared_distance(sides.target[i].unit.data(), sides.source[j].unit.data(), HW);
+          }
+        }
+      }
+    });
+  });
+
+  std::vector<double> terms(static_cast<size_t>(2 * M), 0.0);
+  for (int64_t n = 0; n < N; ++n) {  // fixed order: bitwise independent of the thread count
+    for (int64_t k = 0; k < 2 * M; ++k) terms[k] += partial[n * 2 * M + k];
+  }
+  for (int64_t m = 0; m < M; ++m) {
+    terms[m] *= er_scale(in);
+    terms[M + m] *= cmer_scale(in);
+  }
+  return at::tensor(terms, at::TensorOptions().dtype(at::kDouble)).view({2, M}).to(in.cams.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+    const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+    const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
+    const std::string& er_distance, double eps, double l2_eps, bool need_cams, bool need_cams_t) {
+  const math::Distance distance = parse_distance(er_distance);
+  const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
+  const int64_t N = in.N, M = in.M, HW = in.Hd * in.Wd;
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ",
+                    M, "), got ", grad.sizes());
+  const std::vector<double> g = as_doubles(grad);  // g[m]: dL/dER_m, g[M + m]: dL/dCMER_m
+  const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_cams = need_cams ? at::empty({N, M, in.Hs, in.Ws}, contiguous) : at::empty({0}, contiguous);
+  at::Tensor grad_cams_t = need_cams_t ? at::empty({N, M, in.Hd, in.Wd}, contiguous) : at::empty({0}, contiguous);
+  if (!need_cams && !need_cams_t) return {grad_cams, grad_cams_t};
+
+  AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_backward_cpu", [&] {
+    using T = scalar_t;
+    const auto e = static_cast<T>(eps), le = static_cast<T>(l2_eps);
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      SampleSides<T> sides;
+      BackwardScratch scratch;
+      std::vector<double> g_unit, g_target;
+      for (int64_t n = begin; n < end; ++n) {
+        const double y = in.labels[n];
+        if (y == 0.0) {
+          if (need_cams) std::fill_n(output_plane<T>(grad_cams, n, 0), M * in.Hs * in.Ws, T(0));
+          if (need_cams_t) std::fill_n(output_plane<T>(grad_cams_t, n, 0), M * HW, T(0));
+          continue;
+        }
+        sides.compute(in, n, e, le);
+        for (int64_t i = 0; i < M; ++i) {
+          const WarpedSource<T>& src_side = sides.source[i];
+          const NormalizedTarget<T>& dst_side = sides.target[i];
+          const double c_er = g[i] * er_scale(in) * y;
+          const double c_cm = g[M + i] * cmer_scale(in) * y;
+          // dL/dA_i and dL/dB_i (unit maps) from CMER_i; the other networks' maps are constants.
+          g_unit.assign(static_cast<size_t>(HW), 0.0);
+          g_target.assign(static_cast<size_t>(HW), 0.0);
+          for (int64_t j = 0; j < M; ++j) {
+            if (j == i) continue;
+            const double w_a = c_cm * in.pred_t[n * M + j], w_b = c_cm * in.pred[n * M + j];
+            if (w_a != 0.0 && need_cams) {
+              const T* A = src_side.unit.data();
+              const T* B = sides.target[j].unit.data();
+              for (int64_t k = 0; k < HW; ++k) g_unit[k] += 2.0 * w_a * static_cast<double>(A[k] - B[k]);
+            }
+            if (w_b != 0.0 && need_cams_t) {
+              const T* B = dst_side.unit.data();
+              const T* A = sides.source[j].unit.data();
+              for (int64_t k = 0; k < HW; ++k) g_target[k] += 2.0 * w_b * static_cast<double>(B[k] - A[k]);
+            }
+          }
+          // Through the L2 normalisation to P_i / Q_i, then add ER_i's gradient (on P_i, Q_i directly).
+          const T* P = src_side.warped.data();
+          const T* Q = dst_side.normalized.data();
+          if (need_cams) {
+            l2_normalize_backward(g_unit.data(), P, HW, src_side.norm, le);
+            for (int64_t k = 0; k < HW; ++k) {
+              g_unit[k] += c_er * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
+            }
+            backprop_to_source(src_side, g_unit.data(), false, le, plane_of<T>(in.cams, n, i),
+                               inverse_of_sample(in.inverses, n), in.Hd, in.Wd, e, scratch,
+                               output_plane<T>(grad_cams, n, i), in.Ws);
+          }
+          if (need_cams_t) {
+            l2_normalize_backward(g_target.data(), Q, HW, dst_side.norm, le);
+            for (int64_t k = 0; k < HW; ++k) {
+              g_target[k] -= c_er * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
+            }
+            backprop_to_target(dst_side, g_target.data(), false, le, plane_of<T>(in.cams_t, n, i), e,
+                               output_plane<T>(grad_cams_t, n, i), in.Wd);
+          }
+        }
+      }
+    });
+  });
+  return {grad_cams, grad_cams_t};
+}
+
+}  // namespace mmcam::cpu

@@ -1,0 +1,201 @@
+"""The fused equivariance operators (DESIGN §2), registered with the PyTorch dispatcher.
+
+Each public function validates its arguments (shapes, dtypes, devices, options) and calls an operator of
+the ``torch.ops.mmcam`` namespace, implemented in C++ (``csrc/``). The operators carry a fake (meta)
+implementation and an autograd formula, so they work under ``torch.compile(fullgraph=True)`` and pass
+``torch.library.opcheck``.
+
+Conventions:
+    * CAMs are channel-first ``(N, C, H, W)``; a *plane* is one ``(H, W)`` map of one sample and channel.
+    * ``matrix`` ``(N, 2, 3)`` is the source->destination PIXEL affine of kornia 0.9: integer coordinates
+      are pixel centres and ``dst(x, y) = src(M^-1 (x, y, 1))``. It is never differentiated.
+    * ``mn(a) = relu(relu(a) - lo - eps) / (hi - lo + eps)`` with ``lo``/``hi`` the min/max of
+      ``relu(a)`` over each plane (ties share the gradient, as ``amin``/``amax``).
+    * Samples with weight 0 are skipped: they contribute exactly 0 to the loss and get exactly 0 gradient.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from mmcam import _checks
+from mmcam._extension import _C  # noqa: F401  (loading it registers torch.ops.mmcam)
+
+__all__ = ["warp_normalized", "equivariance_loss", "equivariance_terms"]
+
+_ops = torch.ops.mmcam
+
+
+def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int], *, eps: float = 1e-8) -> torch.Tensor:
+    """Min-max normalise each plane of ``src``, then warp it bilinearly with zero padding.
+
+    Args:
+        src: ``(N, C, Hs, Ws)`` raw CAMs (float32/float64; any strides).
+        matrix: ``(N, 2, 3)`` source->destination pixel affine.
+        dsize: ``(Hd, Wd)`` output size.
+        eps: the ``eps`` of ``mn``.
+
+    Returns:
+        ``P`` ``(N, C, Hd, Wd)``, contiguous, same dtype as ``src``; equal to
+        ``kornia.geometry.transform.warp_affine(mn(src), matrix, dsize, align_corners=True)``.
+    """
+    h, w = _checks.check_warp_args(src, matrix, dsize, eps)
+    return _ops.warp_normalized(src, matrix, [int(h), int(w)], float(eps))
+
+
+def equivariance_loss(
+    src: torch.Tensor,
+    matrix: torch.Tensor,
+    dst: torch.Tensor,
+    weight: Optional[torch.Tensor] = None,
+    *,
+    distance: str = "sq_l2",
+    l2_normalize: bool = False,
+    eps: float = 1e-8,
+    l2_eps: float = 1e-12,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Fused warp + normalisation + distance between two views' CAMs.
+
+    ``P = warp(mn(src))`` to ``dst``'s size, ``Q = mn(dst)``; with ``l2_normalize`` each plane of ``P`` and
+    ``Q`` is divided by ``||plane + l2_eps||_F``; ``d = (P - Q)^2`` (``"sq_l2"``) or ``|P - Q|`` (``"l1"``),
+    weighted per sample by ``weight`` (no gradient).
+
+    Args:
+        src: ``(N, C, Hs, Ws)`` raw CAMs of the untransformed view.
+        matrix: ``(N, 2, 3)`` source->destination pixel affine.
+        dst: ``(N, C, Hd, Wd)`` raw CAMs of the transformed view (same dtype/device as ``src``).
+        weight: optional ``(N,)`` per-sample weights.
+        reduction: ``"mean"`` -> ``sum(w d) / (N C Hd Wd)`` (0-dim); ``"sum"`` -> ``sum(w d)`` (0-dim);
+            ``"none"`` -> ``(N,)`` with ``sum_{c,h,w}(w d) / (C Hd Wd)``.
+
+    Gradients flow to ``src`` and ``dst`` (pass a detached tensor for a stop-gradient target; no work is
+    spent on inputs that do not require grad). Deterministic: bitwise equal results for any thread count.
+    """
+    _checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
+    return _ops.equivariance_loss(src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction)
+
+
+def equivariance_terms(
+    cams: torch.Tensor,
+    cams_t: torch.Tensor,
+    matrix: torch.Tensor,
+    labels: torch.Tensor,
+    pred_mask: torch.Tensor,
+    pred_t_mask: torch.Tensor,
+    *,
+    er_distance: str = "sq_l2",
+    eps: float = 1e-8,
+    l2_eps: float = 1e-12,
+) -> torch.Tensor:
+    """Fused ER and CMER terms of all M networks (the operator behind ``mmcam.losses.equivariance_terms``).
+
+    Args:
+        cams: ``(N, M, Hs, Ws)`` raw foreground CAMs of the original view, one channel per modality.
+        cams_t: ``(N, M, Hd, Wd)`` raw foreground CAMs of the transformed view.
+        matrix: ``(N, 2, 3)`` source->destination pixel affine of the transform.
+        labels: ``(N,)`` slice labels y as floats (0 or 1).
+        pred_mask, pred_t_mask: ``(N, M)`` floats, 1 where network m predicts class 1 on the original /
+            transformed view.
+
+    Returns:
+        ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (DESIGN §1). Each plane is
+        normalised, warped and L2-normalised once and reused by every term. Inputs are validated by the
+        caller (``mmcam.losses.equivariance_terms``).
+    """
+    return _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, float(eps), float(l2_eps))
+
+
+# --- shape functions for FakeTensor / torch.compile -------------------------------------------------
+
+
+def _grad_like(t: torch.Tensor, needed: bool) -> torch.Tensor:
+    return t.new_empty(t.shape) if needed else t.new_empty((0,))
+
+
+@torch.library.register_fake("mmcam::warp_normalized")
+def _warp_normalized_fake(src, matrix, dsize, eps):
+    return src.new_empty((src.shape[0], src.shape[1], dsize[0], dsize[1]))
+
+
+@torch.library.register_fake("mmcam::warp_normalized_backward")
+def _warp_normalized_backward_fake(grad, src, matrix, eps):
+    return src.new_empty(src.shape)
+
+
+@torch.library.register_fake("mmcam::equivariance_loss")
+def _equivariance_loss_fake(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction):
+    return src.new_empty((src.shape[0],) if reduction == "none" else ())
+
+
+@torch.library.register_fake("mmcam::equivariance_loss_backward")
+def _equivariance_loss_backward_fake(grad, src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps,
+                                     reduction, need_src, need_dst):
+    return _grad_like(src, need_src), _grad_like(dst, need_dst)
+
+
+@torch.library.register_fake("mmcam::equivariance_terms")
+def _equivariance_terms_fake(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, eps, l2_eps):
+    return cams.new_empty((2, cams.shape[1]))
+
+
+@torch.library.register_fake("mmcam::equivariance_terms_backward")
+def _equivariance_terms_backward_fake(grad, cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
+                                      eps, l2_eps, need_cams, need_cams_t):
+    return _grad_like(cams, need_cams), _grad_like(cams_t, need_cams_t)
+
+
+# --- autograd --------------------------------------------------------------------------------------
+
+
+def _setup_warp_normalized(ctx, inputs, output):
+    src, matrix, _dsize, eps = inputs
+    ctx.save_for_backward(src, matrix)
+    ctx.eps = eps
+
+
+def _backward_warp_normalized(ctx, grad):
+    src, matrix = ctx.saved_tensors
+    grad_src = _ops.warp_normalized_backward(grad, src, matrix, ctx.eps) if ctx.needs_input_grad[0] else None
+    return grad_src, None, None, None
+
+
+def _setup_equivariance_loss(ctx, inputs, output):
+    src, matrix, dst, weight, *options = inputs
+    ctx.save_for_backward(src, matrix, dst, weight)
+    ctx.options = options  # distance, l2_normalize, eps, l2_eps, reduction
+
+
+def _backward_equivariance_loss(ctx, grad):
+    src, matrix, dst, weight = ctx.saved_tensors
+    need_src, need_dst = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+    grad_src = grad_dst = None
+    if need_src or need_dst:
+        grad_src, grad_dst = _ops.equivariance_loss_backward(grad, src, matrix, dst, weight, *ctx.options,
+                                                             need_src, need_dst)
+    return (grad_src if need_src else None, None, grad_dst if need_dst else None) + (None,) * 6
+
+
+def _setup_equivariance_terms(ctx, inputs, output):
+    *tensors, er_distance, eps, l2_eps = inputs
+    ctx.save_for_backward(*tensors)  # cams, cams_t, matrix, labels, pred_mask, pred_t_mask
+    ctx.options = (er_distance, eps, l2_eps)
+
+
+def _backward_equivariance_terms(ctx, grad):
+    need_cams, need_cams_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    grad_cams = grad_cams_t = None
+    if need_cams or need_cams_t:
+        grad_cams, grad_cams_t = _ops.equivariance_terms_backward(grad, *ctx.saved_tensors, *ctx.options,
+                                                                  need_cams, need_cams_t)
+    return (grad_cams if need_cams else None, grad_cams_t if need_cams_t else None) + (None,) * 7
+
+
+torch.library.register_autograd("mmcam::warp_normalized", _backward_warp_normalized,
+                                setup_context=_setup_warp_normalized)
+torch.library.register_autograd("mmcam::equivariance_loss", _backward_equivariance_loss,
+                                setup_context=_setup_equivariance_loss)
+torch.library.register_autograd("mmcam::equivariance_terms", _backward_equivariance_terms,
+                                setup_context=_setup_equivariance_terms)
