@@ -1,0 +1,109 @@
+"""Every bad input of the fused operators raises a clear ValueError / TypeError (never a crash), both
+through the Python API and through the raw torch.ops.mmcam operators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmcam import ops
+
+IDENT = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]).expand(2, 2, 3).clone()
+
+
+def good():
+    return dict(src=torch.randn(2, 3, 5, 5), matrix=IDENT.clone(), dst=torch.randn(2, 3, 4, 4))
+
+
+def call(src, matrix, dst, **kw):
+    return ops.equivariance_loss(src, matrix, dst, **kw)
+
+
+def with_matrix_entry(value, index=(1, 0, 2)):
+    m = IDENT.clone()
+    m[index] = value
+    return m
+
+
+BAD = {
+    "src rank": (dict(src=torch.randn(2, 5, 5)), ValueError, "src must have shape"),
+    "dst rank": (dict(dst=torch.randn(2, 3, 4, 4, 1)), ValueError, "dst must have shape"),
+    "N mismatch": (dict(dst=torch.randn(3, 3, 4, 4)), ValueError, "agree in N and C"),
+    "C mismatch": (dict(dst=torch.randn(2, 2, 4, 4)), ValueError, "agree in N and C"),
+    "dtype mismatch": (dict(dst=torch.randn(2, 3, 4, 4, dtype=torch.float64)), TypeError, "must match"),
+    "integer cams": (dict(src=torch.ones(2, 3, 5, 5, dtype=torch.int64), dst=torch.ones(2, 3, 4, 4, dtype=torch.int64)),
+                     TypeError, "dtype"),
+    "half on cpu": (dict(src=torch.randn(2, 3, 5, 5).half(), dst=torch.randn(2, 3, 4, 4).half()), TypeError, "float16"),
+    "empty H": (dict(src=torch.randn(2, 3, 0, 5)), ValueError, "empty spatial size"),
+    "empty W dst": (dict(dst=torch.randn(2, 3, 4, 0)), ValueError, "empty spatial size"),
+    "matrix shape": (dict(matrix=torch.zeros(2, 3, 3)), ValueError, "matrix must have shape"),
+    "matrix N": (dict(matrix=IDENT[:1].clone()), ValueError, "matrix must have shape"),
+    "matrix int": (dict(matrix=torch.zeros(2, 2, 3, dtype=torch.int32)), TypeError, "floating-point"),
+    "matrix device": (dict(matrix=IDENT.to("meta")), ValueError, "share a device"),
+    "matrix nan": (dict(matrix=with_matrix_entry(float("nan"))), ValueError, "matrix\\[1\\]"),
+    "matrix inf": (dict(matrix=with_matrix_entry(float("inf"))), ValueError, "not an invertible finite affine"),
+    "matrix singular": (dict(matrix=with_matrix_entry(0.0, (0, 1, 1))), ValueError, "matrix\\[0\\]"),
+}
+
+BAD_OPTIONS = {
+    "distance": (dict(distance="l3"), ValueError, "distance must be one of"),
+    "reduction": (dict(reduction="avg"), ValueError, "reduction must be one of"),
+    "weight shape": (dict(weight=torch.ones(3)), ValueError, "weight must have shape"),
+    "weight rank": (dict(weight=torch.ones(2, 1)), ValueError, "weight must have shape"),
+    "weight int": (dict(weight=torch.ones(2, dtype=torch.int64)), TypeError, "weight must be a floating-point"),
+    "l2_normalize": (dict(l2_normalize=1), TypeError, "l2_normalize must be a bool"),
+    "negative eps": (dict(eps=-1.0), ValueError, "eps must be a finite non-negative"),
+    "nan l2_eps": (dict(l2_eps=float("nan")), ValueError, "l2_eps must be a finite non-negative"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_tensor_raises(case):
+    change, exc, message = BAD[case]
+    args = good() | change
+    with pytest.raises(exc, match=message):
+        call(**args)
+
+
+@pytest.mark.parametrize("case", list(BAD_OPTIONS))
+def test_bad_option_raises(case):
+    kw, exc, message = BAD_OPTIONS[case]
+    with pytest.raises(exc, match=message):
+        call(**good(), **kw)
+
+
+def test_not_a_tensor_raises():
+    with pytest.raises(TypeError, match="src must be a torch.Tensor"):
+        call(src=[[1.0]], matrix=IDENT, dst=torch.randn(2, 3, 4, 4))
+
+
+@pytest.mark.parametrize(
+    "dsize, exc",
+    [((0, 4), ValueError), ((4,), TypeError), ((4.0, 4), TypeError), ("ab", TypeError), ((True, 3), TypeError)],
+)
+def test_warp_bad_dsize_raises(dsize, exc):
+    with pytest.raises(exc, match="dsize"):
+        ops.warp_normalized(torch.randn(2, 1, 4, 4), IDENT, dsize)
+
+
+def test_warp_bad_matrix_value_raises():
+    with pytest.raises(ValueError, match="not an invertible finite affine"):
+        ops.warp_normalized(torch.randn(2, 1, 4, 4), with_matrix_entry(float("-inf")), (4, 4))
+
+
+def test_raw_operator_rejects_bad_input_without_crashing():
+    raw = torch.ops.mmcam
+    src, dst = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError):
+        raw.equivariance_loss(src[0], IDENT, dst, None, "sq_l2", False, 1e-8, 1e-12, "mean")
+    with pytest.raises(ValueError):
+        raw.equivariance_loss(src, IDENT, dst, None, "cosine", False, 1e-8, 1e-12, "mean")
+    with pytest.raises(ValueError):
+        raw.equivariance_loss(src, IDENT[:1], dst, None, "sq_l2", False, 1e-8, 1e-12, "mean")
+    with pytest.raises(ValueError):
+        raw.warp_normalized(src, IDENT, [0, 3], 1e-8)
+    with pytest.raises(TypeError):
+        raw.warp_normalized(src.half(), IDENT, [3, 3], 1e-8)
+    cams = torch.randn(2, 1, 4, 4)
+    with pytest.raises(ValueError, match="M >= 2"):
+        raw.equivariance_terms(cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12)
