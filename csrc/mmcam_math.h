@@ -69,12 +69,10 @@ MMCAM_HD T minmax_value(T v, T lo, T den, T eps) {
 ///   g_hi_tie dL/dhi divided by the number of elements tied at hi
 template <class T, class A>
 MMCAM_HD A minmax_input_grad(T v, T lo, T hi, T den, T eps, A g, A g_lo_tie, A g_hi_tie) {
-  if (!(v > T(0))) return A(0);  // relu'(v) = 0 for v <= 0
-  A out = A(0);
-  if ((v - lo) - eps > T(0)) out += g / static_cast<A>(den);
-  if (v == hi) out += g_hi_tie;
-  if (v == lo) out += g_lo_tie;
-  return out;
+  // Written with selects rather than branches so that CPU loops over a plane vectorise.
+  const A direct = ((v - lo) - eps > T(0)) ? g / static_cast<A>(den) : A(0);
+  const A out = direct + (v == hi ? g_hi_tie : A(0)) + (v == lo ? g_lo_tie : A(0));
+  return v > T(0) ? out : A(0);  // relu'(v) = 0 for v <= 0
 }
 
 /// One bilinear tap: the top-left neighbour (x0, y0) and the fractional weights (wx, wy).
@@ -86,18 +84,35 @@ struct BilinearTap {
   bool inside;
 };
 
+/// floor(v) for v > -1, as an integer. On the host, truncation of v + 1 (> 0) avoids a libm call per
+/// pixel (x86-64 has no floor instruction before SSE4.1); the rounding of v + 1 can only move v by one ulp
+/// onto the next integer, which changes the interpolated value by O(ulp).
+template <class C>
+MMCAM_HD int64_t floor_above_minus_one(C v) {
+#if defined(__CUDA_ARCH__)
+  return static_cast<int64_t>(floor(v));
+#else
+  return static_cast<int64_t>(v + C(1)) - 1;
+#endif
+}
+
 template <class C>
 MMCAM_HD BilinearTap<C> bilinear_tap(C sx, C sy, int64_t width, int64_t height) {
   BilinearTap<C> t{0, 0, C(0), C(0), false};
   if (!(sx > C(-1) && sx < C(width) && sy > C(-1) && sy < C(height))) return t;
-  const C fx = floor(sx);
-  const C fy = floor(sy);
-  t.x0 = static_cast<int64_t>(fx);
-  t.y0 = static_cast<int64_t>(fy);
-  t.wx = sx - fx;
-  t.wy = sy - fy;
+  t.x0 = floor_above_minus_one(sx);
+  t.y0 = floor_above_minus_one(sy);
+  t.wx = sx - static_cast<C>(t.x0);
+  t.wy = sy - static_cast<C>(t.y0);
   t.inside = true;
   return t;
+}
+
+/// Bilinear blend of the 2x2 neighbourhood r0[0], r0[1] (row y0) and r1[0], r1[1] (row y0 + 1).
+template <class T, class C>
+MMCAM_HD C bilinear_interior(const T* r0, const T* r1, C wx, C wy) {
+  return (static_cast<C>(r0[0]) * (C(1) - wx) + static_cast<C>(r0[1]) * wx) * (C(1) - wy) +
+         (static_cast<C>(r1[0]) * (C(1) - wx) + static_cast<C>(r1[1]) * wx) * wy;
 }
 
 /// Bilinear sample with zero padding of a plane whose element (x, y) is plane[y * row_stride + x].
@@ -106,6 +121,10 @@ MMCAM_HD C bilinear_sample(const T* plane, int64_t row_stride, int64_t width, in
                            const BilinearTap<C>& t) {
   if (!t.inside) return C(0);
   const int64_t x1 = t.x0 + 1, y1 = t.y0 + 1;
+  if (t.x0 >= 0 && x1 < width && t.y0 >= 0 && y1 < height) {  // interior: no per-neighbour checks
+    const T* r0 = plane + t.y0 * row_stride + t.x0;
+    return bilinear_interior(r0, r0 + row_stride, t.wx, t.wy);
+  }
   const bool x0_in = t.x0 >= 0, x1_in = x1 < width, y0_in = t.y0 >= 0, y1_in = y1 < height;
   C v = C(0);
   if (y0_in) {

@@ -93,13 +93,17 @@ at::Tensor warp_normalized_backward(const at::Tensor& grad_in, const at::Tensor&
     const auto e = static_cast<scalar_t>(eps);
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> acc;
+      std::vector<scalar_t> normalized;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         const PlaneView<scalar_t> view = plane_of<scalar_t>(src, n, c);
+        const MinMaxStats<scalar_t> stats = relu_minmax(view, e);
+        normalized.resize(static_cast<size_t>(Hs * Ws));
+        minmax_normalize_plane(view, stats, e, normalized.data());
         acc.assign(static_cast<size_t>(Hs * Ws), 0.0);
         warp_plane_adjoint(grad.const_data_ptr<scalar_t>() + p * Hd * Wd, Hd, Wd,
                            inverse_of_sample(inverses, n), Hs, Ws, acc.data());
-        minmax_normalize_backward(view, relu_minmax(view, e), e, acc.data(),
+        minmax_normalize_backward(view, stats, e, normalized.data(), acc.data(),
                                   output_plane<scalar_t>(grad_src, n, c), Ws);
       }
     });
@@ -131,9 +135,9 @@ at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix,
         target.compute(plane_of<scalar_t>(dst, n, c), e, l2_normalize, le);
         const scalar_t* P = source.compared(l2_normalize);
         const scalar_t* Q = target.compared(l2_normalize);
-        double s = 0.0;
-        for (int64_t i = 0; i < Hd * Wd; ++i) s += math::distance_value<scalar_t>(P[i] - Q[i], distance);
-        plane_sums[p] = s;
+        plane_sums[p] = lane_sum(Hd * Wd, [&](int64_t i) {
+          return static_cast<double>(math::distance_value<scalar_t>(P[i] - Q[i], distance));
+        });
       }
     });
   });

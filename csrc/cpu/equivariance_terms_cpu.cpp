@@ -83,12 +83,10 @@ struct SampleSides {
 
 template <class T>
 double squared_distance(const T* a, const T* b, int64_t count) {
-  double s = 0.0;
-  for (int64_t i = 0; i < count; ++i) {
+  return lane_sum(count, [&](int64_t i) {
     const T d = a[i] - b[i];
-    s += d * d;
-  }
-  return s;
+    return static_cast<double>(d * d);
+  });
 }
 
 double er_scale(const TermsInputs& in) {
@@ -121,9 +119,9 @@ at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, 
         for (int64_t i = 0; i < M; ++i) {
           const scalar_t* P = sides.source[i].warped.data();
           const scalar_t* Q = sides.target[i].normalized.data();
-          double s = 0.0;
-          for (int64_t k = 0; k < HW; ++k) s += math::distance_value<scalar_t>(P[k] - Q[k], distance);
-          er[i] = y * s;
+          er[i] = y * lane_sum(HW, [&](int64_t k) {
+            return static_cast<double>(math::distance_value<scalar_t>(P[k] - Q[k], distance));
+          });
           for (int64_t j = 0; j < M; ++j) {
             if (j == i) continue;
             const double w_a = y * in.pred_t[n * M + j], w_b = y * in.pred[n * M + j];
