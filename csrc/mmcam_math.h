@@ -50,6 +50,14 @@ MMCAM_HD bool invert_affine(const double m[6], double inv[6]) {
   return true;
 }
 
+/// Makes a destination->source map read a source axis of size 1 at its single pixel for every
+/// destination position, as grid_sample / kornia do with align_corners=True (the reference semantics);
+/// other axes are left alone.
+MMCAM_HD void collapse_singleton_axes(double inv[6], int64_t src_rows, int64_t src_cols) {
+  if (src_cols == 1) inv[0] = inv[1] = inv[2] = 0.0;
+  if (src_rows == 1) inv[3] = inv[4] = inv[5] = 0.0;
+}
+
 /// relu with torch's NaN semantics (relu(NaN) = NaN).
 template <class T>
 MMCAM_HD T relu(T x) {

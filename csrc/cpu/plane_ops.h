@@ -140,6 +140,13 @@ struct InverseAffine {
   double src_y(double row_start, int64_t x) const { return row_start + m[3] * static_cast<double>(x); }
 };
 
+/// inv as the kernels sample with it: a singleton source axis always reads its one pixel.
+inline InverseAffine sampling_map(const InverseAffine& inv, int64_t src_rows, int64_t src_cols) {
+  InverseAffine out = inv;
+  math::collapse_singleton_axes(out.m, src_rows, src_cols);
+  return out;
+}
+
 /// The destination columns [begin, end) of one row whose source position has all four bilinear
 /// neighbours inside the source plane (0 <= sx < cols - 1, 0 <= sy < rows - 1): there, the kernels run a
 /// branch-free loop; the few columns outside the span take the checked path.
@@ -182,8 +189,9 @@ inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by
 /// out (dst_rows x dst_cols, row stride out_row_stride) = bilinear warp with zero padding of the
 /// contiguous plane src (src_rows x src_cols) by inv (destination pixel -> source pixel).
 template <class T>
-void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv,
+void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv_in,
                 int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
+  const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   for (int64_t y = 0; y < dst_rows; ++y) {
     const double bx = inv.row_x(y), by = inv.row_y(y);
     T* o = out + y * out_row_stride;
@@ -207,8 +215,9 @@ void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseA
 /// Adjoint of warp_plane: acc (src_rows x src_cols, contiguous, zeroed by the caller) += W^T g, where g
 /// is contiguous (dst_rows x dst_cols). Sequential scatter into a private plane: deterministic.
 template <class A>
-void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv,
+void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv_in,
                         int64_t src_rows, int64_t src_cols, double* acc) {
+  const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   int64_t index[4];
   double weight[4];
   for (int64_t y = 0; y < dst_rows; ++y) {
