@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cpu/plane_ops.h"
+#include "cpu/warp_plane.h"
 
 namespace mmcam::cpu {
 

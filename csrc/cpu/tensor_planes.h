@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 
 #include "cpu/plane_ops.h"
+#include "cpu/warp_plane.h"
 
 namespace mmcam::cpu {
 

@@ -1,0 +1,317 @@
+// The bilinear affine warp of one plane (zero padding) and its adjoint, on the CPU.
+//
+// Two implementations behind one entry point each:
+//   * separable maps (the matrix has no rotation/shear part, or is a pure axis swap as in a 90-degree
+//     rotation): the taps of each destination column and row are computed once per plane, and the
+//     interpolation runs as a vertical blend of two source rows (vectorisable) followed by a horizontal
+//     gather. Flips, 90-degree rotations, translations and resizes -- the paper's transform families --
+//     all take this path.
+//   * any other affine map: per-pixel coordinates, branch-free inside the span of fully interior pixels.
+// Both are deterministic; the adjoints scatter into a plane private to the calling thread.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "mmcam_math.h"
+
+namespace mmcam::cpu {
+
+/// Destination->source pixel map: the inverse of the source->destination matrix of one sample.
+/// Along destination row y the source position is (src_x(x, y), src_y(x, y)): a row start plus one
+/// multiply-add per pixel, computed by the same expression everywhere (no accumulated drift).
+struct InverseAffine {
+  double m[6];
+  double row_x(int64_t y) const { return m[1] * static_cast<double>(y) + m[2]; }
+  double row_y(int64_t y) const { return m[4] * static_cast<double>(y) + m[5]; }
+  double src_x(double row_start, int64_t x) const { return row_start + m[0] * static_cast<double>(x); }
+  double src_y(double row_start, int64_t x) const { return row_start + m[3] * static_cast<double>(x); }
+};
+
+/// inv as the kernels sample with it: a singleton source axis always reads its one pixel.
+inline InverseAffine sampling_map(const InverseAffine& inv, int64_t src_rows, int64_t src_cols) {
+  InverseAffine out = inv;
+  math::collapse_singleton_axes(out.m, src_rows, src_cols);
+  return out;
+}
+
+/// The destination columns [begin, end) of one row whose source position has all four bilinear
+/// neighbours inside the source plane (0 <= sx < cols - 1, 0 <= sy < rows - 1): there, the kernels run a
+/// branch-free loop; the few columns outside the span take the checked path.
+struct InteriorSpan {
+  int64_t begin, end;
+};
+
+inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by, int64_t src_rows,
+                                  int64_t src_cols, int64_t dst_cols) {
+  auto interior = [&](int64_t x) {
+    const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
+    return sx >= 0.0 && sx < static_cast<double>(src_cols - 1) && sy >= 0.0 &&
+           sy < static_cast<double>(src_rows - 1);
+  };
+  // Real-valued solution of lo <= start + slope * x < hi for both coordinates, widened by a pixel;
+  // the exact integer span is then found by testing its ends (the set is an interval: sx, sy are
+  // monotone in x).
+  double xmin = 0.0, xmax = static_cast<double>(dst_cols - 1);
+  auto clip = [&](double start, double slope, double hi) {
+    if (slope > 0.0) {
+      xmin = std::max(xmin, (0.0 - start) / slope);
+      xmax = std::min(xmax, (hi - start) / slope);
+    } else if (slope < 0.0) {
+      xmin = std::max(xmin, (hi - start) / slope);
+      xmax = std::min(xmax, (0.0 - start) / slope);
+    } else if (!(start >= 0.0 && start < hi)) {
+      xmax = -1.0;
+    }
+  };
+  clip(bx, inv.m[0], static_cast<double>(src_cols - 1));
+  clip(by, inv.m[3], static_cast<double>(src_rows - 1));
+  if (!(xmin <= xmax)) return {0, 0};
+  InteriorSpan span{std::max<int64_t>(0, static_cast<int64_t>(std::ceil(xmin)) - 1),
+                    std::min<int64_t>(dst_cols, static_cast<int64_t>(std::floor(xmax)) + 2)};
+  while (span.begin < span.end && !interior(span.begin)) ++span.begin;
+  while (span.end > span.begin && !interior(span.end - 1)) --span.end;
+  return span;
+}
+
+/// warp_plane for any affine map: per-pixel coordinates, branch-free inside the interior span.
+template <class T>
+void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv,
+                        int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
+  for (int64_t y = 0; y < dst_rows; ++y) {
+    const double bx = inv.row_x(y), by = inv.row_y(y);
+    T* o = out + y * out_row_stride;
+    auto checked = [&](int64_t x) {
+      const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
+      o[x] = static_cast<T>(math::bilinear_sample(src, src_cols, src_cols, src_rows, tap));
+    };
+    const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
+    for (int64_t x = 0; x < span.begin; ++x) checked(x);
+    for (int64_t x = span.begin; x < span.end; ++x) {
+      const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
+      const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
+      const T* r0 = src + y0 * src_cols + x0;
+      o[x] = static_cast<T>(math::bilinear_interior(r0, r0 + src_cols, sx - static_cast<double>(x0),
+                                                    sy - static_cast<double>(y0)));
+    }
+    for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
+  }
+}
+
+/// warp_plane_adjoint for any affine map: a sequential scatter of four taps per destination pixel.
+template <class A>
+void warp_plane_adjoint_general(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv,
+                                int64_t src_rows, int64_t src_cols, double* acc) {
+  int64_t index[4];
+  double weight[4];
+  for (int64_t y = 0; y < dst_rows; ++y) {
+    const double bx = inv.row_x(y), by = inv.row_y(y);
+    const A* gr = g + y * dst_cols;
+    auto checked = [&](int64_t x) {
+      const double gv = static_cast<double>(gr[x]);
+      const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
+      const int k = math::bilinear_taps_inside(tap, src_cols, src_rows, index, weight);
+      for (int j = 0; j < k; ++j) acc[index[j]] += gv * weight[j];
+    };
+    const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
+    for (int64_t x = 0; x < span.begin; ++x) checked(x);
+    for (int64_t x = span.begin; x < span.end; ++x) {
+      const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
+      const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
+      const double wx = sx - static_cast<double>(x0), wy = sy - static_cast<double>(y0);
+      const double gv = static_cast<double>(gr[x]);
+      double* a0 = acc + y0 * src_cols + x0;
+      double* a1 = a0 + src_cols;
+      const double g0 = gv * (1.0 - wy), g1 = gv * wy;
+      a0[0] += g0 * (1.0 - wx);
+      a0[1] += g0 * wx;
+      a1[0] += g1 * (1.0 - wx);
+      a1[1] += g1 * wx;
+    }
+    for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
+  }
+}
+
+/// Bilinear taps along one axis of a separable map: output index o samples source coordinate
+/// s = offset + scale * o, i.e. index0[o] with weight0[o] and index0[o] + 1 with weight1[o]; a neighbour
+/// outside the source gets weight 0 (zero padding) and a clamped index, so loops need no branches.
+struct AxisTaps {
+  std::vector<int64_t> index0, index1;
+  std::vector<double> weight0, weight1;
+
+  void compute(double offset, double scale, int64_t src_size, int64_t out_size) {
+    index0.resize(out_size);
+    index1.resize(out_size);
+    weight0.resize(out_size);
+    weight1.resize(out_size);
+    for (int64_t o = 0; o < out_size; ++o) {
+      const double s = offset + scale * static_cast<double>(o);
+      const bool inside = s > -1.0 && s < static_cast<double>(src_size);
+      const int64_t i0 = inside ? math::floor_above_minus_one(s) : 0;
+      const double w = inside ? s - static_cast<double>(i0) : 0.0;
+      const bool in0 = inside && i0 >= 0, in1 = inside && i0 + 1 < src_size;
+      index0[o] = in0 ? i0 : 0;
+      index1[o] = in1 ? i0 + 1 : 0;
+      weight0[o] = in0 ? 1.0 - w : 0.0;
+      weight1[o] = in1 ? w : 0.0;
+    }
+  }
+};
+
+/// out = warp of the contiguous plane src (rows x cols) where destination column x samples source
+/// column coordinate cols_taps[x] and destination row y source row coordinate row_taps[y].
+/// Per destination row: blend the two source rows (tmp, vectorised), then gather along the row.
+template <class T>
+void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
+                          int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride,
+                          std::vector<double>& tmp) {
+  tmp.resize(static_cast<size_t>(cols));
+  for (int64_t y = 0; y < dst_rows; ++y) {
+    T* o = out + y * out_row_stride;
+    const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
+    if (v0 == 0.0 && v1 == 0.0) {
+      std::fill_n(o, dst_cols, T(0));
+      continue;
+    }
+    const T* r0 = src + row_taps.index0[y] * cols;
+    const T* r1 = src + row_taps.index1[y] * cols;
+    for (int64_t c = 0; c < cols; ++c) tmp[c] = static_cast<double>(r0[c]) * v0 + static_cast<double>(r1[c]) * v1;
+    const int64_t* i0 = col_taps.index0.data();
+    const int64_t* i1 = col_taps.index1.data();
+    const double* w0 = col_taps.weight0.data();
+    const double* w1 = col_taps.weight1.data();
+    for (int64_t x = 0; x < dst_cols; ++x) o[x] = static_cast<T>(tmp[i0[x]] * w0[x] + tmp[i1[x]] * w1[x]);
+  }
+}
+
+/// Adjoint of warp_plane_separable: acc (rows x cols, contiguous) += W^T g, g contiguous
+/// (dst_rows x dst_cols). Per destination row: scatter along the row into tmp, then add tmp to the two
+/// source rows (vectorised).
+template <class A>
+void warp_plane_separable_adjoint(const A* g, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
+                                  int64_t dst_rows, int64_t dst_cols, double* acc, std::vector<double>& tmp) {
+  tmp.resize(static_cast<size_t>(cols));
+  const int64_t* i0 = col_taps.index0.data();
+  const int64_t* i1 = col_taps.index1.data();
+  const double* w0 = col_taps.weight0.data();
+  const double* w1 = col_taps.weight1.data();
+  for (int64_t y = 0; y < dst_rows; ++y) {
+    const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
+    if (v0 == 0.0 && v1 == 0.0) continue;
+    std::fill(tmp.begin(), tmp.end(), 0.0);
+    const A* gr = g + y * dst_cols;
+    for (int64_t x = 0; x < dst_cols; ++x) {
+      const double gv = static_cast<double>(gr[x]);
+      tmp[i0[x]] += gv * w0[x];
+      tmp[i1[x]] += gv * w1[x];
+    }
+    double* a0 = acc + row_taps.index0[y] * cols;
+    for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
+    double* a1 = acc + row_taps.index1[y] * cols;
+    for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
+  }
+}
+
+/// How a destination->source map can be evaluated.
+enum class MapKind { General, AxisAligned, AxisSwapped };
+
+inline MapKind classify(const InverseAffine& inv) {
+  if (inv.m[1] == 0.0 && inv.m[3] == 0.0) return MapKind::AxisAligned;  // sx(x), sy(y)
+  if (inv.m[0] == 0.0 && inv.m[4] == 0.0) return MapKind::AxisSwapped;  // sx(y), sy(x)
+  return MapKind::General;
+}
+
+/// Per-thread scratch of the separable paths.
+struct WarpScratch {
+  AxisTaps col_taps, row_taps;
+  std::vector<double> row;
+  std::vector<double> transposed_acc;
+};
+
+inline WarpScratch& warp_scratch() {
+  thread_local WarpScratch scratch;
+  return scratch;
+}
+
+template <class T>
+std::vector<T>& transpose_buffer() {
+  thread_local std::vector<T> buffer;
+  return buffer;
+}
+
+/// Transpose of a contiguous rows x cols plane into out (cols x rows).
+template <class S, class D>
+void transpose_plane(const S* in, int64_t rows, int64_t cols, D* out) {
+  constexpr int64_t kBlock = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
+    for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+      for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r) {
+        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c) out[c * rows + r] = static_cast<D>(in[r * cols + c]);
+      }
+    }
+  }
+}
+
+/// out (dst_rows x dst_cols, row stride out_row_stride) = bilinear warp with zero padding of the
+/// contiguous plane src (src_rows x src_cols) by inv_in (destination pixel -> source pixel).
+template <class T>
+void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv_in,
+                int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
+  const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
+  WarpScratch& s = warp_scratch();
+  switch (classify(inv)) {
+    case MapKind::AxisAligned:
+      s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
+      s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+      warp_plane_separable(src, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
+      return;
+    case MapKind::AxisSwapped: {
+      // Sampling src at (column sx(y), row sy(x)) is sampling its transpose at (column sy(x), row sx(y)).
+      std::vector<T>& t = transpose_buffer<T>();
+      t.resize(static_cast<size_t>(src_rows * src_cols));
+      transpose_plane(src, src_rows, src_cols, t.data());
+      s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
+      s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+      warp_plane_separable(t.data(), src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
+      return;
+    }
+    case MapKind::General:
+      warp_plane_general(src, src_rows, src_cols, inv, dst_rows, dst_cols, out, out_row_stride);
+      return;
+  }
+}
+
+/// Adjoint of warp_plane: acc (src_rows x src_cols, contiguous, zeroed by the caller) += W^T g, where g
+/// is contiguous (dst_rows x dst_cols). Sequential scatter into a private plane: deterministic.
+template <class A>
+void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv_in,
+                        int64_t src_rows, int64_t src_cols, double* acc) {
+  const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
+  WarpScratch& s = warp_scratch();
+  switch (classify(inv)) {
+    case MapKind::AxisAligned:
+      s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
+      s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+      warp_plane_separable_adjoint(g, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, acc, s.row);
+      return;
+    case MapKind::AxisSwapped: {
+      s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
+      s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+      s.transposed_acc.assign(static_cast<size_t>(src_rows * src_cols), 0.0);
+      warp_plane_separable_adjoint(g, src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, s.transposed_acc.data(),
+                                   s.row);
+      std::vector<double>& back = transpose_buffer<double>();
+      back.resize(s.transposed_acc.size());
+      transpose_plane(s.transposed_acc.data(), src_cols, src_rows, back.data());
+      for (size_t i = 0; i < back.size(); ++i) acc[i] += back[i];
+      return;
+    }
+    case MapKind::General:
+      warp_plane_adjoint_general(g, dst_rows, dst_cols, inv, src_rows, src_cols, acc);
+      return;
+  }
+}
+
+}  // namespace mmcam::cpu
