@@ -21,15 +21,27 @@ def as64(x):
     return None if x is None else x.to(torch.float64)
 
 
-def assert_close(actual, expected, dtype, what):
-    """float64: relative 1e-9 against the float64 reference. float32: the fused result against the
-    reference evaluated in float64 on the same (float32-representable) inputs, absolute 1e-5 (plus
-    relative 1e-5 for large "sum" reductions) — a float32 reference is itself only accurate to ~1e-5."""
-    expected = expected.to(actual.dtype)
-    if dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, equal_nan=True, msg=lambda m: f"{what}: {m}")
-    else:
-        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5, equal_nan=True, msg=lambda m: f"{what}: {m}")
+def assert_close(actual, expected, expected_same_dtype, what):
+    """float64: relative 1e-9 against the float64 reference.
+
+    float32: against the reference evaluated in float64 on the same (float32-representable) inputs, to
+    absolute and relative 1e-5 -- or, where the problem is ill-conditioned in float32 (min-max
+    normalisation of a nearly constant plane), to within twice the error of the float32 reference itself
+    (``expected_same_dtype``): the fused op must be as accurate as the eager float32 computation.
+    """
+    if actual.dtype == torch.float64:
+        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, equal_nan=True,
+                                   msg=lambda m: f"{what}: {m}")
+        return
+    exact = expected.to(torch.float64)
+    reference_error = (expected_same_dtype.to(torch.float64) - exact).abs()
+    tolerance = 1e-5 + 1e-5 * exact.abs() + 2 * reference_error
+    error = (actual.to(torch.float64) - exact).abs()
+    bad = ~(error <= tolerance) & ~(actual.isnan() & exact.isnan())
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {bad.numel()} elements off; worst error {float(error[bad].max()):.3g} "
+        f"(tolerance there {float(tolerance[bad][error[bad].argmax()]):.3g})"
+    )
 
 
 def loss_and_grads(fn, src, matrix, dst, weight, **options):
@@ -83,8 +95,9 @@ def _check_against_references(src, matrix, dst, weight, options, dtype):
     fused = loss_and_grads(ops.equivariance_loss, src, matrix, dst, weight, **options)
     for name, (ref_loss, _) in REFERENCES.items():
         expected = loss_and_grads(ref_loss, as64(src), as64(matrix), as64(dst), as64(weight), **options)
-        for what, a, e in zip(("loss", "grad src", "grad dst"), fused, expected):
-            assert_close(a, e, dtype, f"{what} vs {name} reference, options={options}")
+        same_dtype = loss_and_grads(ref_loss, src, matrix, dst, weight, **options) if dtype != torch.float64 else expected
+        for what, a, e, e_same in zip(("loss", "grad src", "grad dst"), fused, expected, same_dtype):
+            assert_close(a, e, e_same, f"{what} vs {name} reference, options={options}")
 
 
 @given(n=small_nc, c=small_nc, hs=sizes, ws=sizes, hd=sizes, wd=sizes, seed=seeds,
@@ -104,8 +117,9 @@ def test_warp_normalized_matches_references(n, c, hs, ws, hd, wd, seed, dtype, n
     fused = run(ops.warp_normalized, src, matrix)
     for name, (_, ref_warp) in REFERENCES.items():
         expected = run(ref_warp, as64(src), as64(matrix))
-        assert_close(fused[0], expected[0], dtype, f"warp vs {name}")
-        assert_close(fused[1], expected[1], dtype, f"warp grad vs {name}")
+        same_dtype = run(ref_warp, src, matrix) if dtype != torch.float64 else expected
+        assert_close(fused[0], expected[0], same_dtype[0], f"warp vs {name}")
+        assert_close(fused[1], expected[1], same_dtype[1], f"warp grad vs {name}")
 
 
 def test_warp_normalized_keeps_strided_input_values():
