@@ -24,14 +24,17 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
     const c10::optional<at::Tensor>& weight, const std::string& distance, bool l2_normalize, double eps,
     double l2_eps, const std::string& reduction, bool need_src, bool need_dst);
 
-at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
-                              const at::Tensor& labels, const at::Tensor& pred_mask,
-                              const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
-                              double l2_eps);
+/// Returns (terms (2, M), kept warped maps (N, M, Hd, Wd), kept plane statistics (N, M, 8) double); the
+/// last two are empty unless keep_for_backward.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+    const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
+    const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
+    double l2_eps, bool keep_for_backward);
 
 std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
-    const std::string& er_distance, double eps, double l2_eps, bool need_cams, bool need_cams_t);
+    const at::Tensor& kept_warped, const at::Tensor& kept_stats, const std::string& er_distance, double eps,
+    double l2_eps, bool need_cams, bool need_cams_t);
 
 }  // namespace mmcam::cpu

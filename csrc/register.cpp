@@ -16,11 +16,12 @@ TORCH_LIBRARY(mmcam, m) {
       "bool need_dst) -> (Tensor, Tensor)");
   m.def(
       "equivariance_terms(Tensor cams, Tensor cams_t, Tensor matrix, Tensor labels, Tensor pred_mask, "
-      "Tensor pred_t_mask, str er_distance, float eps, float l2_eps) -> Tensor");
+      "Tensor pred_t_mask, str er_distance, float eps, float l2_eps, bool keep_for_backward) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def(
       "equivariance_terms_backward(Tensor grad, Tensor cams, Tensor cams_t, Tensor matrix, Tensor labels, "
-      "Tensor pred_mask, Tensor pred_t_mask, str er_distance, float eps, float l2_eps, bool need_cams, "
-      "bool need_cams_t) -> (Tensor, Tensor)");
+      "Tensor pred_mask, Tensor pred_t_mask, Tensor kept_warped, Tensor kept_stats, str er_distance, float eps, "
+      "float l2_eps, bool need_cams, bool need_cams_t) -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(mmcam, CPU, m) {

@@ -102,10 +102,15 @@ def equivariance_terms(
 
     Returns:
         ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (DESIGN §1). Each plane is
-        normalised, warped and L2-normalised once and reused by every term. Inputs are validated by the
+        normalised, warped and L2-normalised once and reused by every term; when a gradient is needed the
+        forward pass keeps the warped maps ``(N, M, Hd, Wd)`` and per-plane statistics for the backward
+        pass, which then does not warp or reduce the source planes again. Inputs are validated by the
         caller (``mmcam.losses.equivariance_terms``).
     """
-    return _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, float(eps), float(l2_eps))
+    keep = torch.is_grad_enabled() and (cams.requires_grad or cams_t.requires_grad)
+    terms, _warped, _stats = _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
+                                                     float(eps), float(l2_eps), keep)
+    return terms
 
 
 # --- shape functions for FakeTensor / torch.compile -------------------------------------------------
@@ -136,14 +141,22 @@ def _equivariance_loss_backward_fake(grad, src, matrix, dst, weight, distance, l
     return _grad_like(src, need_src), _grad_like(dst, need_dst)
 
 
+_KEPT_STATS_PER_PLANE = 8  # see StatSlot in csrc/cpu/equivariance_terms_cpu.cpp
+
+
 @torch.library.register_fake("mmcam::equivariance_terms")
-def _equivariance_terms_fake(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, eps, l2_eps):
-    return cams.new_empty((2, cams.shape[1]))
+def _equivariance_terms_fake(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, eps, l2_eps, keep):
+    n, m = cams.shape[:2]
+    terms = cams.new_empty((2, m))
+    if not keep:
+        return terms, cams.new_empty((0,)), cams.new_empty((0,), dtype=torch.float64)
+    return (terms, cams.new_empty((n, m) + tuple(cams_t.shape[2:])),
+            cams.new_empty((n, m, _KEPT_STATS_PER_PLANE), dtype=torch.float64))
 
 
 @torch.library.register_fake("mmcam::equivariance_terms_backward")
-def _equivariance_terms_backward_fake(grad, cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
-                                      eps, l2_eps, need_cams, need_cams_t):
+def _equivariance_terms_backward_fake(grad, cams, cams_t, matrix, labels, pred_mask, pred_t_mask, kept_warped,
+                                      kept_stats, er_distance, eps, l2_eps, need_cams, need_cams_t):
     return _grad_like(cams, need_cams), _grad_like(cams_t, need_cams_t)
 
 
@@ -179,18 +192,25 @@ def _backward_equivariance_loss(ctx, grad):
 
 
 def _setup_equivariance_terms(ctx, inputs, output):
-    *tensors, er_distance, eps, l2_eps = inputs
-    ctx.save_for_backward(*tensors)  # cams, cams_t, matrix, labels, pred_mask, pred_t_mask
+    *tensors, er_distance, eps, l2_eps, keep = inputs
+    _terms, kept_warped, kept_stats = output
+    ctx.mark_non_differentiable(kept_warped, kept_stats)
+    # cams, cams_t, matrix, labels, pred_mask, pred_t_mask, then what the forward kept
+    ctx.save_for_backward(*tensors, kept_warped, kept_stats)
     ctx.options = (er_distance, eps, l2_eps)
+    ctx.kept = keep
 
 
-def _backward_equivariance_terms(ctx, grad):
+def _backward_equivariance_terms(ctx, grad, _grad_warped, _grad_stats):
     need_cams, need_cams_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     grad_cams = grad_cams_t = None
     if need_cams or need_cams_t:
+        if not ctx.kept:
+            raise RuntimeError("mmcam::equivariance_terms was called with keep_for_backward=False on inputs that "
+                               "require grad; call it through mmcam.ops.equivariance_terms")
         grad_cams, grad_cams_t = _ops.equivariance_terms_backward(grad, *ctx.saved_tensors, *ctx.options,
                                                                   need_cams, need_cams_t)
-    return (grad_cams if need_cams else None, grad_cams_t if need_cams_t else None) + (None,) * 7
+    return (grad_cams if need_cams else None, grad_cams_t if need_cams_t else None) + (None,) * 8
 
 
 torch.library.register_autograd("mmcam::warp_normalized", _backward_warp_normalized,

@@ -42,7 +42,9 @@ def test_opcheck_equivariance_terms():
     labels = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     pred = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
     torch.library.opcheck(torch.ops.mmcam.equivariance_terms.default,
-                          (cams_, cams_t, matrix, labels, pred, pred.flip(0), "sq_l2", 1e-8, 1e-12))
+                          (cams_, cams_t, matrix, labels, pred, pred.flip(0), "sq_l2", 1e-8, 1e-12, True))
+    torch.library.opcheck(torch.ops.mmcam.equivariance_terms.default,
+                          (cams_.detach(), cams_t.detach(), matrix, labels, pred, pred, "l1", 1e-8, 1e-12, False))
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -106,4 +106,4 @@ def test_raw_operator_rejects_bad_input_without_crashing():
         raw.warp_normalized(src.half(), IDENT, [3, 3], 1e-8)
     cams = torch.randn(2, 1, 4, 4)
     with pytest.raises(ValueError, match="M >= 2"):
-        raw.equivariance_terms(cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12)
+        raw.equivariance_terms(cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12, False)

@@ -95,16 +95,96 @@ double er_scale(const TermsInputs& in) {
 
 double cmer_scale(const TermsInputs& in) { return er_scale(in) / (2.0 * static_cast<double>(in.M - 1)); }
 
+/// Per-plane values the forward pass keeps for the backward pass, stored as doubles in
+/// plane_stats[n, m, :] (the min/max values are elements of the input, so exact in double).
+enum StatSlot : int { kSrcLo, kSrcHi, kSrcDen, kDstLo, kDstHi, kDstDen, kNormP, kNormQ, kStatSlots };
+
+template <class T>
+void store_stats(double* slot, const WarpedSource<T>& source, const NormalizedTarget<T>& target) {
+  slot[kSrcLo] = source.stats.lo;
+  slot[kSrcHi] = source.stats.hi;
+  slot[kSrcDen] = source.stats.den;
+  slot[kDstLo] = target.stats.lo;
+  slot[kDstHi] = target.stats.hi;
+  slot[kDstDen] = target.stats.den;
+  slot[kNormP] = source.norm;
+  slot[kNormQ] = target.norm;
+}
+
+template <class T>
+MinMaxStats<T> stats_from(const double* slot, int first) {
+  return {static_cast<T>(slot[first]), static_cast<T>(slot[first + 1]), static_cast<T>(slot[first + 2])};
+}
+
+/// What the backward pass of one sample reads for modality m: the kept warped map P_m and its norm,
+/// and Q_m = mn(cams_t) recomputed from the kept statistics (one vectorised pass).
+template <class T>
+struct KeptSides {
+  std::vector<const T*> warped;               // P_m, Hd x Wd each (inside the kept tensor)
+  std::vector<double> inv_norm_p, inv_norm_q;  // 1 / ||P_m + l2_eps||, 1 / ||Q_m + l2_eps||
+  std::vector<std::vector<T>> target;          // Q_m
+
+  void load(const TermsInputs& in, int64_t n, const T* kept_warped, const double* kept_stats, T eps) {
+    const int64_t M = in.M, HW = in.Hd * in.Wd;
+    warped.resize(M);
+    inv_norm_p.resize(M);
+    inv_norm_q.resize(M);
+    target.resize(M);
+    for (int64_t m = 0; m < M; ++m) {
+      const double* slot = kept_stats + (n * M + m) * kStatSlots;
+      warped[m] = kept_warped + (n * M + m) * HW;
+      inv_norm_p[m] = 1.0 / slot[kNormP];
+      inv_norm_q[m] = 1.0 / slot[kNormQ];
+      target[m].resize(HW);
+      minmax_normalize_plane(plane_of<T>(in.cams_t, n, m), stats_from<T>(slot, kDstLo), eps, target[m].data());
+    }
+  }
+
+  /// The L2-normalised maps exactly as the forward pass computed them (A = P' and B = Q').
+  T unit_p(int64_t m, int64_t k) const { return static_cast<T>(static_cast<double>(warped[m][k]) * inv_norm_p[m]); }
+  T unit_q(int64_t m, int64_t k) const { return static_cast<T>(static_cast<double>(target[m][k]) * inv_norm_q[m]); }
+};
+
+/// dL/d(one side's map before L2 normalisation) of network i, in two passes over the plane:
+///   pass 1: g_k = sum_j w_j 2 (unit_i[k] - other_j[k])   (the CMER pairs, other maps fixed) and
+///           dot = sum_k g_k x_k, x = this side's map before normalisation;
+///   pass 2: g_k = g_k / n - dot (x_k + l2_eps) / n^3 + er_sign * c_er * d'(P_i[k] - Q_i[k])  (ER term).
+template <class T, class Unit, class Other>
+void side_gradient(int64_t HW, int64_t M, int64_t i, const double* pair_weight, Unit unit_i, Other other_j,
+                   const T* x, double inv_norm, T l2_eps, double er_coef, const T* P, const T* Q,
+                   math::Distance distance, double* g) {
+  double dot[kLanes] = {};
+  visit_in_lanes(1, HW, [&](int lane, int64_t, int64_t k) {
+    const T u = unit_i(k);
+    double gk = 0.0;
+    for (int64_t j = 0; j < M; ++j) {
+      if (j != i && pair_weight[j] != 0.0) gk += 2.0 * pair_weight[j] * static_cast<double>(u - other_j(j, k));
+    }
+    g[k] = gk;
+    dot[lane] += gk * static_cast<double>(x[k]);
+  });
+  const double c = combine_lanes(dot) * inv_norm * inv_norm * inv_norm;
+  for (int64_t k = 0; k < HW; ++k) {
+    g[k] = g[k] * inv_norm - c * static_cast<double>(static_cast<T>(x[k] + l2_eps)) +
+           er_coef * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
+  }
+}
+
 }  // namespace
 
-at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
-                              const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
-                              const std::string& er_distance, double eps, double l2_eps) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+    const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
+    const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
+    double l2_eps, bool keep_for_backward) {
   const math::Distance distance = parse_distance(er_distance);
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t N = in.N, M = in.M, HW = in.Hd * in.Wd;
   // partial[(n * 2 + row) * M + m]: sample n's unscaled contribution to row (0 = ER, 1 = CMER), network m.
   std::vector<double> partial(static_cast<size_t>(N * 2 * M), 0.0);
+  const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor kept_warped = keep_for_backward ? at::empty({N, M, in.Hd, in.Wd}, contiguous) : at::empty({0}, contiguous);
+  at::Tensor kept_stats = keep_for_backward ? at::zeros({N, M, kStatSlots}, contiguous.dtype(at::kDouble))
+                                            : at::empty({0}, contiguous.dtype(at::kDouble));
 
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
@@ -112,7 +192,10 @@ at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, 
       SampleSides<scalar_t> sides;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
-        if (y == 0.0) continue;  // every term of a negative slice is weighted by y = 0
+        if (y == 0.0) {  // every term of a negative slice is weighted by y = 0; the backward skips it too
+          if (keep_for_backward) std::fill_n(output_plane<scalar_t>(kept_warped, n, 0), M * HW, scalar_t(0));
+          continue;
+        }
         sides.compute(in, n, e, le);
         double* er = partial.data() + (n * 2 + 0) * M;
         double* cm = partial.data() + (n * 2 + 1) * M;
@@ -128,6 +211,10 @@ at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, 
             if (w_a != 0.0) cm[i] += w_a * squared_distance(sides.source[i].unit.data(), sides.target[j].unit.data(), HW);
             if (w_b != 0.0) cm[i] += w_b * squared_distance(sides.target[i].unit.data(), sides.source[j].unit.data(), HW);
           }
+          if (keep_for_backward) {
+            std::copy(sides.source[i].warped.begin(), sides.source[i].warped.end(), output_plane<scalar_t>(kept_warped, n, i));
+            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kStatSlots, sides.source[i], sides.target[i]);
+          }
         }
       }
     });
@@ -141,18 +228,27 @@ at::Tensor equivariance_terms(const at::Tensor& cams, const at::Tensor& cams_t, 
     terms[m] *= er_scale(in);
     terms[M + m] *= cmer_scale(in);
   }
-  return at::tensor(terms, at::TensorOptions().dtype(at::kDouble)).view({2, M}).to(in.cams.scalar_type());
+  at::Tensor out = at::tensor(terms, at::TensorOptions().dtype(at::kDouble)).view({2, M}).to(in.cams.scalar_type());
+  return {out, kept_warped, kept_stats};
 }
 
 std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
-    const std::string& er_distance, double eps, double l2_eps, bool need_cams, bool need_cams_t) {
+    const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
+    double l2_eps, bool need_cams, bool need_cams_t) {
   const math::Distance distance = parse_distance(er_distance);
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t N = in.N, M = in.M, HW = in.Hd * in.Wd;
   TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ",
                     M, "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(kept_warped_in.sizes() == at::IntArrayRef({N, M, in.Hd, in.Wd}) &&
+                        kept_warped_in.scalar_type() == in.cams.scalar_type() &&
+                        kept_stats_in.sizes() == at::IntArrayRef({N, M, kStatSlots}) &&
+                        kept_stats_in.scalar_type() == at::kDouble,
+                    "mmcam: equivariance_terms_backward needs the warped maps and plane statistics kept by the "
+                    "forward pass (call the forward with keep_for_backward=True)");
+  const at::Tensor kept_warped = kept_warped_in.contiguous(), kept_stats = kept_stats_in.contiguous();
   const std::vector<double> g = as_doubles(grad);  // g[m]: dL/dER_m, g[M + m]: dL/dCMER_m
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor grad_cams = need_cams ? at::empty({N, M, in.Hs, in.Ws}, contiguous) : at::empty({0}, contiguous);
@@ -163,9 +259,9 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     using T = scalar_t;
     const auto e = static_cast<T>(eps), le = static_cast<T>(l2_eps);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      SampleSides<T> sides;
-      BackwardScratch scratch;
-      std::vector<double> g_unit, g_target;
+      KeptSides<T> kept;
+      std::vector<double> g_map, acc, w_a, w_b;
+      std::vector<T> normalized_src;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {
@@ -173,48 +269,40 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
           if (need_cams_t) std::fill_n(output_plane<T>(grad_cams_t, n, 0), M * HW, T(0));
           continue;
         }
-        sides.compute(in, n, e, le);
+        kept.load(in, n, kept_warped.const_data_ptr<T>(), kept_stats.const_data_ptr<double>(), e);
+        const InverseAffine inv = inverse_of_sample(in.inverses, n);
+        g_map.resize(HW);
+        w_a.resize(M);
+        w_b.resize(M);
         for (int64_t i = 0; i < M; ++i) {
-          const WarpedSource<T>& src_side = sides.source[i];
-          const NormalizedTarget<T>& dst_side = sides.target[i];
+          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kStatSlots;
           const double c_er = g[i] * er_scale(in) * y;
           const double c_cm = g[M + i] * cmer_scale(in) * y;
-          // dL/dA_i and dL/dB_i (unit maps) from CMER_i; the other networks' maps are constants.
-          g_unit.assign(static_cast<size_t>(HW), 0.0);
-          g_target.assign(static_cast<size_t>(HW), 0.0);
           for (int64_t j = 0; j < M; ++j) {
-            if (j == i) continue;
-            const double w_a = c_cm * in.pred_t[n * M + j], w_b = c_cm * in.pred[n * M + j];
-            if (w_a != 0.0 && need_cams) {
-              const T* A = src_side.unit.data();
-              const T* B = sides.target[j].unit.data();
-              for (int64_t k = 0; k < HW; ++k) g_unit[k] += 2.0 * w_a * static_cast<double>(A[k] - B[k]);
-            }
-            if (w_b != 0.0 && need_cams_t) {
-              const T* B = dst_side.unit.data();
-              const T* A = sides.source[j].unit.data();
-              for (int64_t k = 0; k < HW; ++k) g_target[k] += 2.0 * w_b * static_cast<double>(B[k] - A[k]);
-            }
+            w_a[j] = c_cm * in.pred_t[n * M + j];  // pair (A_i, B_j)
+            w_b[j] = c_cm * in.pred[n * M + j];    // pair (B_i, A_j)
           }
-          // Through the L2 normalisation to P_i / Q_i, then add ER_i's gradient (on P_i, Q_i directly).
-          const T* P = src_side.warped.data();
-          const T* Q = dst_side.normalized.data();
+          const T* P = kept.warped[i];
+          const T* Q = kept.target[i].data();
           if (need_cams) {
-            l2_normalize_backward(g_unit.data(), P, HW, src_side.norm, le);
-            for (int64_t k = 0; k < HW; ++k) {
-              g_unit[k] += c_er * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
-            }
-            backprop_to_source(src_side, g_unit.data(), false, le, plane_of<T>(in.cams, n, i),
-                               inverse_of_sample(in.inverses, n), in.Hd, in.Wd, e, scratch,
-                               output_plane<T>(grad_cams, n, i), in.Ws);
+            side_gradient(HW, M, i, w_a.data(), [&](int64_t k) { return kept.unit_p(i, k); },
+                          [&](int64_t j, int64_t k) { return kept.unit_q(j, k); }, P, kept.inv_norm_p[i], le, c_er,
+                          P, Q, distance, g_map.data());
+            const PlaneView<T> src = plane_of<T>(in.cams, n, i);
+            const MinMaxStats<T> stats = stats_from<T>(slot, kSrcLo);
+            normalized_src.resize(in.Hs * in.Ws);
+            minmax_normalize_plane(src, stats, e, normalized_src.data());
+            acc.assign(static_cast<size_t>(in.Hs * in.Ws), 0.0);
+            warp_plane_adjoint(g_map.data(), in.Hd, in.Wd, inv, in.Hs, in.Ws, acc.data());
+            minmax_normalize_backward(src, stats, e, normalized_src.data(), acc.data(), output_plane<T>(grad_cams, n, i),
+                                      in.Ws);
           }
           if (need_cams_t) {
-            l2_normalize_backward(g_target.data(), Q, HW, dst_side.norm, le);
-            for (int64_t k = 0; k < HW; ++k) {
-              g_target[k] -= c_er * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
-            }
-            backprop_to_target(dst_side, g_target.data(), false, le, plane_of<T>(in.cams_t, n, i), e,
-                               output_plane<T>(grad_cams_t, n, i), in.Wd);
+            side_gradient(HW, M, i, w_b.data(), [&](int64_t k) { return kept.unit_q(i, k); },
+                          [&](int64_t j, int64_t k) { return kept.unit_p(j, k); }, Q, kept.inv_norm_q[i], le, -c_er,
+                          P, Q, distance, g_map.data());
+            minmax_normalize_backward(plane_of<T>(in.cams_t, n, i), stats_from<T>(slot, kDstLo), e, Q, g_map.data(),
+                                      output_plane<T>(grad_cams_t, n, i), in.Wd);
           }
         }
       }

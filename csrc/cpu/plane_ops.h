@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -64,27 +65,57 @@ struct MinMaxStats {
   T lo, hi, den;
 };
 
+/// A 16-byte SIMD vector of T (GCC/Clang vector extension: SSE2 on x86-64, NEON on ARM) and loads
+/// from unaligned memory.
+template <class T>
+struct Vec16 {
+  typedef T type __attribute__((vector_size(16)));
+  static constexpr int kWidth = 16 / sizeof(T);
+  static type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(type));
+    return v;
+  }
+  static type splat(T x) {
+    type v;
+    for (int k = 0; k < kWidth; ++k) v[k] = x;
+    return v;
+  }
+};
+
 template <class T>
 MinMaxStats<T> relu_minmax(const PlaneView<T>& p, T eps) {
-  T lo[kLanes], hi[kLanes], nan[kLanes];
-  for (int k = 0; k < kLanes; ++k) {
-    lo[k] = std::numeric_limits<T>::infinity();
-    hi[k] = T(0);
-    nan[k] = T(0);
+  using V = Vec16<T>;
+  using vec = typename V::type;
+  constexpr int W = V::kWidth;
+  const vec zero = V::splat(T(0)), one = V::splat(T(1));
+  vec lo = V::splat(std::numeric_limits<T>::infinity()), hi = zero, nan = zero;
+  T lo_s = std::numeric_limits<T>::infinity(), hi_s = T(0);
+  bool nan_s = false;
+  for (int64_t y = 0; y < p.rows; ++y) {
+    const T* row = p.row(y);
+    int64_t x = 0;
+    for (; x + W <= p.cols; x += W) {
+      const vec v = V::load(row + x);
+      const vec r = (v <= zero) ? zero : v;  // relu, NaN kept
+      lo = (r < lo) ? r : lo;
+      hi = (r > hi) ? r : hi;
+      nan = (r != r) ? one : nan;
+    }
+    for (; x < p.cols; ++x) {
+      const T r = math::relu(row[x]);
+      lo_s = r < lo_s ? r : lo_s;
+      hi_s = r > hi_s ? r : hi_s;
+      nan_s |= r != r;
+    }
   }
-  visit_in_lanes(p.rows, p.cols, [&](int k, int64_t y, int64_t x) {
-    const T r = math::relu(p.row(y)[x]);
-    lo[k] = r < lo[k] ? r : lo[k];
-    hi[k] = r > hi[k] ? r : hi[k];
-    nan[k] = r != r ? T(1) : nan[k];
-  });
-  for (int k = 1; k < kLanes; ++k) {
-    lo[0] = lo[k] < lo[0] ? lo[k] : lo[0];
-    hi[0] = hi[k] > hi[0] ? hi[k] : hi[0];
-    nan[0] += nan[k];
+  for (int k = 0; k < W; ++k) {
+    lo_s = lo[k] < lo_s ? lo[k] : lo_s;
+    hi_s = hi[k] > hi_s ? hi[k] : hi_s;
+    nan_s |= nan[k] != T(0);
   }
-  if (nan[0] != T(0)) lo[0] = hi[0] = std::numeric_limits<T>::quiet_NaN();
-  return {lo[0], hi[0], static_cast<T>((hi[0] - lo[0]) + eps)};
+  if (nan_s) lo_s = hi_s = std::numeric_limits<T>::quiet_NaN();
+  return {lo_s, hi_s, static_cast<T>((hi_s - lo_s) + eps)};
 }
 
 /// out[y * cols + x] = mn(plane)(y, x), out contiguous.
@@ -144,7 +175,8 @@ double l2_normalize_plane(const std::vector<T>& p, T l2_eps, std::vector<T>& uni
   const int64_t n = static_cast<int64_t>(p.size());
   const double norm = l2_norm_shifted(p.data(), n, l2_eps);
   unit.resize(p.size());
-  for (int64_t i = 0; i < n; ++i) unit[i] = static_cast<T>(static_cast<double>(p[i]) / norm);
+  const double inv = 1.0 / norm;  // one division per plane; the product is within an ulp of p / norm
+  for (int64_t i = 0; i < n; ++i) unit[i] = static_cast<T>(static_cast<double>(p[i]) * inv);
   return norm;
 }
 
