@@ -25,9 +25,10 @@ def assert_close(actual, expected, expected_same_dtype, what):
     """float64: relative 1e-9 against the float64 reference.
 
     float32: against the reference evaluated in float64 on the same (float32-representable) inputs, to
-    absolute and relative 1e-5 -- or, where the problem is ill-conditioned in float32 (min-max
+    absolute and relative 1e-5 plus 1e-6 of the tensor's largest magnitude (norm-wise accuracy: "sum"
+    reductions give O(100) gradients) -- or, where the problem is ill-conditioned in float32 (min-max
     normalisation of a nearly constant plane), to within twice the error of the float32 reference itself
-    (``expected_same_dtype``): the fused op must be as accurate as the eager float32 computation.
+    (``expected_same_dtype``): the fused op must be about as accurate as the eager float32 computation.
     """
     if actual.dtype == torch.float64:
         torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, equal_nan=True,
@@ -35,7 +36,8 @@ def assert_close(actual, expected, expected_same_dtype, what):
         return
     exact = expected.to(torch.float64)
     reference_error = (expected_same_dtype.to(torch.float64) - exact).abs()
-    tolerance = 1e-5 + 1e-5 * exact.abs() + 2 * reference_error
+    scale = float(exact[exact.isfinite()].abs().max()) if exact.isfinite().any() else 0.0
+    tolerance = 1e-5 + 1e-6 * scale + 1e-5 * exact.abs() + 2 * reference_error
     error = (actual.to(torch.float64) - exact).abs()
     bad = ~(error <= tolerance) & ~(actual.isnan() & exact.isnan())
     assert not bad.any(), (
