@@ -1,0 +1,422 @@
+"""Synthetic multi-modal MRI phantoms, written in the real raw layouts (BraTS 2021, MSD prostate).
+
+The data of the quick start, the ablation and the tests: deterministic for a seed, fast (numpy + a few
+torch interpolations/convolutions), and read through exactly the same path as real data
+(:func:`~mmcam.data.discover.discover` -> :func:`~mmcam.data.build.build_cache` -> ``SliceDataset``).
+
+``kind="brats"`` -- a skull-stripped brain (background exactly 0, so the end slices are empty) with
+CSF, grey and white matter, ventricles and one glioma: edema (label 2) around a core of necrosis
+(label 1) inside an enhancing rim (label 4); 20 % of subjects have a non-enhancing core (no label 4,
+like low-grade gliomas). Four modalities with their clinical contrasts, so the tumour genuinely looks
+different in each:
+
+==========  =====  =====  =====  =====  =====  =========  =======
+modality    CSF    GM     WM     edema  rim    necrosis   visible
+==========  =====  =====  =====  =====  =====  =========  =======
+t1          0.25   0.55   0.80   0.45   0.55   0.30       core dark, edema faint
+t1ce        0.25   0.55   0.80   0.45   1.30   0.30       bright enhancing rim only
+t2          1.00   0.62   0.42   0.88   0.70   0.95       whole tumour, but CSF as bright
+flair       0.15   0.55   0.45   0.92   0.78   0.55       whole tumour (edema) brightest
+==========  =====  =====  =====  =====  =====  =========  =======
+
+Default shape ``(96, 96, 40)`` voxels of ``2.5 x 2.5 x 3.875`` mm: the 240 x 240 x 155 mm field of
+view of BraTS at 40 % of its resolution; the tumour covers about a quarter to a half of the brain
+slices.
+Images are int16 like BraTS, masks uint8 with the BraTS 2018-2022 labels {0, 1, 2, 4}.
+
+``kind="prostate"`` -- a pelvis (fat, muscle, rectum, bladder in the upper slices) and a prostate
+gland of peripheral (label 1) and transition (label 2) zones, half the subjects with a small PZ lesion
+(inside the gland label). Two modalities as MSD Task05 stores them, one 4-D float32 file
+``(X, Y, Z, 2)``: T2 (channel 0: PZ bright, TZ darker and nodular, dark capsule, fat bright) and ADC
+(channel 1: fat dark, gland bright, lesion dark, lower resolution and noisier). Default shape
+``(96, 96, 24)`` voxels of ``1.25 x 1.25 x 3.6`` mm (a 120 x 120 x 86.4 mm field of view, anisotropic
+like MSD); the gland covers about half of the slices.
+
+Another ``shape`` keeps the field of view (:data:`FIELDS_OF_VIEW`), so only the resolution changes.
+
+Both add a smooth multiplicative bias field, partial-volume blur and Rician noise, and draw a random
+intensity scale per subject and modality (MRI intensities have no absolute unit). Subject ``i`` of seed
+``s`` depends only on ``(s, i)``, not on the number of subjects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmcam.data._atomic import atomic_write_json, replace_directory, temporary_sibling
+from mmcam.data.errors import DataError
+from mmcam.data.nifti import save_nifti
+
+__all__ = ["KINDS", "DEFAULT_SHAPES", "FIELDS_OF_VIEW", "spacing", "SyntheticSubject", "make_subject",
+           "generate_synthetic", "prepare_synthetic", "main"]
+
+KINDS = ("brats", "prostate")
+#: Default volume shape (X, Y, Z) of each kind.
+DEFAULT_SHAPES = {"brats": (96, 96, 40), "prostate": (96, 96, 24)}
+#: Field of view (mm) of each kind; the voxel spacing is field of view / shape, so a phantom looks the
+#: same at any resolution.
+FIELDS_OF_VIEW = {"brats": (240.0, 240.0, 155.0), "prostate": (120.0, 120.0, 86.4)}
+
+
+def spacing(kind: str, shape) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of a ``kind`` phantom of ``shape``: :data:`FIELDS_OF_VIEW` / shape."""
+    return tuple(f / n for f, n in zip(FIELDS_OF_VIEW[kind], shape))
+MARKER_FILE = "mmcam_synthetic.json"
+
+# tissue -> intensity per modality (t1, t1ce, t2, flair), the table of the module docstring
+_BRAIN_TISSUES = {
+    "csf": (0.25, 0.25, 1.00, 0.15),
+    "gm": (0.55, 0.55, 0.62, 0.55),
+    "wm": (0.80, 0.80, 0.42, 0.45),
+    "edema": (0.45, 0.45, 0.88, 0.92),
+    "rim": (0.55, 1.30, 0.70, 0.78),
+    "necrosis": (0.30, 0.30, 0.95, 0.55),
+}
+# tissue -> (T2, ADC)
+_PELVIS_TISSUES = {
+    "air": (0.0, 0.0),
+    "fat": (0.85, 0.08),
+    "muscle": (0.30, 0.50),
+    "rectal_wall": (0.35, 0.45),
+    "rectal_lumen": (0.05, 0.05),
+    "bladder": (1.00, 1.00),
+    "capsule": (0.15, 0.45),
+    "pz": (0.75, 0.72),
+    "tz": (0.45, 0.55),
+    "lesion": (0.28, 0.22),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticSubject:
+    """One phantom.
+
+    Attributes:
+        images: ``(M, X, Y, Z)`` float32 intensities (already scaled; int16-valued for brats).
+        labels: ``(X, Y, Z)`` uint8 mask with the values of the kind's label spec.
+        affine: ``(4, 4)`` voxel->world matrix (mm).
+        modalities: the M modality names.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray
+    modalities: tuple[str, ...]
+
+
+# ----------------------------------------------------------------------------------------- fields
+def _smooth_noise(rng: np.random.Generator, shape, cells) -> np.ndarray:
+    """A smooth random field of ``shape``, unit-variance noise on a ``cells`` grid, trilinearly
+    interpolated."""
+    coarse = torch.from_numpy(rng.standard_normal((1, 1, *cells)).astype(np.float32))
+    fine = F.interpolate(coarse, size=tuple(shape), mode="trilinear", align_corners=True)
+    return fine[0, 0].numpy()
+
+
+def _blur(volume: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
+    """Separable Gaussian blur of ``(X, Y, Z)`` with per-axis ``sigma`` in voxels, edges replicated."""
+    out = np.asarray(volume, dtype=np.float32)
+    for axis, s in enumerate(sigma):
+        if s <= 0:
+            continue
+        radius = max(1, int(3 * s + 0.5))
+        taps = np.arange(-radius, radius + 1, dtype=np.float32)
+        weights = np.exp(-0.5 * (taps / s) ** 2)
+        weights /= weights.sum()
+        pad = [(0, 0)] * out.ndim
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="edge")
+        n = out.shape[axis]
+        out = sum(w * np.take(padded, np.arange(t, t + n), axis=axis)
+                  for t, w in enumerate(weights))
+    return out.astype(np.float32, copy=False)
+
+
+def _grid(shape, spacing, centre_mm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """World coordinates (mm) of every voxel relative to ``centre_mm``, each ``(X, Y, Z)``."""
+    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * s - c
+            for n, s, c in zip(shape, spacing, centre_mm)]
+    return np.meshgrid(*axes, indexing="ij")
+
+
+def _ellipsoid_radius(coords, semi_axes) -> np.ndarray:
+    """Normalised ellipsoidal radius: < 1 inside the ellipsoid of ``semi_axes`` (mm)."""
+    return np.sqrt(sum((c / a) ** 2 for c, a in zip(coords, semi_axes)))
+
+
+def _rician(rng: np.random.Generator, image: np.ndarray, sigma: float) -> np.ndarray:
+    """Magnitude of ``image`` plus complex Gaussian noise of standard deviation ``sigma``."""
+    real = image + rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    imaginary = rng.normal(0.0, sigma, image.shape).astype(np.float32)
+    return np.sqrt(real * real + imaginary * imaginary)
+
+
+def _compose(tissue_masks: dict, table: dict, modality: int, shape) -> np.ndarray:
+    """The piecewise-constant image of one modality (later masks overwrite earlier ones)."""
+    image = np.zeros(shape, dtype=np.float32)
+    for tissue, mask in tissue_masks.items():
+        image[mask] = table[tissue][modality]
+    return image
+
+
+def _affine(shape, spacing, flip_xy: bool) -> np.ndarray:
+    signs = (-1.0, -1.0, 1.0) if flip_xy else (1.0, 1.0, 1.0)
+    affine = np.diag([sg * s for sg, s in zip(signs, spacing)] + [1.0])
+    affine[:3, 3] = [-sg * s * (n - 1) / 2 for sg, s, n in zip(signs, spacing, shape)]
+    return affine
+
+
+# ------------------------------------------------------------------------------------ phantoms
+def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
+    voxel = spacing("brats", shape)
+    x, y, z = _grid(shape, voxel, rng.uniform(-4, 4, 3))
+    coarse = (6, 6, 4)
+    r = _ellipsoid_radius((x, y, z), (rng.uniform(62, 72), rng.uniform(76, 88),
+                                      rng.uniform(58, 66)))
+    brain = r + 0.04 * _smooth_noise(rng, shape, coarse) < 1.0
+    folds = 0.06 * _smooth_noise(rng, shape, (12, 12, 8))
+    ventricles = np.zeros(shape, dtype=bool)
+    for side in (-1, 1):
+        ventricles |= _ellipsoid_radius((x - side * 11, y + 4, z - 6), (6, 22, 12)) < 1
+
+    # glioma: a perturbed ellipsoid, centred well inside the brain
+    centre = rng.uniform(-1, 1, 3) * np.array([30.0, 38.0, 22.0])
+    size = rng.uniform(20, 34) * rng.uniform(0.8, 1.2, 3)
+    d = _ellipsoid_radius((x - centre[0], y - centre[1], z - centre[2]), size)
+    whole = (d + 0.3 * _smooth_noise(rng, shape, (14, 14, 10)) < 1.0) & brain  # irregular edema
+    d_core = d + 0.1 * _smooth_noise(rng, shape, (10, 10, 8))
+    core_radius = rng.uniform(0.4, 0.6)
+    core = whole & (d_core < core_radius)
+    necrosis = core & (d_core < core_radius * rng.uniform(0.4, 0.7))
+    enhancing = rng.uniform() >= 0.2
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[whole] = 2
+    labels[core] = 4 if enhancing else 1
+    labels[necrosis] = 1
+
+    tissues = {
+        "gm": brain,
+        "wm": brain & (r + folds < 0.80),
+        "csf": brain & ((r + folds > 0.94) | ventricles),
+        "edema": labels == 2,
+        "rim": labels == 4,
+        "necrosis": labels == 1,
+    }
+    heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, (16, 16, 10))
+    images = []
+    for m in range(4):
+        image = _compose(tissues, _BRAIN_TISSUES, m, shape) * heterogeneity
+        image = _blur(image, (0.6, 0.6, 0.4))
+        image *= np.exp(0.15 * _smooth_noise(rng, shape, (3, 3, 2)))  # bias field
+        image = _rician(rng, image, 0.025) * brain                   # skull-stripped
+        images.append(np.round(image * rng.uniform(400, 1200)))
+    return SyntheticSubject(np.stack(images).astype(np.float32), labels,
+                            _affine(shape, voxel, flip_xy=True), ("t1", "t1ce", "t2", "flair"))
+
+
+def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
+    voxel = spacing("prostate", shape)
+    x, y, z = _grid(shape, voxel, (0.0, 0.0, 0.0))
+
+    def plane_r(cx, cy, ax, ay):  # elliptic-cylinder radius (the same ellipse on every slice)
+        return np.sqrt(((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2)
+
+    body = plane_r(0, 0, 56, 48) + 0.03 * _smooth_noise(rng, shape, (5, 5, 3)) < 1
+    pelvic_fat = plane_r(0, 0, 40, 33) < 1
+    rectum_y = rng.uniform(20, 25)
+    rectum = plane_r(0, rectum_y, 10, 8)
+
+    gland_centre = np.array([rng.uniform(-3, 3), rng.uniform(-4, 0), rng.uniform(-8, 8)])
+    gland_axes = np.array([rng.uniform(19, 24), rng.uniform(14, 18), rng.uniform(17, 23)])
+    g = _ellipsoid_radius((x - gland_centre[0], y - gland_centre[1], z - gland_centre[2]),
+                          gland_axes) + 0.06 * _smooth_noise(rng, shape, (8, 8, 5))
+    gland = g < 1
+    # transition zone: anterior-central, larger towards the base (superior slices)
+    base = np.clip((z - gland_centre[2]) / gland_axes[2], -1, 1)
+    tz_scale = rng.uniform(0.55, 0.7) * (1.0 + 0.25 * base)
+    tz = gland & (_ellipsoid_radius((x - gland_centre[0], y - gland_centre[1] + 4,
+                                     z - gland_centre[2]), [a * tz_scale for a in gland_axes]) < 1)
+    labels = np.zeros(shape, dtype=np.uint8)
+    labels[gland] = 1
+    labels[tz] = 2
+    bladder = _ellipsoid_radius((x - gland_centre[0], y - gland_centre[1] + 6,
+                                 z - gland_centre[2] - gland_axes[2] - 20), (24, 20, 22)) < 1
+    lesion = np.zeros(shape, dtype=bool)
+    if rng.uniform() < 0.5:
+        pz = np.argwhere(labels == 1)
+        if len(pz):
+            at = tuple(pz[rng.integers(len(pz))])
+            r = _ellipsoid_radius((x - x[at], y - y[at], z - z[at]), rng.uniform(4, 7, 3))
+            lesion = (r < 1) & (labels == 1)
+
+    tissues = {
+        "air": ~body,
+        "muscle": body,
+        "fat": body & (pelvic_fat | (plane_r(0, 0, 56, 48) > 0.86)),
+        "rectal_wall": rectum < 1,
+        "rectal_lumen": rectum < 0.55,
+        "bladder": bladder & ~gland,
+        "capsule": (g < 1.12) & ~gland,
+        "pz": labels == 1,
+        "tz": labels == 2,
+        "lesion": lesion,
+    }
+    nodules = 1.0 + 0.18 * _smooth_noise(rng, shape, (20, 20, 8)) * (labels == 2)
+    t2 = _compose(tissues, _PELVIS_TISSUES, 0, shape) * nodules
+    t2 = _blur(t2, (0.5, 0.5, 0.3)) * np.exp(0.3 * _smooth_noise(rng, shape, (3, 3, 2)))
+    t2 = _rician(rng, t2, 0.02) * rng.uniform(300, 900)
+    adc = _blur(_compose(tissues, _PELVIS_TISSUES, 1, shape), (1.5, 1.5, 0.4))
+    adc = _rician(rng, adc, 0.05) * rng.uniform(1500, 2500)
+    return SyntheticSubject(np.stack([t2, adc]).astype(np.float32), labels,
+                            _affine(shape, voxel, flip_xy=False), ("t2", "adc"))
+
+
+def _check_kind_shape(kind: str, shape) -> tuple[int, int, int]:
+    if kind not in KINDS:
+        raise DataError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
+    shape = DEFAULT_SHAPES[kind] if shape is None else tuple(shape)
+    if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
+                              or v < 8 for v in shape):
+        raise DataError(f"shape must be three ints >= 8 (X, Y, Z), got {shape!r}")
+    return tuple(int(v) for v in shape)
+
+
+def make_subject(kind: str, seed: int, index: int, shape=None) -> SyntheticSubject:
+    """Phantom ``index`` of ``seed`` (depends on nothing else), see the module docstring."""
+    shape = _check_kind_shape(kind, shape)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
+    return (_brain if kind == "brats" else _pelvis)(rng, shape)
+
+
+# ------------------------------------------------------------------------------------- writing
+def _write_brats_subject(root: Path, subject_id: str, subject: SyntheticSubject) -> None:
+    """BraTS 2021 layout: ``root/<id>/<id>_{t1,t1ce,t2,flair,seg}.nii.gz``."""
+    final = root / subject_id
+    tmp = temporary_sibling(final)
+    tmp.mkdir()
+    try:
+        for name, image in zip(subject.modalities, subject.images):
+            save_nifti(tmp / f"{subject_id}_{name}.nii.gz", image.astype(np.int16), subject.affine)
+        save_nifti(tmp / f"{subject_id}_seg.nii.gz", subject.labels, subject.affine)
+        replace_directory(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_msd_subject(root: Path, subject_id: str, subject: SyntheticSubject) -> None:
+    """MSD layout: ``imagesTr/<id>.nii.gz`` (X, Y, Z, 2) and ``labelsTr/<id>.nii.gz``."""
+    image = np.moveaxis(subject.images, 0, -1)  # (X, Y, Z, M)
+    save_nifti(root / "imagesTr" / f"{subject_id}.nii.gz", image, subject.affine)
+    save_nifti(root / "labelsTr" / f"{subject_id}.nii.gz", subject.labels, subject.affine)
+
+
+def _msd_dataset_json(ids: Sequence[str]) -> dict:
+    return {
+        "name": "mmcam synthetic prostate", "description": "synthetic phantoms, MSD Task05 layout",
+        "tensorImageSize": "4D", "modality": {"0": "T2", "1": "ADC"},
+        "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+        "numTraining": len(ids), "numTest": 0,
+        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"}
+                     for i in ids],
+        "test": [],
+    }
+
+
+def generate_synthetic(root, kind: str = "brats", n_subjects: int = 20, seed: int = 0,
+                       shape=None, progress: bool = False) -> Path:
+    """Write ``n_subjects`` phantoms to ``root`` in the raw layout of ``kind`` and return ``root``.
+
+    ``brats``: BraTS 2021 layout, ids ``synth_00000``...; ``prostate``: MSD Task05 layout with
+    ``dataset.json``, ids ``prostate_00000``.... ``root`` must be new or empty; a ``root`` already
+    generated with the same arguments is returned as it is (the marker file ``mmcam_synthetic.json``
+    is written last and records them).
+    """
+    shape = _check_kind_shape(kind, shape)
+    if isinstance(n_subjects, bool) or not isinstance(n_subjects, int) or n_subjects < 1:
+        raise DataError(f"n_subjects must be an int >= 1, got {n_subjects!r}")
+    root = Path(root)
+    params = {"kind": kind, "n_subjects": n_subjects, "seed": seed, "shape": list(shape)}
+    marker = root / MARKER_FILE
+    if marker.is_file():
+        if json.loads(marker.read_text()) == params:
+            return root
+        raise DataError(f"{root}: holds synthetic data generated with other parameters "
+                        f"({marker.read_text().strip()}); choose a new directory")
+    if root.exists() and any(root.iterdir()):
+        raise DataError(f"{root}: not empty; choose a new directory for the synthetic data")
+    prefix = "synth" if kind == "brats" else "prostate"
+    ids = [f"{prefix}_{i:05d}" for i in range(n_subjects)]
+    if kind == "prostate":
+        (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (root / "labelsTr").mkdir(exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    write = _write_brats_subject if kind == "brats" else _write_msd_subject
+    iterator = range(n_subjects)
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(iterator, desc=f"synthetic {kind}", unit="subject")
+    for i in iterator:
+        write(root, ids[i], make_subject(kind, seed, i, shape))
+    if kind == "prostate":
+        atomic_write_json(root / "dataset.json", _msd_dataset_json(ids))
+    atomic_write_json(marker, params)
+    return root
+
+
+def prepare_synthetic(workdir, kind: str = "brats", n_subjects: int = 20, seed: int = 0,
+                      shape=None, workers: int = 1, progress: bool = False) -> Path:
+    """Generate phantoms into ``workdir/raw`` and build their cache with splits into
+    ``workdir/cache`` (default split: seed ``seed``, 10 % validation, 20 % test); return the cache
+    directory. Reuses both when already complete with the same arguments.
+    """
+    from mmcam.data.build import build_cache, write_splits
+    from mmcam.data.cache import INDEX_FILE, SPLITS_FILE
+    from mmcam.data.discover import discover
+
+    workdir = Path(workdir)
+    raw = generate_synthetic(workdir / "raw", kind, n_subjects, seed, shape, progress)
+    cache_dir = workdir / "cache"
+    if not (cache_dir / INDEX_FILE).is_file():
+        build_cache(discover(raw), cache_dir, workers=workers, progress=progress)
+    if not (cache_dir / SPLITS_FILE).is_file():
+        write_splits(cache_dir, seed=seed)
+    return cache_dir
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m mmcam.data.synthetic ROOT [--kind brats|prostate] [--subjects N] [--seed S]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mmcam.data.synthetic",
+        description="Write synthetic multi-modal MRI phantoms in a real raw layout "
+                    "(brats: BraTS 2021, prostate: MSD Task05); then run python -m mmcam.prepare.")
+    parser.add_argument("root", type=Path, help="output directory (new or empty)")
+    parser.add_argument("--kind", choices=KINDS, default="brats")
+    parser.add_argument("--subjects", type=int, default=20, help="number of subjects (default 20)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
+                        help="volume shape (default brats 96 96 40, prostate 96 96 24)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        generate_synthetic(args.root, args.kind, args.subjects, args.seed, args.shape,
+                           progress=not args.no_progress)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.subjects} synthetic {args.kind} subjects to {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
