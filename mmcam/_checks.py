@@ -31,11 +31,14 @@ def check_tensor(t, name: str, ndim: int, layout: str) -> None:
 
 
 def check_cam_dtype(t: torch.Tensor, name: str) -> None:
-    """CAM planes: float32/float64 everywhere, float16/bfloat16 on CUDA only."""
-    allowed = _CUDA_DTYPES if t.device.type == "cuda" else _CPU_DTYPES
+    """CAM planes: float32/float64 everywhere, float16/bfloat16 on CUDA, and on the CPU inside a CPU
+    autocast region (the operators' autocast rule then runs them in float32)."""
+    cpu_autocast = t.device.type == "cpu" and torch.is_autocast_enabled("cpu")
+    allowed = _CUDA_DTYPES if t.device.type == "cuda" or cpu_autocast else _CPU_DTYPES
     if t.dtype not in allowed:
         names = ", ".join(str(d).replace("torch.", "") for d in allowed)
-        raise TypeError(f"{name} must have dtype {names} on {t.device.type}, got {t.dtype}")
+        hint = " (float16/bfloat16 inputs are accepted inside torch.autocast('cpu'))" if t.device.type == "cpu" else ""
+        raise TypeError(f"{name} must have dtype {names} on {t.device.type}, got {t.dtype}{hint}")
 
 
 def check_same(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, *, dtype: bool = True) -> None:

@@ -219,3 +219,7 @@ torch.library.register_autograd("mmcam::equivariance_loss", _backward_equivarian
                                 setup_context=_setup_equivariance_loss)
 torch.library.register_autograd("mmcam::equivariance_terms", _backward_equivariance_terms,
                                 setup_context=_setup_equivariance_terms)
+
+# Under CPU autocast (e.g. bfloat16 model outputs) the CPU kernels run in float32 on upcast inputs.
+for _name in ("warp_normalized", "equivariance_loss", "equivariance_terms"):
+    torch.library.register_autocast(f"mmcam::{_name}", "cpu", torch.float32)
