@@ -1,0 +1,242 @@
+"""Training configuration: one flat dataclass, named presets, YAML files and ``key=value`` overrides.
+
+Resolution order (later wins): the dataclass defaults, the preset (``--preset``; ``quick`` when no data is
+given), a YAML file (``--config``), command-line options, then ``key=value`` overrides. Every key is
+checked: an unknown key or a value of the wrong type raises :class:`ConfigError` naming it, before any
+training starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key, value, preset or file is invalid."""
+
+
+@dataclass
+class TrainConfig:
+    """All settings of a training run (see README "Training" for their meaning).
+
+    Data: ``data`` is a raw download or a prepared cache (``None``: the built-in synthetic phantoms),
+    ``dataset`` its kind, ``modalities`` the subset to train on (one network each; ``None``: all),
+    ``region`` the target region (``None``: the dataset's default), ``size`` the in-plane size of prepared
+    slices (``None``: native).
+    """
+
+    # data
+    data: Optional[str] = None
+    dataset: str = "auto"
+    cache: Optional[str] = None
+    modalities: Optional[list[str]] = None
+    region: Optional[str] = None
+    size: Optional[int] = None
+    limit_subjects: Optional[int] = None
+    synthetic_subjects: int = 24
+    synthetic_layout: str = "brats"
+    workers: int = 0
+    # model
+    width_divisor: int = 1
+    # optimisation (AdamW, no schedule)
+    lr: float = 5e-5
+    weight_decay: float = 0.5
+    batch_size: int = 16
+    epochs: int = 30
+    max_steps: Optional[int] = None
+    # loss (DESIGN §1)
+    lambda_kd: float = 0.5
+    temperature: float = 10.0
+    transform: str = "all"
+    equivariance_backend: str = "fused"
+    er_distance: str = "sq_l2"
+    use_cls: bool = True
+    use_er: bool = True
+    use_cmer: bool = True
+    use_kd: bool = True
+    # evaluation
+    threshold: str = "val"
+    eval_every: int = 1
+    # runtime
+    device: str = "cpu"
+    amp: Optional[str] = None
+    channels_last: bool = False
+    deterministic: bool = False
+    seed: int = 0
+    log_every: int = 10
+    preset: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+#: Named presets: the paper's hyperparameters (DESIGN §1) and a CPU quick start on synthetic data.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper-brats": dict(lr=5e-5, weight_decay=0.5, batch_size=16, epochs=30, width_divisor=1),
+    "paper-prostate": dict(lr=1e-4, weight_decay=0.5, batch_size=16, epochs=100, width_divisor=4),
+    "quick": dict(
+        lr=1e-3, weight_decay=1e-4, batch_size=16, epochs=6, width_divisor=16, synthetic_subjects=24,
+        modalities=["t1ce", "flair"], size=64, log_every=5,
+    ),
+}
+
+#: Keys that may differ between a run and its resumption (they do not change what is computed).
+RESUMABLE_KEYS = frozenset({"max_steps", "epochs", "workers", "device", "log_every", "eval_every", "data", "cache"})
+
+_CHOICES = {
+    "transform": ("all", "flip", "rot90", "translate", "resize", "affine"),
+    "equivariance_backend": ("fused", "torch", "kornia"),
+    "er_distance": ("sq_l2", "l1"),
+    "threshold": ("val", "otsu", "fixed"),
+    "device": ("cpu", "cuda"),
+    "amp": (None, "bf16", "fp16"),
+    "synthetic_layout": ("brats", "prostate"),
+}
+_POSITIVE = ("batch_size", "epochs", "width_divisor", "synthetic_subjects", "log_every", "eval_every")
+
+
+def _field_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(TrainConfig)
+    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` as the type of field ``key`` (ints accepted for floats, comma strings for lists)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"config key {key!r} must be a list of strings (or 'a,b'), got {value!r}")
+        return list(value)
+    if annotation is bool:
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ConfigError(f"config key {key!r} must be an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r} has an unsupported type {annotation!r}")
+
+
+def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConfig:
+    """A copy of ``config`` with ``values`` set; ``source`` names where they came from in errors."""
+    types = _field_types()
+    changes = {}
+    for key, value in values.items():
+        if key not in types:
+            close = [k for k in types if k.replace("_", "") == str(key).replace("_", "").replace("-", "")]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint}; known keys: {', '.join(sorted(types))}")
+        try:
+            changes[key] = _coerce(key, value, types[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (in {source})") from None
+    out = dataclasses.replace(config, **changes)
+    validate(out)
+    return out
+
+
+def validate(config: TrainConfig) -> None:
+    """Range and choice checks of a complete configuration."""
+    for key, choices in _CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise ConfigError(f"config key {key!r} must be one of {choices}, got {getattr(config, key)!r}")
+    for key in _POSITIVE:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)!r}")
+    if config.lr <= 0 or config.weight_decay < 0 or config.temperature <= 0 or config.lambda_kd < 0:
+        raise ConfigError("lr and temperature must be > 0, weight_decay and lambda_kd >= 0")
+    if config.max_steps is not None and config.max_steps < 1:
+        raise ConfigError(f"config key 'max_steps' must be >= 1, got {config.max_steps}")
+    if config.amp is not None and config.device != "cuda":
+        raise ConfigError(f"--amp {config.amp} needs --device cuda (mixed precision is a CUDA feature here)")
+    if not (config.use_cls or config.use_er or config.use_cmer or config.use_kd):
+        raise ConfigError("every loss term is switched off (use_cls, use_er, use_cmer, use_kd)")
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    return dict(PRESETS[name], preset=name)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file; errors name the file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values, got {type(values).__name__}")
+    return values
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["lr=1e-4", "modalities=t1,t2"]`` -> ``{"lr": 1e-4, ...}`` (values parsed as YAML scalars)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        out[key.strip()] = yaml.safe_load(raw) if raw else ""
+    return out
+
+
+def resolve(
+    *, preset_name: Optional[str], config_file: Optional[str], options: dict[str, Any], overrides: list[str]
+) -> TrainConfig:
+    """The configuration of a new run (see the module docstring for the order)."""
+    config = TrainConfig()
+    name = preset_name or ("quick" if options.get("data") is None else None)
+    if name is not None:
+        config = apply(config, preset(name), f"preset {name!r}")
+    if config_file is not None:
+        config = apply(config, load_yaml(config_file), f"config file {config_file}")
+    config = apply(config, {k: v for k, v in options.items() if v is not None}, "command-line options")
+    return apply(config, parse_overrides(overrides), "key=value overrides")
+
+
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys whose values differ between two config dicts, except the resumable ones."""
+    keys = (set(saved) | set(current)) - RESUMABLE_KEYS
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}

@@ -1,0 +1,338 @@
+"""The training loop: data order, optimisation, validation, checkpoints and resumption (DESIGN §1, §7).
+
+Everything random is derived from the config's seed: model initialisation (the global torch RNG, seeded
+before the model is built), the data order of epoch ``e`` (a generator seeded with ``(seed, e)``, so a
+run resumed mid-epoch continues with the same batches) and the transforms π (a dedicated generator whose
+state is checkpointed). A run of ``k`` steps, resumed for ``k`` more, ends with bitwise the weights of a
+``2k``-step run on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+
+from mmcam import checkpoint as ckpt
+from mmcam.config import TrainConfig
+from mmcam.data import SliceDataset
+from mmcam.metrics import PatientDice, mean_std, threshold_grid
+from mmcam.models import MultiModalCAM, unwrap_model
+from mmcam.objective import ObjectiveConfig, compute_objective
+from mmcam.pseudo_masks import foreground_maps
+from mmcam.run_dir import RunDirectory
+
+
+@dataclass
+class Distributed:
+    """This process's place in a torchrun job (world 1: a plain run)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str) -> "Distributed":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world == 1:
+            return cls()
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if device == "cuda" else "gloo")
+        return cls(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Batches of epoch ``epoch``: a permutation seeded by ``(seed, epoch)``, cut into global batches of
+    ``batch_size * world`` items (the last incomplete one dropped), of which rank ``r`` takes the ``r``-th
+    ``batch_size`` items; iteration starts at global batch ``start``."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.epoch = n, batch_size, seed, epoch
+        self.start, self.rank, self.world = start, rank, world
+
+    def __len__(self) -> int:
+        return max(0, self.n // (self.batch_size * self.world) - self.start)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist()
+        global_batch = self.batch_size * self.world
+        for b in range(self.start, self.n // global_batch):
+            chunk = order[b * global_batch:(b + 1) * global_batch]
+            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+
+
+@dataclass
+class TrainState:
+    """Progress counters (checkpointed)."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    best_accuracy: dict = field(default_factory=dict)  # modality -> best validation accuracy
+    best_dice: float = -math.inf
+
+
+class StopRequested(Exception):
+    """SIGINT / SIGTERM arrived: the trainer saved ``last`` and stops."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Trainer:
+    """Trains one :class:`~mmcam.models.MultiModalCAM` on a prepared cache.
+
+    Args:
+        config: the resolved configuration.
+        cache_dir: the slice cache (``python -m mmcam.prepare``).
+        run_dir: where logs and checkpoints go.
+        distributed: rank and world size (see :meth:`Distributed.from_environment`).
+    """
+
+    def __init__(self, config: TrainConfig, cache_dir, run_dir: RunDirectory, distributed: Distributed = Distributed()):
+        self.config, self.run_dir, self.dist = config, run_dir, distributed
+        self.device = torch.device(config.device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.train_set = SliceDataset(cache_dir, "train", config.modalities, region=config.region)
+        self.modalities = list(self.train_set.modalities)
+        self.val_set = SliceDataset(cache_dir, "val", self.modalities, region=config.region)
+        self.test_set = SliceDataset(cache_dir, "test", self.modalities, region=config.region)
+        if config.limit_subjects is not None:
+            self.train_set = SliceDataset(cache_dir, self.train_set.subject_ids[:config.limit_subjects], self.modalities,
+                                          region=config.region)
+        torch.manual_seed(config.seed)
+        model = MultiModalCAM(self.modalities, width_divisor=config.width_divisor).to(self.device)
+        if config.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if self.dist.world > 1:
+            model = torch.nn.parallel.DistributedDataParallel(model)
+        self.model = model
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.objective = ObjectiveConfig(
+            lambda_kd=config.lambda_kd, temperature=config.temperature, transform=config.transform,
+            backend=config.equivariance_backend, er_distance=config.er_distance, use_cls=config.use_cls,
+            use_kd=config.use_kd, use_er=config.use_er, use_cmer=config.use_cmer)
+        self.transform_generator = torch.Generator().manual_seed(config.seed + 1)
+        self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+        self.state = TrainState()
+        self.best_networks: dict[str, dict] = {}
+        self._stop: Optional[int] = None
+
+    # ------------------------------------------------------------------ data
+    def steps_per_epoch(self) -> int:
+        return len(self.train_set) // (self.config.batch_size * self.dist.world)
+
+    def total_steps(self) -> int:
+        total = self.steps_per_epoch() * self.config.epochs
+        return min(total, self.config.max_steps) if self.config.max_steps is not None else total
+
+    def _loader(self, epoch: int, start: int) -> torch.utils.data.DataLoader:
+        sampler = EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, epoch, start,
+                               self.dist.rank, self.dist.world)
+        return torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.config.workers,
+                                           pin_memory=self.device.type == "cuda",
+                                           persistent_workers=False)
+
+    # ------------------------------------------------------------ checkpoint
+    def _checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "modalities": self.modalities,
+            "model": unwrap_model(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "state": dataclasses.asdict(self.state),
+            "best_networks": self.best_networks,
+            "rng": ckpt.capture_rng_state({"transform": self.transform_generator}),
+        }
+
+    def save(self, name: str) -> None:
+        if self.dist.is_main:
+            ckpt.atomic_save(self._checkpoint_state(), self.run_dir.checkpoint(name))
+
+    def resume(self, path) -> None:
+        saved = ckpt.load(path)
+        if saved["modalities"] != self.modalities:
+            raise ValueError(f"checkpoint {path} was trained on modalities {saved['modalities']}, not {self.modalities}")
+        unwrap_model(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        if self.scaler is not None and saved["scaler"] is not None:
+            self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState(**saved["state"])
+        self.best_networks = saved["best_networks"]
+        ckpt.restore_rng_state(saved["rng"], {"transform": self.transform_generator})
+
+    # --------------------------------------------------------------- training
+    def _request_stop(self, signum, _frame) -> None:
+        self._stop = signum
+
+    def _step(self, batch: dict) -> dict[str, float]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        if self.config.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
+        with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            result = compute_objective(self.model, images, labels, self.transform_generator, self.objective)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(result.total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            result.total.backward()
+            self.optimizer.step()
+        return result.scalars() if self.state.step % self.config.log_every == 0 else {}
+
+    def fit(self, progress: bool = True) -> None:
+        """Train until ``epochs`` or ``max_steps``; validates and checkpoints at every epoch end."""
+        handlers = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self._fit(progress)
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+    def _fit(self, progress: bool) -> None:
+        total = self.total_steps()
+        bar = _progress(total, self.state.step, enabled=progress and self.dist.is_main)
+        try:
+            while self.state.step < total and self.state.epoch < self.config.epochs:
+                self.model.train()
+                for batch in self._loader(self.state.epoch, self.state.batch_in_epoch):
+                    scalars = self._step(batch)
+                    self.state.step += 1
+                    self.state.batch_in_epoch += 1
+                    bar.update(1)
+                    if scalars:
+                        bar.set_postfix(loss=f"{scalars['loss']:.3f}")
+                        self.run_dir.scalars("train", self.state.step, self.state.epoch, scalars)
+                    if self._stop is not None:
+                        self.save("last")
+                        raise StopRequested(self._stop)
+                    if self.state.step >= total:
+                        break
+                if self.state.batch_in_epoch >= self.steps_per_epoch():
+                    self._end_epoch()
+                elif self.state.step >= total:  # stopped by max_steps inside an epoch
+                    self._select_best(self.state.epoch)
+                self.save("last")
+        finally:
+            bar.close()
+
+    def _end_epoch(self) -> None:
+        epoch = self.state.epoch
+        self.state.epoch += 1
+        self.state.batch_in_epoch = 0
+        if self.state.epoch % self.config.eval_every == 0 or self.state.epoch == self.config.epochs:
+            self._select_best(epoch)
+
+    def _select_best(self, epoch: int) -> None:
+        """Validate; keep each modality's network of best validation accuracy (``best``) and the model of
+        best validation Dice (``best_dice``). Uses no random state."""
+        summary = self.validate(self.val_set)
+        self.run_dir.scalars("val", self.state.step, epoch, summary["scalars"])
+        self.run_dir.log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["scalars"].items()))
+        model = unwrap_model(self.model)
+        for m, name in enumerate(self.modalities):  # best network per modality, as in the paper
+            accuracy = summary["accuracy"][m]
+            if accuracy > self.state.best_accuracy.get(name, -math.inf):
+                self.state.best_accuracy[name] = accuracy
+                self.best_networks[name] = {k: v.detach().clone() for k, v in model.network(name).state_dict().items()}
+        if self.dist.is_main:
+            best = model.state_dict()
+            for name, weights in self.best_networks.items():
+                best.update({f"networks.{name}.{k}": v for k, v in weights.items()})
+            ckpt.atomic_save({"model": best, "modalities": self.modalities, "config": self.config.to_dict(),
+                              "best_accuracy": dict(self.state.best_accuracy)}, self.run_dir.checkpoint("best"))
+            if summary["dice"] is not None and summary["dice"] > self.state.best_dice:
+                self.state.best_dice = summary["dice"]
+                ckpt.atomic_save({"model": model.state_dict(), "modalities": self.modalities,
+                                  "config": self.config.to_dict(), "dice": summary["dice"]},
+                                 self.run_dir.checkpoint("best_dice"))
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def predict(self, dataset: SliceDataset, model: Optional[torch.nn.Module] = None, thresholds=None):
+        """Accuracy per modality and per-patient Dice accumulators (each modality, and "combined" = the
+        mean of the modalities' maps) over ``dataset``."""
+        model = unwrap_model(model or self.model)
+        was_training = model.training
+        model.eval()
+        thresholds = thresholds or threshold_grid()
+        dice = {name: PatientDice(thresholds) for name in self.modalities + ["combined"]}
+        correct = torch.zeros(len(self.modalities), dtype=torch.float64)
+        count = 0
+        loader = torch.utils.data.DataLoader(dataset, batch_size=max(self.config.batch_size, 32),
+                                             num_workers=self.config.workers)
+        for batch in loader:
+            maps, pred = foreground_maps(model, batch["image"].to(self.device))
+            labels = batch["label"].to(self.device)
+            correct += (pred == labels[:, None]).sum(0).double().cpu()
+            count += len(labels)
+            masks = batch["mask"]
+            for m, name in enumerate(self.modalities):
+                dice[name].add(batch["subject"], maps[:, m].cpu(), masks)
+            dice["combined"].add(batch["subject"], maps.mean(1).cpu(), masks)
+        model.train(was_training)
+        return (correct / max(count, 1)).tolist(), dice
+
+    def validate(self, dataset: SliceDataset) -> dict[str, Any]:
+        accuracy, dice = self.predict(dataset)
+        scalars = {f"acc/{n}": a for n, a in zip(self.modalities, accuracy)}
+        best = {name: d.best_threshold() for name, d in dice.items()}
+        scalars.update({f"dice/{name}": dice[name].mean(t) for name, t in best.items()})
+        return {"accuracy": accuracy, "scalars": scalars, "dice": scalars["dice/combined"]}
+
+    def evaluate(self) -> dict[str, Any]:
+        """Threshold chosen on the validation split (highest mean patient Dice), then test Dice with it."""
+        checkpoint = self.run_dir.checkpoint("best_dice")
+        model = unwrap_model(self.model)
+        if checkpoint.is_file():
+            model.load_state_dict(ckpt.load(checkpoint)["model"])
+        _, val_dice = self.predict(self.val_set)
+        thresholds = {name: d.best_threshold() for name, d in val_dice.items()}
+        accuracy, test_dice = self.predict(self.test_set, thresholds=sorted(set(thresholds.values())))
+        results = {"protocol": "per-patient 3-D Dice on the stored slice grid of the test split; pseudo-mask = "
+                               "mn(relu(foreground CAM)), zeroed when the network predicts no target, thresholded "
+                               "at the value with the best mean patient Dice on the validation split",
+                   "checkpoint": checkpoint.name if checkpoint.is_file() else "last",
+                   "test_accuracy": dict(zip(self.modalities, accuracy)), "dice": {}}
+        for name, t in thresholds.items():
+            mean, std = mean_std(test_dice[name].per_patient(t).values())
+            results["dice"][name] = {"threshold": t, "mean": mean, "std": std,
+                                     "per_patient": test_dice[name].per_patient(t)}
+        return results
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        enabled = False
+    if not enabled:
+        return _NoProgress()
+    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def set_postfix(self, **kwargs) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,107 @@
+"""``python -m mmcam.train``: a resumed run is bitwise the uninterrupted one, checkpoints and run files
+exist, bad input fails before training, SIGINT saves and exits cleanly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmcam import checkpoint as ckpt
+from mmcam import train
+from mmcam.data.synthetic import prepare_synthetic
+
+SMALL = ["width_divisor=16", "batch_size=4", "epochs=2", "log_every=1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), "brats", n_subjects=6, seed=0, shape=(32, 32, 12))
+
+
+def run(cache, run_dir, *extra) -> int:
+    return train.main(["--data", str(cache), "--run-dir", str(run_dir), "--modalities", "t1ce,flair", *SMALL, *extra])
+
+
+def weights(run_dir: Path) -> dict:
+    return ckpt.load(run_dir / "last.pt")["model"]
+
+
+def test_resume_gives_bitwise_the_uninterrupted_weights(cache, tmp_path):
+    assert run(cache, tmp_path / "whole", "--max-steps", "7") == 0
+    assert run(cache, tmp_path / "split", "--max-steps", "3") == 0
+    state = ckpt.load(tmp_path / "split" / "last.pt")["state"]
+    assert state["step"] == 3 and state["batch_in_epoch"] == 3  # stopped inside the first epoch
+    after_three = weights(tmp_path / "split")
+    assert train.main(["--resume", str(tmp_path / "split"), "--max-steps", "7", "--no-progress"]) == 0
+    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
+    assert whole.keys() == split.keys()
+    for name in whole:
+        assert torch.equal(whole[name], split[name]), name
+    # the comparison can fail: three steps less gives other weights
+    assert not all(torch.equal(whole[k], after_three[k]) for k in whole if whole[k].is_floating_point())
+
+
+def test_run_directory_contents(cache, tmp_path):
+    run_dir = tmp_path / "run"
+    assert run(cache, run_dir, "--max-steps", "4") == 0
+    for name in ("config.yaml", "environment.json", "train.log", "metrics.csv", "metrics.jsonl", "last.pt",
+                 "best.pt", "results.json"):
+        assert (run_dir / name).is_file(), name
+    results = json.loads((run_dir / "results.json").read_text())
+    assert set(results["dice"]) == {"t1ce", "flair", "combined"}
+    assert 0.0 <= results["dice"]["combined"]["mean"] <= 1.0
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert env["versions"]["torch"] == torch.__version__.split("+")[0] or env["versions"]["torch"] == torch.__version__
+    rows = (run_dir / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,split,name,value" and any(",train,loss," in r for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["lrr=1"], "unknown config key 'lrr'"),
+    (["lr=abc"], "must be a number"),
+    (["--modalities", "t1ce,dwi"], "dwi"),
+    (["--preset", "paper-brats", "epochs=0"], "'epochs' must be >= 1"),
+])
+def test_bad_input_fails_before_training(cache, tmp_path, capsys, argv, message):
+    code = train.main(["--data", str(cache), "--run-dir", str(tmp_path / "r"), "--no-progress", *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_unknown_option_is_rejected(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train.main(["--learning-rate", "1"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_resume_with_a_different_config_is_refused(cache, tmp_path, capsys):
+    assert run(cache, tmp_path / "r", "--max-steps", "2") == 0
+    code = train.main(["--resume", str(tmp_path / "r"), "lr=0.5", "--no-progress"])
+    assert code == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def test_sigint_saves_and_exits_cleanly(cache, tmp_path):
+    run_dir = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "mmcam.train", "--data", str(cache), "--run-dir", str(run_dir),
+           "--modalities", "t1ce,flair", *SMALL, "epochs=1000"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run_dir / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, output
+    assert "Traceback" not in output
+    state = ckpt.load(run_dir / "last.pt")["state"]
+    assert state["step"] >= 1
