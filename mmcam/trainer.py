@@ -117,7 +117,12 @@ class Trainer:
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if self.dist.world > 1:
-            model = torch.nn.parallel.DistributedDataParallel(model)
+            # CUDA: batch statistics over the global batch. SyncBatchNorm has no CPU kernel, so CPU (gloo)
+            # runs normalise each rank's shard separately. static_graph: every parameter is used by two
+            # forward calls (original and transformed view) before the one backward.
+            if self.device.type == "cuda":
+                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         self.objective = ObjectiveConfig(
