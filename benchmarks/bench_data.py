@@ -1,21 +1,30 @@
 #!/usr/bin/env python
-"""Timing of the data pipeline on synthetic phantoms: generation, cache building, slice reading.
+"""Timing of the data pipeline on synthetic phantoms: generation, cache building, slice reading, and
+how it compares with what a CPU training step consumes.
 
 In one process, in a temporary directory:
 
     generate   ``mmcam.data.synthetic.generate_synthetic``: phantoms written as NIfTI (s / subject)
-    prepare    ``build_cache`` with 1 worker and with ``--workers`` workers (s / subject, speed-up)
+    prepare    ``build_cache`` (what ``python -m mmcam.prepare`` runs: read, check, normalise,
+               slice, write) with 1 worker and with ``--workers`` workers, in volumes per second
+               (one volume = one modality of one subject) and the speed-up
     read       items per second of ``SliceDataset`` (memory-mapped cache) against a baseline that
                reads each slice straight from the NIfTI files (nibabel proxy slicing, one call per
                modality and the mask) -- the reason the cache exists
     loader     slices per second through a DataLoader (batch 16, shuffled) with 0 and
                ``--workers`` worker processes (spawn)
+    train      slices per second one CPU training step consumes (``mmcam.trainer``, batch 16), when
+               training is installed; otherwise reported as not available
 
-Each number is the median of ``--repeats`` runs. The machine is shared and noisy: compare ratios.
+The summary line puts prepare, loader and training rates side by side: the loader must deliver more
+slices per second than training consumes. Worker processes are spawned (each imports torch, about a
+second or two), so on a few small phantoms the pool's start-up outweighs the parallel work; the
+speed-up shows on real volumes. Each number is the median of ``--repeats`` runs. The machine
+is shared and noisy: compare ratios.
 
 Usage::
 
-    python benchmarks/bench_data.py [--kind brats|prostate] [--subjects N] [--workers K]
+    python benchmarks/bench_data.py [--layout brats|prostate] [--subjects N] [--workers K]
                                     [--repeats R] [--json OUT]
 """
 
@@ -36,7 +45,7 @@ import numpy as np
 import torch
 
 import mmcam
-from mmcam.data import SliceDataset, build_cache, discover
+from mmcam.data import SliceDataset, build_cache, discover, write_splits
 from mmcam.data._atomic import atomic_write_json
 from mmcam.data.synthetic import generate_synthetic
 
@@ -70,9 +79,40 @@ class NiftiSliceReader:
         return torch.from_numpy(np.stack(planes)), torch.from_numpy(mask)
 
 
+def slices_shape(dataset):
+    """(X, Y, Z) of the first subject's first image."""
+    source = dataset.subjects[0].images[0]
+    return nib.load(source.path).shape[:3]
+
+
+def training_consumption(cache, repeats: int, batch_size: int = 16):
+    """Slices per second one CPU training step consumes, or ``(None, reason)`` without training.
+
+    Uses :class:`mmcam.trainer.Trainer` (the paper's BraTS network widths divided by 4, the full loss)
+    on batches already in memory, so only the step itself is timed.
+    """
+    try:
+        from mmcam.config import TrainConfig
+        from mmcam.run_dir import RunDirectory
+        from mmcam.trainer import Trainer
+    except ImportError as exc:
+        return None, f"training not available: {exc}"
+    try:
+        with tempfile.TemporaryDirectory() as run:
+            config = TrainConfig(batch_size=batch_size, width_divisor=4, max_steps=1)
+            trainer = Trainer(config, cache, RunDirectory(run))
+            batch = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=batch_size,
+                                                          shuffle=True, drop_last=True)))
+            trainer._step(batch)  # warm-up
+            t = median_time(lambda: trainer._step(batch), repeats)
+    except Exception as exc:  # noqa: BLE001 -- an API in flux must not break the data benchmark
+        return None, f"training step failed: {type(exc).__name__}: {exc}"
+    return batch_size / t, ""
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--kind", default="brats", choices=["brats", "prostate"])
+    p.add_argument("--layout", default="brats", choices=["brats", "prostate"])
     p.add_argument("--subjects", type=int, default=20)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
@@ -86,27 +126,31 @@ def main() -> int:
         counter = iter(range(10**6))
 
         def generate():
-            generate_synthetic(tmp / f"raw{next(counter)}", a.kind, a.subjects, seed=0)
+            generate_synthetic(tmp / f"raw{next(counter)}", a.layout, a.subjects, seed=0)
 
         t = median_time(generate, a.repeats)
         results["generate_s_per_subject"] = t / a.subjects
-        print(f"generate  {a.subjects} {a.kind} subjects: {t:.2f} s ({t / a.subjects * 1e3:.0f} ms "
+        print(f"generate  {a.subjects} {a.layout} subjects: {t:.2f} s ({t / a.subjects * 1e3:.0f} ms "
               f"/ subject)")
 
         dataset = discover(tmp / "raw0")
+        volumes = a.subjects * len(dataset.modalities)
         for workers in sorted({1, a.workers}):
             def prepare():
                 build_cache(dataset, tmp / f"cache{next(counter)}", workers=workers)
             t = median_time(prepare, a.repeats)
-            results[f"prepare_s_per_subject_workers{workers}"] = t / a.subjects
-            print(f"prepare   workers={workers}: {t:.2f} s ({t / a.subjects * 1e3:.0f} ms / subject)")
+            results[f"prepare_volumes_per_s_workers{workers}"] = volumes / t
+            print(f"prepare   workers={workers}: {t:.2f} s, {volumes / t:.1f} volumes/s "
+                  f"({volumes} volumes of {dataset.subjects[0].images[0].path.name.split('.')[0]} "
+                  f"shape {tuple(slices_shape(dataset))})")
         if a.workers != 1:
-            ratio = results["prepare_s_per_subject_workers1"] / \
-                results[f"prepare_s_per_subject_workers{a.workers}"]
+            ratio = results[f"prepare_volumes_per_s_workers{a.workers}"] / \
+                results["prepare_volumes_per_s_workers1"]
             results["prepare_speedup"] = ratio
             print(f"prepare   speed-up with {a.workers} workers: {ratio:.2f}x")
 
         build_cache(dataset, tmp / "cache", workers=a.workers)
+        write_splits(tmp / "cache", seed=0)
         slices = SliceDataset(tmp / "cache")
         order = np.random.default_rng(0).permutation(len(slices))[: a.reads]
         baseline = NiftiSliceReader(dataset, [(slices[int(i)]["subject"], slices[int(i)]["slice"])
@@ -133,6 +177,18 @@ def main() -> int:
             results[f"loader_slices_per_s_workers{workers}"] = len(slices) / t
             print(f"loader    workers={workers}: {len(slices) / t:.0f} slices/s "
                   f"({len(slices)} slices of {tuple(slices[0]['image'].shape)})")
+
+        train_rate, reason = training_consumption(tmp / "cache", a.repeats)
+        results["train_slices_per_s"] = train_rate
+        print(f"train     {'%.0f slices/s' % train_rate if train_rate else 'n/a'}"
+              f"{'' if train_rate else f' ({reason})'}")
+        loader_rate = results[f"loader_slices_per_s_workers{a.workers}"]
+        prepare_rates = ", ".join(f"{results[f'prepare_volumes_per_s_workers{w}']:.1f} ({w} workers)"
+                                  for w in sorted({1, a.workers}))
+        print(f"summary   prepare {prepare_rates} volumes/s"
+              f" | loader {loader_rate:.0f} slices/s ({a.workers} workers) | training consumes "
+              + (f"{train_rate:.0f} slices/s: loader {loader_rate / train_rate:.1f}x faster"
+                 if train_rate else "n/a"))
 
     if a.json:
         payload = {

@@ -109,6 +109,32 @@ def make_brats2021(root) -> dict:
     return subjects
 
 
+def make_brats2021_validation(root) -> dict:
+    """A BraTS 2021 validation set: the training layout without ``_seg`` files (masks are unknown)."""
+    subjects = make_brats2021(root)
+    for subject_id in subjects:
+        (pathlib.Path(root) / subject_id / f"{subject_id}_seg.nii.gz").unlink()
+    return subjects
+
+
+def make_brats2020_from_anatomical(root) -> dict:
+    """BraTS 2020 layout (.nii) around nibabel's real big-endian ``anatomical.nii`` (33, 41, 25): its
+    four modalities are links to that file, the mask a drawn big-endian volume on its grid."""
+    source = nib.load(ANATOMICAL)
+    subject_id = "BraTS20_Training_007"
+    directory = pathlib.Path(root) / subject_id
+    directory.mkdir(parents=True)
+    for suffix in ("t1", "t1ce", "t2", "flair"):
+        os.symlink(ANATOMICAL, directory / f"{subject_id}_{suffix}.nii")
+    seg = np.zeros(source.shape, dtype=np.uint8)
+    seg[10:21, 15:26, 8:15] = 2
+    seg[13:18, 18:23, 10:13] = 1
+    seg[15, 20, 11] = 4
+    write_nifti(directory / f"{subject_id}_seg.nii", seg, source.affine, big_endian=True)
+    data = source.get_fdata()
+    return {subject_id: RawSubject([data] * 4, seg, source.affine)}
+
+
 def make_brats2023(root, *, with_resection_cavity: bool = False) -> dict:
     """BraTS 2023 (or 2024 with label 4 = resection cavity): ``BraTS-GLI-00000-000-t2f.nii.gz``."""
     ids = ["BraTS-GLI-00000-000", "BraTS-GLI-00002-000"]

@@ -1,5 +1,5 @@
-"""SliceDataset items against the arrays written into the raw layouts; selection, crop/pad,
-pickling and DataLoader workers, restacking."""
+"""SliceDataset items against the arrays written into the raw layouts; split and subject selection,
+modality aliases, subjects without a mask, crop/pad, pickling and DataLoader workers, restacking."""
 
 from __future__ import annotations
 
@@ -20,13 +20,14 @@ sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
 
 BRATS_TC = {1, 4}
+RAW = BuildOptions(normalize=False)  # raw intensities: items can be compared value for value
 
 
 @pytest.fixture(scope="module")
 def brats(tmp_path_factory):
     root = tmp_path_factory.mktemp("brats")
     written = fx.make_brats2018(root / "raw")
-    build_cache(discover(root / "raw"), root / "cache")
+    build_cache(discover(root / "raw"), root / "cache", options=RAW)
     return written, root / "cache"
 
 
@@ -44,7 +45,7 @@ def prostate_two_sizes(tmp_path_factory):
         written[subject_id] = fx.RawSubject(images, seg, fx.affine_for(n))
     fx.write_msd_json(root, list(written))
     cache = root.parent / "cache"
-    build_cache(discover(root), cache, options=BuildOptions(image_dtype="float16"))
+    build_cache(discover(root), cache, options=BuildOptions(image_dtype="float16", normalize=False))
     return written, cache
 
 
@@ -65,7 +66,8 @@ def assert_items(dataset, expected):
     assert len(dataset) == len(expected)
     for i, (image, mask, label, subject_id, k) in enumerate(expected):
         item = dataset[i]
-        assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.bool
+        assert list(item) == ["image", "mask", "label", "subject", "slice"]
+        assert item["image"].dtype == torch.float32 and item["mask"].dtype == torch.uint8
         assert item["label"].dtype == torch.int64 and item["label"].shape == ()
         np.testing.assert_array_equal(item["image"].numpy(), image)
         np.testing.assert_array_equal(item["mask"].numpy(), mask)
@@ -83,7 +85,8 @@ def test_items_default_region_is_whole_tumour(brats):
 def test_region_modalities_and_subjects_selection(brats):
     written, cache = brats
     chosen = ["Brats18_CBICA_AAB_1", "Brats18_2013_0_1"]
-    dataset = SliceDataset(cache, chosen, region="tc", modalities=["flair", "t1"])
+    dataset = SliceDataset(cache, chosen, ["t2f", "T1"], region="tc")  # aliases accepted
+    assert dataset.modalities == ("flair", "t1")
     assert dataset.subject_ids == ("Brats18_2013_0_1", "Brats18_CBICA_AAB_1")  # cache order
     assert_items(dataset, expected_items(written, BRATS_TC, modalities=(3, 0), subjects=chosen))
 
@@ -96,8 +99,11 @@ def test_negative_index_and_out_of_range(brats):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"subjects": ["nobody"]}, r"subjects not in the cache: \['nobody'\]"),
-    ({"subjects": "Brats18_2013_0_1"}, "not a single string"),
+    ({"split": ["nobody"]}, r"subjects not in the cache: \['nobody'\]"),
+    ({"split": []}, "the list of subjects is empty"),
+    ({"split": "Brats18_2013_0_1"}, "unknown split 'Brats18_2013_0_1'; choose one of train, val, "
+                                    "test, unlabeled or pass a list of subject ids"),
+    ({"modalities": "t1"}, "not the single string"),
     ({"region": "WG"}, "unknown region 'WG'"),
     ({"modalities": ["t1", "adc"]}, "modalities must be distinct names"),
     ({"modalities": ["t1", "t1"]}, "modalities must be distinct names"),
@@ -125,6 +131,7 @@ def test_float16_cache_gives_float32_and_spatial_size_pads_and_crops(prostate_tw
         reference = center_crop_or_pad(image.astype(np.float16).astype(np.float32), (8, 10))
         np.testing.assert_array_equal(item["image"].numpy(), reference)
         np.testing.assert_array_equal(item["mask"].numpy(), center_crop_or_pad(mask, (8, 10)))
+        assert item["mask"].dtype == torch.uint8
         assert int(item["label"]) == label and item["mask"].numpy().any() == bool(label)
 
 
@@ -195,6 +202,7 @@ def test_restack_of_item_masks_gives_the_region_volume(brats):
     meta = dataset.subject_meta("Brats18_2013_0_1")
     volume = meta.restack(np.stack([it["mask"].numpy() for it in items]),
                           [it["slice"] for it in items])
+    assert volume.dtype == np.uint8
     np.testing.assert_array_equal(volume, written["Brats18_2013_0_1"].seg == 4)
 
 
@@ -214,12 +222,58 @@ def test_restack_checks_its_input(brats):
         meta.restack(np.zeros((1, 9, 7)), [6])
 
 
-def test_split_subjects_feed_the_dataset(brats):
+def test_split_names_select_the_split_subjects(brats):
     written, cache = brats
-    write_splits(cache, seed=0, val_fraction=0.34, test_fraction=0.34)
-    parts = {p: SliceDataset(cache, read_split(cache, p)) for p in ("train", "val", "test")}
+    write_splits(cache, fractions=(0.32, 0.34, 0.34), seed=0)
+    parts = {p: SliceDataset(cache, p) for p in ("train", "val", "test")}
+    for part, dataset in parts.items():
+        assert dataset.subject_ids == read_split(cache, part)
+        assert len(dataset.subject_ids) == 1
     assert sorted(s for d in parts.values() for s in d.subject_ids) == sorted(written)
     assert sum(len(d) for d in parts.values()) == len(SliceDataset(cache))
+    with pytest.raises(DataError, match="split 'unlabeled' \\(fold 0\\) is empty"):
+        SliceDataset(cache, "unlabeled")
+
+
+def test_fold_keyword_selects_the_cross_validation_fold(brats):
+    written, cache = brats
+    write_splits(cache, fractions=(1, 0, 0), seed=0, folds=3)
+    vals = [SliceDataset(cache, "val", fold=f).subject_ids for f in range(3)]
+    assert sorted(v for val in vals for v in val) == sorted(written)
+    assert SliceDataset(cache, "train", fold=1).subject_ids == tuple(
+        s for s in read_split(cache, "train", 1))
+    with pytest.raises(DataError, match="fold 3 out of range"):
+        SliceDataset(cache, "train", fold=3)
+
+
+@pytest.fixture(scope="module")
+def partly_unlabelled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("validation")
+    written = fx.make_brats2021(root / "raw")
+    (root / "raw" / "BraTS2021_00003" / "BraTS2021_00003_seg.nii.gz").unlink()
+    build_cache(discover(root / "raw"), root / "cache", options=RAW)
+    write_splits(root / "cache", fractions=(0.5, 0.5, 0.0), seed=0)
+    return written, root / "cache"
+
+
+def test_unlabelled_subjects_give_items_without_mask_and_label(partly_unlabelled):
+    written, cache = partly_unlabelled
+    dataset = SliceDataset(cache, "unlabeled", ["flair"])
+    assert dataset.subject_ids == ("BraTS2021_00003",) and not dataset.has_masks
+    assert dataset.labels is None and len(dataset) == 5
+    item = dataset[0]
+    assert list(item) == ["image", "subject", "slice"]
+    np.testing.assert_array_equal(item["image"][0].numpy(), written["BraTS2021_00003"].images[3][:, :, 1])
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=5)))
+    assert batch["image"].shape == (5, 1, 9, 7) and batch["slice"].tolist() == [1, 2, 3, 4, 5]
+    labelled = SliceDataset(cache, "train")
+    assert labelled.has_masks and "BraTS2021_00003" not in labelled.subject_ids
+
+
+def test_mixing_labelled_and_unlabelled_subjects_is_refused(partly_unlabelled):
+    with pytest.raises(DataError, match=r"mixes subjects with and without a label mask "
+                                        r"\(\['BraTS2021_00003'\] have none\)"):
+        SliceDataset(partly_unlabelled[1])
 
 
 def test_a_forked_copy_reopens_its_maps(brats):

@@ -1,4 +1,5 @@
-"""Discovery of subjects in every raw layout, written with hard-coded real file names."""
+"""Discovery of subjects in every raw layout, written with hard-coded real file names; dataset
+families ("brats", "prostate"); subjects without a mask; modality aliases."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 
-from mmcam.data import DataError, detect_dataset, discover
+from mmcam.data import DataError, DataWarning, canonical_modality, detect_dataset, discover
+from mmcam.data.modalities import select_modalities
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
@@ -59,6 +61,9 @@ def test_brats2021_skips_hidden_and_underscore_entries(tmp_path):
     fx.make_brats2021(tmp_path)
     dataset = discover(tmp_path)
     assert dataset.name == "brats2021"
+    assert len(dataset) == 3 and list(dataset) == list(dataset.subjects) and dataset[1].id == \
+        "BraTS2021_00002"
+    assert dataset.paths(dataset[1])["flair"].path.name == "BraTS2021_00002_flair.nii.gz"
     assert [s.id for s in dataset.subjects] == ["BraTS2021_00000", "BraTS2021_00002",
                                                 "BraTS2021_00003"]
     assert names(dataset.subjects[1])[0][1] == "BraTS2021_00002_t1ce.nii.gz"
@@ -77,8 +82,27 @@ def test_brats2023_names_map_to_the_common_modality_order(tmp_path):
 def test_brats2024_shares_the_2023_layout_and_must_be_named(tmp_path):
     fx.make_brats2023(tmp_path, with_resection_cavity=True)
     assert detect_dataset(tmp_path) == "brats2023"
-    dataset = discover(tmp_path, "brats2024")
+    assert discover(tmp_path, "brats").name == "brats2023"  # the release is detected...
+    dataset = discover(tmp_path, "brats2024")               # ...but 2024 must be named
     assert dataset.name == "brats2024" and 4 in dataset.spec.values
+
+
+@pytest.mark.parametrize("layout, expected", [("brats2018", "brats2018"), ("brats2020", "brats2020"),
+                                              ("brats2021", "brats2021"), ("brats2023", "brats2023")])
+def test_dataset_brats_detects_the_release(tmp_path, layout, expected):
+    fx.LAYOUTS[layout](tmp_path)
+    dataset = discover(tmp_path, dataset="brats")
+    assert dataset.name == expected and dataset.spec.name == expected
+
+
+def test_dataset_prostate_and_family_mismatches(tmp_path):
+    fx.make_msd_prostate(tmp_path / "msd")
+    assert discover(tmp_path / "msd", "prostate").name == "msd_prostate"
+    with pytest.raises(DataError, match=r"msd: holds a msd_prostate layout, not brats"):
+        discover(tmp_path / "msd", "brats")
+    fx.make_brats2021(tmp_path / "brats")
+    with pytest.raises(DataError, match=r"brats: no dataset\.json"):
+        discover(tmp_path / "brats", "prostate")
 
 
 def test_msd_prostate_channels_and_macos_forks(tmp_path):
@@ -109,12 +133,19 @@ def test_missing_modality_names_the_directory_and_the_modality(tmp_path):
         discover(tmp_path)
 
 
-def test_missing_mask_names_the_directory(tmp_path):
+def test_a_subject_without_mask_is_listed_unlabelled(tmp_path):
     fx.make_brats2023(tmp_path)
     (tmp_path / "BraTS-GLI-00002-000" / "BraTS-GLI-00002-000-seg.nii.gz").unlink()
-    with pytest.raises(DataError, match=r"BraTS-GLI-00002-000: no label mask "
-                                        r"BraTS-GLI-00002-000-seg\.nii\.gz"):
-        discover(tmp_path)
+    dataset = discover(tmp_path)
+    assert dataset.subjects[1].label is None and dataset.unlabeled == ("BraTS-GLI-00002-000",)
+    assert dataset.subjects[0].label.name == "BraTS-GLI-00000-000-seg.nii.gz"
+
+
+def test_brats_validation_set_without_masks(tmp_path):
+    fx.make_brats2021_validation(tmp_path)
+    dataset = discover(tmp_path, "brats")
+    assert dataset.name == "brats2021"
+    assert dataset.unlabeled == ("BraTS2021_00000", "BraTS2021_00002", "BraTS2021_00003")
 
 
 def test_two_mask_candidates_are_ambiguous(tmp_path):
@@ -149,7 +180,8 @@ def test_empty_or_missing_root(tmp_path):
 
 
 def test_unknown_dataset_name(tmp_path):
-    with pytest.raises(DataError, match=r"unknown dataset 'brats2022'.*brats2021"):
+    with pytest.raises(DataError, match=r"unknown dataset 'brats2022'; choose auto, brats, prostate "
+                                        r"or one of .*brats2021"):
         discover(tmp_path, "brats2022")
 
 
@@ -173,3 +205,36 @@ def test_msd_malformed_json(tmp_path):
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DataError, match=r"dataset\.json: cannot read"):
         discover(tmp_path)
+
+
+def test_msd_test_images_are_unlabelled_subjects_and_absent_ones_are_skipped(tmp_path):
+    fx.make_msd_prostate(tmp_path)
+    (tmp_path / "imagesTs").mkdir()
+    (tmp_path / "imagesTs" / "prostate_08.nii.gz").symlink_to(tmp_path / "imagesTr/prostate_00.nii.gz")
+    record = json.loads((tmp_path / "dataset.json").read_text())
+    record["test"] = ["./imagesTs/prostate_08.nii.gz", "./imagesTs/prostate_09.nii.gz",
+                      "./imagesTs/._prostate_08.nii.gz"]
+    (tmp_path / "dataset.json").write_text(json.dumps(record))
+    with pytest.warns(DataWarning, match=r"lists the test image .*imagesTs/prostate_09\.nii\.gz, "
+                                         r"which does not exist: skipped"):
+        dataset = discover(tmp_path)
+    assert [s.id for s in dataset.subjects] == ["prostate_00", "prostate_04", "prostate_08"]
+    assert dataset.unlabeled == ("prostate_08",)
+    assert [src.channel for src in dataset.subjects[2].images] == [0, 1]
+
+
+@pytest.mark.parametrize("alias, canonical", [("t1n", "t1"), ("T1c", "t1ce"), ("t1gd", "t1ce"),
+                                              ("t2w", "t2"), ("T2F", "flair"), ("FLAIR", "flair"),
+                                              ("T2", "t2"), ("ADC", "adc")])
+def test_modality_aliases(alias, canonical):
+    assert canonical_modality(alias) == canonical
+
+
+def test_select_modalities_resolves_aliases_and_rejects_bad_lists():
+    names, channels = select_modalities(["t2f", "T1c"], BRATS)
+    assert names == ("flair", "t1ce") and channels.tolist() == [3, 1]
+    assert select_modalities(None, ("t2", "adc"))[0] == ("t2", "adc")
+    for bad, message in ((["t2", "adc"], "distinct names"), (["flair", "t2f"], "distinct names"),
+                         ([], "distinct names"), ("t2", "not the single string")):
+        with pytest.raises(DataError, match=message):
+            select_modalities(bad, BRATS)

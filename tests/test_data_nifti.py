@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mmcam.data import DataError, load_image, load_labels, save_nifti
+from mmcam.data import DataError, DataWarning, load_image, load_labels, save_nifti
 from mmcam.data.nifti import header_from_text, header_to_text
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -85,8 +85,22 @@ def test_non_finite_intensities_are_refused(tmp_path):
     data[1, 1, 1] = np.nan
     data[0, 0, 0] = np.inf
     path = write_nifti(tmp_path / "nan.nii", data, np.eye(4))
-    with pytest.raises(DataError, match=r"nan\.nii: 2 non-finite"):
+    with pytest.raises(DataError, match=r"nan\.nii: 2 non-finite.*nonfinite='zero'"):
         load_image(path)
+
+
+def test_non_finite_intensities_can_be_zeroed_with_a_warning(tmp_path):
+    data = np.arange(1, 9, dtype=np.float32).reshape(2, 2, 2, 1).repeat(2, axis=3)
+    data[1, 1, 1, 1] = np.nan
+    path = write_nifti(tmp_path / "nan4d.nii.gz", data, np.eye(4))
+    clean = load_image(path, channel=0, nonfinite="zero")  # the NaN is in channel 1 only
+    assert clean.nonfinite == 0
+    with pytest.warns(DataWarning, match=r"nan4d\.nii\.gz \(channel 1\): 1 non-finite .* set to 0"):
+        volume = load_image(path, channel=1, nonfinite="zero")
+    assert volume.nonfinite == 1 and volume.data[1, 1, 1] == 0 and np.isfinite(volume.data).all()
+    np.testing.assert_array_equal(volume.data.ravel()[:7], np.arange(1, 8))
+    with pytest.raises(DataError, match="nonfinite must be one of"):
+        load_image(path, channel=1, nonfinite="skip")
 
 
 def test_big_endian_labels_become_native_int64(tmp_path):

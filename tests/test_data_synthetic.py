@@ -1,5 +1,6 @@
-"""Synthetic phantoms: determinism, labels, modality-specific lesion appearance, and the full path
-raw layout -> discover -> cache -> SliceDataset."""
+"""Synthetic phantoms: determinism, labels, modality-specific lesion appearance, difficulty (no single
+modality separates the target by intensity; look-alikes), the written NIfTI (int16, affines,
+dataset.json), and the full path raw layout -> discover -> cache -> SliceDataset."""
 
 from __future__ import annotations
 
@@ -9,36 +10,41 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mmcam.data import DataError, SliceDataset, discover, get_label_spec, read_split
+from mmcam.data import DataError, SliceDataset, discover, get_label_spec
 from mmcam.data.synthetic import DEFAULT_SHAPES, generate_synthetic, main, make_subject, \
     prepare_synthetic, spacing
 
 SMALL = {"brats": (40, 40, 16), "prostate": (40, 40, 12)}
 
 
-@pytest.mark.parametrize("kind", ["brats", "prostate"])
-def test_same_seed_same_subject_other_seed_other_subject(kind):
-    a = make_subject(kind, 7, 2, SMALL[kind])
-    b = make_subject(kind, 7, 2, SMALL[kind])
+@pytest.mark.parametrize("layout", ["brats", "prostate"])
+def test_same_seed_same_subject_other_seed_other_subject(layout):
+    a = make_subject(layout, 7, 2, SMALL[layout])
+    b = make_subject(layout, 7, 2, SMALL[layout])
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.labels, b.labels)
-    c = make_subject(kind, 8, 2, SMALL[kind])
+    c = make_subject(layout, 8, 2, SMALL[layout])
     assert not np.array_equal(a.images, c.images)
-    d = make_subject(kind, 7, 3, SMALL[kind])
+    d = make_subject(layout, 7, 3, SMALL[layout])
     assert not np.array_equal(a.labels, d.labels)
 
 
-@pytest.mark.parametrize("kind, spec, n_modalities", [("brats", "brats2021", 4),
-                                                      ("prostate", "msd_prostate", 2)])
-def test_default_subjects_have_target_and_background_slices(kind, spec, n_modalities):
-    for index in range(4):
-        subject = make_subject(kind, 0, index)
-        assert subject.images.shape == (n_modalities,) + DEFAULT_SHAPES[kind]
+@pytest.mark.parametrize("layout, spec, n_modalities", [("brats", "brats2021", 4),
+                                                        ("prostate", "msd_prostate", 2)])
+def test_default_subjects_have_target_and_background_slices(layout, spec, n_modalities):
+    fractions = []
+    for index in range(6):
+        subject = make_subject(layout, 0, index)
+        assert subject.images.shape == (n_modalities,) + DEFAULT_SHAPES[layout]
         assert subject.images.dtype == np.float32 and np.isfinite(subject.images).all()
-        get_label_spec(spec).check_values(subject.labels, f"{kind} {index}")
+        np.testing.assert_array_equal(subject.images, np.round(subject.images))  # int16 values
+        assert subject.images.min() >= 0 and subject.images.max() <= np.iinfo(np.int16).max
+        get_label_spec(spec).check_values(subject.labels, f"{layout} {index}")
         region = get_label_spec(spec).region_mask(subject.labels)
         per_slice = region.any(axis=(0, 1))
-        assert 0.15 < per_slice.mean() < 0.7, per_slice.mean()  # both classes well represented
+        assert per_slice.any() and not per_slice.all()
+        fractions.append(per_slice.mean())
+    assert 0.15 < np.mean(fractions) < 0.6, fractions  # both classes well represented
 
 
 def mean_contrast(image, inside, reference):
@@ -47,28 +53,81 @@ def mean_contrast(image, inside, reference):
 
 
 def test_brats_lesion_looks_different_in_each_modality():
-    subject = make_subject("brats", 0, 0)
+    subject = make_subject("brats", 0, 2)  # a large enhancing tumour
     t1, t1ce, t2, flair = subject.images
     labels = subject.labels
     brain = t1 > 0
-    normal = brain & (labels == 0)
+    normal = brain & (labels == 0) & ~subject.confounders["wmh"] & ~subject.confounders["plexus"]
     edema, rim, necrosis = labels == 2, labels == 4, labels == 1
-    # FLAIR: the whole tumour (edema included) stands out bright; T1: it is darker than brain
+    assert necrosis.sum() > 100 and rim.sum() > 100 and edema.sum() > 100
+    # FLAIR: edema stands out bright, the fluid-filled core does not (part visible in one only)
     assert mean_contrast(flair, edema, normal) > 1.5
-    assert mean_contrast(t1, labels > 0, normal) < -0.5
-    # T1ce: the enhancing rim is the brightest structure, edema is not enhanced
-    assert mean_contrast(t1ce, rim, normal) > 2.0
-    assert t1ce[rim].mean() > 1.8 * t1ce[edema].mean()
+    assert mean_contrast(flair, necrosis, normal) < 0.0
+    # T2: the core is bright; T1: the core is dark
+    assert mean_contrast(t2, necrosis, normal) > 1.0
+    assert mean_contrast(t1, necrosis, normal) < -0.8
+    # T1ce: the enhancing rim stands out, edema is not enhanced
+    assert mean_contrast(t1ce, rim, normal) > 1.5
+    assert t1ce[rim].mean() > 1.5 * t1ce[edema].mean()
     assert flair[edema].mean() > flair[rim].mean()   # opposite order to T1ce
-    # T2: tumour bright, but so is CSF (a confounder absent from FLAIR)
+    # T2: tumour bright, but so is CSF (a confounder FLAIR suppresses)
     csf_like = normal & (t2 > np.percentile(t2[normal], 95))
-    assert t2[csf_like].mean() > t2[edema].mean() > t2[normal].mean()
+    assert t2[csf_like].mean() > t2[normal].mean() and t2[edema].mean() > t2[normal].mean()
     assert flair[csf_like].mean() < flair[normal].mean()
-    assert necrosis.any() and rim.any()
     # the per-modality images are not rescaled copies of one another inside the tumour
     tumour = labels > 0
     correlations = np.corrcoef(np.stack([m[tumour] for m in subject.images]))
     assert correlations[np.triu_indices(4, 1)].min() < 0.5
+
+
+def best_threshold_dice(image, target, within):
+    """The best Dice of ``image > t`` or ``image < t`` against ``target`` over all thresholds t."""
+    values, truth = image[within], target[within]
+    order = np.argsort(values, kind="stable")
+    hits = np.concatenate([[0], np.cumsum(truth[order])])   # target voxels among the lowest i
+    n, total = len(values), truth.sum()
+    i = np.arange(n + 1)
+    below = 2 * hits / (i + total)                          # predict the lowest i voxels
+    above = 2 * (total - hits) / (n - i + total)            # predict the highest n - i voxels
+    return float(max(below.max(), above.max()))
+
+
+def test_best_threshold_dice_hand_computed():
+    image = np.array([1.0, 2.0, 3.0, 4.0])
+    assert best_threshold_dice(image, np.array([0, 0, 1, 1]) > 0, image > 0) == 1.0
+    assert best_threshold_dice(image, np.array([1, 0, 0, 0]) > 0, image > 0) == 1.0
+    # target {2, 4}: best is "above 1" (3 predicted, 2 right: 4/5) or "above 3" (1 of 2: 2/3)
+    assert best_threshold_dice(image, np.array([0, 1, 0, 1]) > 0, image > 0) == pytest.approx(0.8)
+
+
+def test_no_single_brats_modality_separates_the_tumour_by_intensity():
+    """The target is not a threshold of one image: a classification CAM cannot be trivially right."""
+    dice = []
+    for index in range(6):
+        subject = make_subject("brats", 0, index)
+        brain = subject.images.sum(axis=0) > 0
+        dice.append([best_threshold_dice(m, subject.labels > 0, brain) for m in subject.images])
+    dice = np.array(dice)  # (subjects, modalities: t1, t1ce, t2, flair)
+    assert dice[:, :3].max() < 0.5                       # T1, T1ce, T2 show only parts
+    assert 0.5 < dice[:, 3].mean() < 0.85, dice[:, 3]   # FLAIR is best but far from perfect
+    assert dice[:, 3].min() < 0.7
+
+
+def test_brats_look_alikes_and_small_tumours_occur():
+    subjects = [make_subject("brats", 0, index) for index in range(8)]
+    for s in subjects:
+        brain = s.images[0] > 0
+        wmh, plexus = s.confounders["wmh"], s.confounders["plexus"]
+        normal = brain & (s.labels == 0) & ~wmh & ~plexus
+        assert not ((wmh | plexus) & (s.labels > 0)).any()  # look-alikes are background
+        # the choroid plexus enhances in T1ce like the tumour rim
+        assert mean_contrast(s.images[1], plexus, normal) > 0.5
+        if wmh.sum() > 20:  # white-matter hyperintensities: FLAIR-bright like edema
+            assert mean_contrast(s.images[3], wmh, normal) > 1.5
+    assert sum(s.confounders["wmh"].sum() > 20 for s in subjects) >= 3
+    volumes_ml = [(s.labels > 0).sum() * np.prod(spacing("brats", s.labels.shape)) / 1000
+                  for s in subjects]
+    assert min(volumes_ml) < 15 < max(volumes_ml)  # small and large tumours
 
 
 def test_prostate_gland_contrast_differs_between_t2_and_adc():
@@ -105,23 +164,33 @@ def test_subject_does_not_depend_on_the_number_generated(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kind, dataset, n_modalities", [("brats", "brats2021", 4),
-                                                         ("prostate", "msd_prostate", 2)])
-def test_written_layout_is_read_like_real_data(tmp_path, kind, dataset, n_modalities):
-    shape = SMALL[kind]
-    root = generate_synthetic(tmp_path / "raw", kind, 2, seed=1, shape=shape)
+@pytest.mark.parametrize("layout, dataset, n_modalities", [("brats", "brats2021", 4),
+                                                           ("prostate", "msd_prostate", 2)])
+def test_written_layout_is_read_like_real_data(tmp_path, layout, dataset, n_modalities):
+    shape = SMALL[layout]
+    root = generate_synthetic(tmp_path / "raw", layout, 2, seed=1, shape=shape)
     found = discover(root)
     assert found.name == dataset and len(found.subjects) == 2
-    first = make_subject(kind, 1, 0, shape)
+    first = make_subject(layout, 1, 0, shape)
     loaded = nib.load(found.subjects[0].label)
     np.testing.assert_array_equal(np.asanyarray(loaded.dataobj), first.labels)
-    field_of_view = {"brats": (240, 240, 155), "prostate": (120, 120, 86.4)}[kind]
+    np.testing.assert_allclose(loaded.affine, first.affine, atol=1e-5)
+    assert int(loaded.header["sform_code"]) == 1 and int(loaded.header["qform_code"]) == 1
+    field_of_view = {"brats": (240, 240, 155), "prostate": (120, 120, 86.4)}[layout]
     np.testing.assert_allclose(loaded.header.get_zooms()[:3], np.divide(field_of_view, shape),
                                rtol=1e-6)
-    if kind == "prostate":
-        image = nib.load(found.subjects[0].images[0].path)
+    image = nib.load(found.subjects[0].images[-1].path)
+    assert image.get_data_dtype() == np.int16
+    if layout == "prostate":
         assert image.shape == shape + (2,)
-        np.testing.assert_allclose(image.get_fdata()[..., 1], first.images[1], rtol=1e-6)
+        np.testing.assert_array_equal(image.get_fdata()[..., 1], first.images[1])
+        assert json.loads((root / "dataset.json").read_text())["modality"] == {"0": "T2", "1": "ADC"}
+        rotation = first.affine[:3, :3] / np.array(spacing("prostate", shape))
+        np.testing.assert_allclose(rotation @ rotation.T, np.eye(3), atol=1e-12)  # oblique, rigid
+        assert abs(first.affine[1, 2]) > 1e-3
+    else:
+        np.testing.assert_array_equal(image.get_fdata(), first.images[3])
+        assert np.diag(first.affine)[:3].tolist() == [-6.0, -6.0, 155 / 16]  # BraTS-like flips
 
 
 def test_generation_is_idempotent_and_refuses_to_mix(tmp_path):
@@ -137,7 +206,8 @@ def test_generation_is_idempotent_and_refuses_to_mix(tmp_path):
         generate_synthetic(tmp_path / "full", "brats", 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"kind": "liver"}, "unknown synthetic kind"),
+@pytest.mark.parametrize("kwargs, message", [({"layout": "liver"}, "unknown synthetic layout"),
+                                             ({"seed": -1}, "seed must be a non-negative int"),
                                              ({"shape": (4, 40, 40)}, "shape must be three ints"),
                                              ({"n_subjects": 0}, "n_subjects")])
 def test_bad_generator_arguments(tmp_path, kwargs, message):
@@ -148,18 +218,21 @@ def test_bad_generator_arguments(tmp_path, kwargs, message):
 def test_prepare_synthetic_gives_a_split_cache(tmp_path):
     cache = prepare_synthetic(tmp_path, "brats", 5, seed=2, shape=SMALL["brats"])
     assert json.loads((cache / "splits.json").read_text())["seed"] == 2
-    train = SliceDataset(cache, read_split(cache, "train"))
+    train = SliceDataset(cache, "train")
     item = train[0]
     assert item["image"].shape == (4, 40, 40) and len(train.subject_ids) == 3
+    assert 0 <= item["image"].min() and item["image"].max() <= 1  # normalised
     assert 0 < train.labels.mean() < 1
     assert prepare_synthetic(tmp_path, "brats", 5, seed=2, shape=SMALL["brats"]) == cache
 
 
 def test_command_line(tmp_path, capsys):
-    assert main([str(tmp_path / "p"), "--kind", "prostate", "--subjects", "1", "--shape",
-                 "24", "24", "10", "--no-progress"]) == 0
+    assert main(["--out", str(tmp_path / "p"), "--layout", "prostate", "--subjects", "1",
+                 "--shape", "24", "24", "10", "--no-progress"]) == 0
     assert (tmp_path / "p" / "dataset.json").is_file()
-    assert main([str(tmp_path / "p"), "--kind", "brats", "--subjects", "1", "--no-progress"]) == 2
+    assert "wrote 1 synthetic prostate subjects" in capsys.readouterr().out
+    assert main(["--out", str(tmp_path / "p"), "--layout", "brats", "--subjects", "1",
+                 "--no-progress"]) == 2
     assert "error:" in capsys.readouterr().err
 
 

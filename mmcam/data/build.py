@@ -1,22 +1,25 @@
 """Build the slice cache (:mod:`mmcam.data.cache`) from a discovered raw dataset.
 
-Per subject: read every modality and the mask (:mod:`mmcam.data.nifti`), check that they share one
-grid (shape, and affine within ``affine_tolerance`` mm) and that the mask values fit the label spec,
-cut the volumes into slices along the third voxel axis, optionally drop empty slices, and write
-``image.npy``, ``labels.npy`` and ``meta.json`` into a temporary directory that is renamed into place
-when complete. Subjects run in parallel worker processes; the index ``mmcam_cache.json`` is written
-last. An interrupted build leaves no index (the cache is not usable) and is resumed by running it
-again: subjects already written from the same source files with the same options are kept.
+Per subject: read every modality and the mask if there is one (:mod:`mmcam.data.nifti`), check that
+they share one grid (shape, and affine within ``affine_tolerance`` mm) and that the mask values fit the
+label spec, normalise each modality's intensities (:mod:`mmcam.data.intensity`), cut the volumes into
+slices along the third voxel axis, optionally drop empty slices, optionally crop / pad / resize the
+planes to ``size x size`` (:mod:`mmcam.data.geometry`), and write ``image.npy``, ``labels.npy`` and
+``meta.json`` into a temporary directory that is renamed into place when complete. Subjects run in
+parallel worker processes; ``manifest.json`` and then the index ``mmcam_cache.json`` are written last.
+An interrupted build leaves no index (the cache is not usable) and is resumed by running it again:
+subjects already written from the same source files with the same options are kept.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import multiprocessing
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -24,11 +27,15 @@ from mmcam.data import cache as fmt
 from mmcam.data._atomic import TEMP_PREFIX, atomic_write_json, replace_directory, temporary_sibling
 from mmcam.data.discover import Dataset, Subject
 from mmcam.data.errors import DataError
+from mmcam.data.geometry import FITS, plan_geometry
+from mmcam.data.intensity import DEFAULT_PERCENTILES, check_percentiles, normalize_intensity
 from mmcam.data.labels import LabelSpec
-from mmcam.data.nifti import Volume, header_to_text, load_image, load_labels
-from mmcam.data.splits import kfold_patients, split_patients
+from mmcam.data.manifest import MANIFEST_FILE, write_manifest
+from mmcam.data.nifti import NONFINITE_POLICIES, Volume, header_to_text, load_image, load_labels
+from mmcam.data.splits import DEFAULT_FRACTIONS, check_fractions, kfold_patients, split_patients
 
-__all__ = ["BuildOptions", "build_subject", "build_cache", "splits_record", "write_splits"]
+__all__ = ["IMAGE_DTYPES", "BuildOptions", "build_subject", "build_cache", "splits_record",
+           "write_splits"]
 
 IMAGE_DTYPES = ("float32", "float16")
 
@@ -38,21 +45,42 @@ class BuildOptions:
     """How a cache is built.
 
     Attributes:
-        image_dtype: ``"float32"`` (default) or ``"float16"`` (half the disk; intensities must stay
-            below 65504).
+        image_dtype: ``"float32"`` (default) or ``"float16"`` (half the disk).
         drop_empty_slices: leave out slices where every modality is 0 everywhere and the mask is empty.
         affine_tolerance: largest allowed difference (mm) between the affines of a subject's files.
+        normalize: robust intensity normalisation per volume and modality (percentile clipping inside
+            the foreground, then the foreground scaled to [0, 1]; :mod:`mmcam.data.intensity`).
+            ``False`` stores the raw intensities.
+        clip_percentiles: ``(low, high)`` percentiles of the clipping (default 0.5 and 99.5).
+        nonfinite: NaN / inf image voxels: ``"error"`` (default) or ``"zero"`` (set to 0 = background,
+            with a warning naming the file; counted in ``meta.json``).
+        size: store every slice at ``size x size`` (``None``: the native ``(X, Y)``).
+        fit: how ``size`` is reached: ``"crop"`` (crop/pad, voxel size kept; refuses to cut off mask
+            voxels) or ``"scale"`` (pad to a square and resize); :mod:`mmcam.data.geometry`.
     """
 
     image_dtype: str = "float32"
     drop_empty_slices: bool = True
     affine_tolerance: float = 1e-3
+    normalize: bool = True
+    clip_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    nonfinite: str = "error"
+    size: Optional[int] = None
+    fit: str = "crop"
 
     def __post_init__(self):
         if self.image_dtype not in IMAGE_DTYPES:
             raise DataError(f"image_dtype must be one of {IMAGE_DTYPES}, got {self.image_dtype!r}")
         if not (isinstance(self.affine_tolerance, (int, float)) and self.affine_tolerance >= 0):
             raise DataError(f"affine_tolerance must be a number >= 0, got {self.affine_tolerance!r}")
+        object.__setattr__(self, "clip_percentiles", check_percentiles(self.clip_percentiles))
+        if self.nonfinite not in NONFINITE_POLICIES:
+            raise DataError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
+        if self.size is not None and (isinstance(self.size, bool) or
+                                      not isinstance(self.size, int) or self.size < 1):
+            raise DataError(f"size must be a positive int or None, got {self.size!r}")
+        if self.fit not in FITS:
+            raise DataError(f"fit must be one of {FITS}, got {self.fit!r}")
 
 
 def _source_record(path: Path, channel: Optional[int]) -> dict:
@@ -64,7 +92,8 @@ def _source_record(path: Path, channel: Optional[int]) -> dict:
 def _sources(subject: Subject, modalities: tuple[str, ...]) -> dict:
     records = {name: _source_record(src.path, src.channel)
                for name, src in zip(modalities, subject.images)}
-    records["label"] = _source_record(subject.label, None)
+    if subject.label is not None:
+        records["label"] = _source_record(subject.label, None)
     return records
 
 
@@ -79,8 +108,38 @@ def _check_same_grid(volume: Volume, reference: Volume, tolerance: float) -> Non
 
 
 def _settings(dataset: Dataset, options: BuildOptions) -> dict:
-    return {"dataset": dataset.name, "label_spec": dataset.spec.name,
-            "modalities": list(dataset.modalities), **asdict(options)}
+    """The settings a subject is written with, as they read back from JSON (tuples become lists)."""
+    return json.loads(json.dumps({"dataset": dataset.name, "label_spec": dataset.spec.name,
+                                  "modalities": list(dataset.modalities), **asdict(options)}))
+
+
+def _read_subject(subject: Subject, spec: LabelSpec, options: BuildOptions
+                  ) -> tuple[list[Volume], Optional[Volume]]:
+    """The checked image volumes and label volume (``None`` without a mask) of ``subject``."""
+    labels = None
+    if subject.label is not None:
+        labels = load_labels(subject.label)
+        spec.check_values(labels.data, subject.label)
+    images = [load_image(src.path, src.channel, options.nonfinite) for src in subject.images]
+    reference = labels if labels is not None else images[0]
+    for volume in images:
+        _check_same_grid(volume, reference, options.affine_tolerance)
+    return images, labels
+
+
+def _normalized_stack(images: list[Volume], modalities: Sequence[str], options: BuildOptions
+                      ) -> tuple[np.ndarray, dict]:
+    """``(M, X, Y, Z)`` float32 intensities (normalised if asked) and the per-modality record."""
+    stack = np.empty((len(images),) + images[0].data.shape, dtype=np.float32)
+    record = {}
+    for m, (name, volume) in enumerate(zip(modalities, images)):
+        if options.normalize:
+            stack[m], stats = normalize_intensity(volume.data, options.clip_percentiles)
+            record[name] = {**stats.to_json(), "nonfinite": volume.nonfinite}
+        else:
+            stack[m] = volume.data
+            record[name] = {"nonfinite": volume.nonfinite}
+    return stack, record
 
 
 def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptions
@@ -89,56 +148,76 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
 
     Raises:
         DataError: naming the file at fault (unreadable, grids differ, unexpected label values, no
-            non-empty slice, intensities too large for float16).
+            non-empty slice, a ``size`` crop that cuts off mask voxels, intensities too large for
+            float16).
     """
     spec: LabelSpec = dataset.spec
-    labels = load_labels(subject.label)
-    spec.check_values(labels.data, subject.label)
-    images = [load_image(src.path, src.channel) for src in subject.images]
-    for volume in images:
-        _check_same_grid(volume, labels, options.affine_tolerance)
+    images, labels = _read_subject(subject, spec, options)
+    raw_nonzero = np.stack([v.data != 0 for v in images]).any(axis=0)      # (X, Y, Z)
+    mask = labels.data != 0 if labels is not None else np.zeros_like(raw_nonzero)
+    reference = labels if labels is not None else images[0]  # geometry and header to carry
+    affine, zooms, header = reference.affine, reference.zooms, header_to_text(reference.header)
+    stack, intensity = _normalized_stack(images, dataset.modalities, options)
+    del images, reference
 
-    stack = np.stack([v.data for v in images])  # (M, X, Y, Z)
+    occupied = raw_nonzero | mask
     if options.drop_empty_slices:
-        keep = np.flatnonzero(stack.any(axis=(0, 1, 2)) | labels.data.any(axis=(0, 1)))
+        keep = np.flatnonzero(occupied.any(axis=(0, 1)))
         if keep.size == 0:
             raise DataError(f"{subject.images[0].path}: every slice of every modality is empty")
     else:
         keep = np.arange(stack.shape[3])
+    geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, occupied.any(axis=2))
+    cut = geometry.voxels_outside(mask.transpose(2, 0, 1))
+    if cut:
+        raise DataError(f"{subject.label}: --size {options.size} (fit crop) would cut off {cut} "
+                        f"voxels of the label mask of a {stack.shape[1:3]} plane; use a larger size "
+                        "or fit 'scale'")
+    image = geometry.apply(stack[..., keep].transpose(3, 0, 1, 2), "linear")   # (S, M, H, W)
+    del stack
     with np.errstate(over="ignore"):  # float16 overflow is reported below
-        image = np.ascontiguousarray(stack[..., keep].transpose(3, 0, 1, 2),
-                                     dtype=options.image_dtype)
+        image = np.ascontiguousarray(image, dtype=options.image_dtype)
     if not np.isfinite(image).all():
         raise DataError(f"{subject.images[0].path} (subject {subject.id}): intensities overflow "
-                        f"{options.image_dtype}; build with image_dtype='float32'")
-    mask_values = np.ascontiguousarray(labels.data[..., keep].transpose(2, 0, 1), dtype=np.uint8)
-    slice_labels = {region: spec.region_mask(mask_values, region).any(axis=(1, 2)).astype(np.int64)
-                    for region in spec.regions}
+                        f"{options.image_dtype}; build with image_dtype='float32' or normalisation")
+    slice_labels, mask_values = {}, None
+    if labels is not None:
+        mask_values = np.ascontiguousarray(geometry.apply(
+            labels.data[..., keep].transpose(2, 0, 1).astype(np.uint8), "nearest"))  # (S, H, W)
+        slice_labels = {region: spec.region_mask(mask_values, region).any(axis=(1, 2))
+                        .astype(np.int64) for region in spec.regions}
     meta = fmt.SubjectMeta(
-        subject.id, tuple(labels.data.shape), keep.astype(np.int64), slice_labels,
-        labels.affine, labels.zooms, header_to_text(labels.header),
+        subject.id, tuple(mask.shape), keep.astype(np.int64), slice_labels, affine, zooms, header,
         _sources(subject, dataset.modalities), _settings(dataset, options),
+        labels is not None, geometry, intensity,
     )
+    _write_subject(cache_dir, subject.id, image, mask_values, meta)
+    return meta
 
-    final = fmt.subject_dir(cache_dir, subject.id)
+
+def _write_subject(cache_dir, subject_id: str, image: np.ndarray, mask_values: Optional[np.ndarray],
+                   meta: fmt.SubjectMeta) -> None:
+    """Write one subject's arrays and meta into a temporary directory, then rename it into place."""
+    final = fmt.subject_dir(cache_dir, subject_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_sibling(final)
     try:
         tmp.mkdir()
         np.save(tmp / fmt.IMAGE_FILE, image)
-        np.save(tmp / fmt.LABELS_FILE, mask_values)
+        if mask_values is not None:
+            np.save(tmp / fmt.LABELS_FILE, mask_values)
         atomic_write_json(tmp / fmt.META_FILE, meta.to_json())
         replace_directory(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return meta
 
 
 def _reusable(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptions) -> bool:
     """Whether ``subject`` is already in the cache, written from the same files with the same options."""
     directory = fmt.subject_dir(cache_dir, subject.id)
-    if not all((directory / name).is_file() for name in (fmt.IMAGE_FILE, fmt.LABELS_FILE)):
+    needed = (fmt.IMAGE_FILE,) + ((fmt.LABELS_FILE,) if subject.label is not None else ())
+    if not all((directory / name).is_file() for name in needed):
         return False
     try:
         meta = fmt.read_subject_meta(cache_dir, subject.id)
@@ -155,16 +234,22 @@ def _prepare_directory(cache_dir: Path) -> None:
         index.unlink()
         shutil.rmtree(cache_dir / "subjects", ignore_errors=True)
         (cache_dir / fmt.SPLITS_FILE).unlink(missing_ok=True)
+        (cache_dir / MANIFEST_FILE).unlink(missing_ok=True)
     elif cache_dir.exists():
         if not cache_dir.is_dir():
             raise DataError(f"{cache_dir}: exists and is not a directory")
-        foreign = sorted(p.name for p in cache_dir.iterdir() if p.name != "subjects")
+        ours = {"subjects", MANIFEST_FILE}
+        foreign = sorted(p.name for p in cache_dir.iterdir() if p.name not in ours
+                         and not p.name.startswith(TEMP_PREFIX))
         if foreign:
             raise DataError(f"{cache_dir}: not empty and not an mmcam cache (holds {foreign[:5]}); "
                             "choose a new directory")
     (cache_dir / "subjects").mkdir(parents=True, exist_ok=True)
-    for stale in (cache_dir / "subjects").glob(TEMP_PREFIX + "*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a killed build
+    for stale in [*cache_dir.glob(TEMP_PREFIX + "*"), *(cache_dir / "subjects").glob(TEMP_PREFIX + "*")]:
+        if stale.is_dir():  # left by a killed build
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def _progress(total: int, enabled: bool, description: str):
@@ -201,7 +286,8 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
     cache_dir = Path(cache_dir)
     index = fmt.CacheIndex(cache_dir, dataset.name, dataset.spec.name, dataset.modalities,
                            options.image_dtype, options.drop_empty_slices,
-                           tuple(s.id for s in dataset.subjects), str(dataset.root.resolve()))
+                           tuple(s.id for s in dataset.subjects), str(dataset.root.resolve()),
+                           dataset.unlabeled, options.size, _settings(dataset, options))
     if (cache_dir / fmt.INDEX_FILE).exists() and not overwrite:
         if fmt.read_cache_index(cache_dir) == index and \
                 all(_reusable(s, dataset, cache_dir, options) for s in dataset.subjects):
@@ -236,36 +322,45 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
     finally:
         if bar is not None:
             bar.close()
+    write_manifest(cache_dir, index,
+                   [fmt.read_subject_meta(cache_dir, s.id) for s in dataset.subjects])
     atomic_write_json(cache_dir / fmt.INDEX_FILE, index.to_json())
     return index
 
 
-def splits_record(subject_ids, *, seed: int = 0, val_fraction: float = 0.1,
-                  test_fraction: float = 0.2, folds: Optional[int] = None) -> dict:
-    """The ``splits.json`` record of ``subject_ids``.
+def splits_record(subject_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
+                  folds: Optional[int] = None, unlabeled: Sequence[str] = ()) -> dict:
+    """The ``splits.json`` record of the labelled ``subject_ids`` (plus the ``unlabeled`` ids).
 
-    Without ``folds``: one train/val fold (:func:`~mmcam.data.splits.split_patients`); with ``folds=k``:
-    ``k`` cross-validation folds over the non-test patients (:func:`~mmcam.data.splits.kfold_patients`,
-    ``val_fraction`` unused). The test set is the same either way.
+    Without ``folds``: one train/val fold (:func:`~mmcam.data.splits.split_patients` with
+    ``fractions = (train, val, test)``); with ``folds=k``: ``k`` cross-validation folds over the
+    non-test patients (:func:`~mmcam.data.splits.kfold_patients`, the val fraction unused). The test
+    set is the same either way. Unlabelled subjects are in no part but ``"unlabeled"``.
     """
+    fractions = check_fractions(fractions)
+    ids = list(subject_ids)
+    if set(ids) & set(unlabeled):
+        raise DataError(f"subjects both labelled and unlabelled: {sorted(set(ids) & set(unlabeled))}")
     if folds is None:
-        splits = [split_patients(subject_ids, val_fraction=val_fraction,
-                                 test_fraction=test_fraction, seed=seed)]
+        splits = [split_patients(ids, fractions, seed=seed)]
     else:
-        splits = kfold_patients(subject_ids, folds=folds, test_fraction=test_fraction, seed=seed)
+        splits = kfold_patients(ids, folds=folds, test_fraction=fractions[2], seed=seed)
     return {
-        "seed": seed, "val_fraction": None if folds else val_fraction,
-        "test_fraction": test_fraction, "folds_requested": folds,
+        "seed": seed, "fractions": list(fractions), "folds_requested": folds,
         "test": list(splits[0].test),
         "folds": [{"train": list(s.train), "val": list(s.val)} for s in splits],
+        "unlabeled": sorted(unlabeled),
     }
 
 
 def write_splits(cache_dir, **kwargs) -> dict:
     """Draw the seeded patient split of a complete cache and write ``splits.json`` atomically.
 
-    Keyword arguments as :func:`splits_record`; returns the record.
+    Keyword arguments as :func:`splits_record` (``fractions``, ``seed``, ``folds``); the labelled and
+    unlabelled ids come from the cache index. Returns the record.
     """
-    record = splits_record(fmt.read_cache_index(cache_dir).subjects, **kwargs)
+    index = fmt.read_cache_index(cache_dir)
+    labeled = [s for s in index.subjects if s not in set(index.unlabeled)]
+    record = splits_record(labeled, unlabeled=index.unlabeled, **kwargs)
     atomic_write_json(Path(cache_dir) / fmt.SPLITS_FILE, record)
     return record

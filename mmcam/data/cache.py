@@ -4,22 +4,29 @@ A cache is a directory written by :func:`mmcam.data.build.build_cache` (``python
 
     CACHE/
       mmcam_cache.json           the index: format version, dataset, label spec, modality names,
-                                 image dtype, subject ids; written last, so its presence marks a
-                                 complete cache
-      splits.json                seeded patient split(s): the test ids and one train/val pair per fold
-      subjects/<id>/image.npy    (S, M, X, Y) float32 (or float16): the S kept slices of the M
-                                 modalities, slice-major so one slice is one contiguous block
-      subjects/<id>/labels.npy   (S, X, Y) uint8: the raw mask values of the same slices (checked
-                                 against the label spec; regions are chosen when reading)
+                                 image dtype, stored slice size, subject ids (and those without a
+                                 mask); written last, so its presence marks a complete cache
+      manifest.json              one record per subject: shape, spacing, affine, crop box, and the
+                                 slice index and labels of every stored slice (:mod:`mmcam.data.manifest`)
+      splits.json                seeded patient split(s): the test ids, one train/val pair per fold, and
+                                 the unlabelled ids
+      subjects/<id>/image.npy    (S, M, H, W) float32 (or float16): the S kept slices of the M
+                                 modalities, intensity-normalised, slice-major so one slice is one
+                                 contiguous block
+      subjects/<id>/labels.npy   (S, H, W) uint8: the raw mask values of the same slices (checked
+                                 against the label spec; regions are chosen when reading); absent for a
+                                 subject without a mask
       subjects/<id>/meta.json    geometry and provenance of the subject (:class:`SubjectMeta`)
 
 Slicing convention: slice ``k`` of a volume ``v`` of shape ``(X, Y, Z)`` is ``v[:, :, k]`` -- the
-third voxel axis, axial for BraTS and MSD prostate -- stored as an image of height ``X`` and width
-``Y`` (``image[h, w] = v[h, w, k]``); nothing is reoriented or resampled, so the input's affine and
-header describe every output. When the cache was built with empty-slice dropping, slices in which
-every modality is 0 everywhere (outside a skull-stripped brain) and the mask is empty are not stored;
-``SubjectMeta.slice_index`` gives the original ``k`` of each stored slice and :meth:`SubjectMeta.restack`
-puts per-slice results back into a full ``(X, Y, Z)`` volume.
+third voxel axis, axial for BraTS and MSD prostate -- an image of height ``X`` and width ``Y``
+(``image[h, w] = v[h, w, k]``); nothing is reoriented. Without ``--size`` the stored ``(H, W)`` is
+``(X, Y)``; with it, each plane is cropped / padded / resized to ``S x S`` as recorded in
+:attr:`SubjectMeta.geometry` (:class:`~mmcam.data.geometry.InPlaneGeometry`). When the cache was built
+with empty-slice dropping, slices in which every modality is 0 everywhere (outside a skull-stripped
+brain) and the mask is empty are not stored; ``SubjectMeta.slice_index`` gives the original ``k`` of each
+stored slice. :meth:`SubjectMeta.uncrop` undoes the in-plane geometry and :meth:`SubjectMeta.restack`
+puts per-slice results back into a full ``(X, Y, Z)`` volume on the input's grid.
 """
 
 from __future__ import annotations
@@ -32,22 +39,24 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mmcam.data.errors import DataError
+from mmcam.data.geometry import InPlaneGeometry
 from mmcam.data.nifti import header_from_text
 
 __all__ = [
     "CACHE_FORMAT", "CACHE_VERSION", "INDEX_FILE", "SPLITS_FILE", "IMAGE_FILE", "LABELS_FILE",
-    "META_FILE", "CacheIndex", "SubjectMeta", "subject_dir", "read_cache_index",
+    "META_FILE", "SPLIT_PARTS", "CacheIndex", "SubjectMeta", "subject_dir", "read_cache_index",
     "read_subject_meta", "read_split", "center_crop_or_pad",
 ]
 
 CACHE_FORMAT = "mmcam-slice-cache"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INDEX_FILE = "mmcam_cache.json"
 SPLITS_FILE = "splits.json"
 IMAGE_FILE = "image.npy"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
-SPLIT_PARTS = ("train", "val", "test")
+#: The parts of ``splits.json``: ``unlabeled`` holds the subjects without a mask (inference only).
+SPLIT_PARTS = ("train", "val", "test", "unlabeled")
 
 
 def subject_dir(cache_dir, subject_id: str) -> Path:
@@ -77,6 +86,9 @@ class CacheIndex:
         drop_empty_slices: whether all-zero slices with empty masks were left out.
         subjects: subject ids in cache order.
         source_root: the raw dataset directory it was built from.
+        unlabeled: the ids of ``subjects`` without a label mask (inference only).
+        size: the stored in-plane size ``S`` (``--size``), or ``None`` (each subject's own ``(X, Y)``).
+        options: every build option (:class:`~mmcam.data.build.BuildOptions` as a dict).
     """
 
     root: Path
@@ -87,6 +99,9 @@ class CacheIndex:
     drop_empty_slices: bool
     subjects: tuple[str, ...]
     source_root: str
+    unlabeled: tuple[str, ...] = ()
+    size: Optional[int] = None
+    options: Optional[dict] = None
 
     def to_json(self) -> dict:
         from mmcam import __version__
@@ -96,7 +111,8 @@ class CacheIndex:
             "modalities": list(self.modalities), "image_dtype": self.image_dtype,
             "drop_empty_slices": self.drop_empty_slices, "source_root": self.source_root,
             "slicing": "image[h, w] = volume[h, w, k]: slices along the third voxel axis",
-            "subjects": list(self.subjects),
+            "size": self.size, "options": self.options,
+            "subjects": list(self.subjects), "unlabeled": list(self.unlabeled),
         }
 
 
@@ -120,7 +136,8 @@ def read_cache_index(cache_dir) -> CacheIndex:
         return CacheIndex(root, record["dataset"], record["label_spec"],
                           tuple(record["modalities"]), record["image_dtype"],
                           bool(record["drop_empty_slices"]), tuple(record["subjects"]),
-                          record["source_root"])
+                          record["source_root"], tuple(record["unlabeled"]), record["size"],
+                          record["options"])
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: malformed cache index ({type(exc).__name__}: {exc})") from exc
 
@@ -134,12 +151,18 @@ class SubjectMeta:
         shape: ``(X, Y, Z)`` of the source volumes.
         slice_index: ``(S,)`` int64, the ``k`` (third voxel index) of each stored slice, increasing.
         slice_labels: region name -> ``(S,)`` int64, 1 where the stored slice's mask has a voxel of
-            the region.
-        affine: ``(4, 4)`` voxel->world matrix of the inputs (the label file's; all inputs agree).
+            the region; empty for a subject without a mask.
+        affine: ``(4, 4)`` voxel->world matrix of the inputs (all inputs agree).
         zooms: ``(3,)`` voxel spacing in mm.
-        header_text: the label file's NIfTI header, see :meth:`header`.
+        header_text: the NIfTI header of the label file (of the first image without one), see
+            :meth:`header`.
         sources: modality name or ``"label"`` -> ``{"path", "channel", "size", "mtime_ns"}``.
         settings: the build options the subject was written with.
+        labeled: whether the subject has a label mask (``labels.npy``).
+        geometry: how the stored ``(H, W)`` planes relate to the ``(X, Y)`` plane.
+        intensity: modality name -> ``{"lo", "hi", "foreground", "nonfinite"}``: the clipping bounds
+            and foreground voxel count of the intensity normalisation (:mod:`mmcam.data.intensity`;
+            only ``"nonfinite"`` when it was off) and how many NaN / inf voxels were set to 0.
     """
 
     id: str
@@ -151,6 +174,18 @@ class SubjectMeta:
     header_text: str
     sources: dict
     settings: dict
+    labeled: bool = True
+    geometry: Optional[InPlaneGeometry] = None
+    intensity: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.geometry is None:
+            object.__setattr__(self, "geometry", InPlaneGeometry.identity(self.shape[:2]))
+
+    @property
+    def stored_affine(self) -> np.ndarray:
+        """``(4, 4)`` voxel->world matrix of the stored grid: stored ``(i, j, k)`` -> mm."""
+        return self.geometry.stored_affine(self.affine)
 
     def header(self):
         """The input's nibabel NIfTI header, to carry into outputs (see :func:`save_nifti`)."""
@@ -162,6 +197,8 @@ class SubjectMeta:
             "slice_labels": {r: v.tolist() for r, v in self.slice_labels.items()},
             "affine": self.affine.tolist(), "zooms": list(self.zooms),
             "header": self.header_text, "sources": self.sources, "settings": self.settings,
+            "labeled": self.labeled, "geometry": self.geometry.to_json(),
+            "intensity": self.intensity or {},
         }
 
     @classmethod
@@ -172,23 +209,42 @@ class SubjectMeta:
             {r: np.asarray(v, dtype=np.int64) for r, v in record["slice_labels"].items()},
             np.asarray(record["affine"], dtype=np.float64),
             tuple(float(v) for v in record["zooms"]), record["header"], record["sources"],
-            record["settings"],
+            record["settings"], bool(record["labeled"]),
+            InPlaneGeometry.from_json(record["geometry"]), dict(record["intensity"]),
         )
 
+    def uncrop(self, planes: np.ndarray, interpolation: str = "auto", fill=0) -> np.ndarray:
+        """Put ``(..., h, w)`` planes back on the volume's ``(X, Y)`` in-plane grid.
+
+        Planes of another size than the stored ``(H, W)`` (a dataset's ``spatial_size``) are first
+        centre-cropped or zero-padded back to it (:func:`center_crop_or_pad`, which undoes the
+        dataset's own crop/pad); then the prepare-time crop / pad / resize is inverted
+        (:meth:`~mmcam.data.geometry.InPlaneGeometry.invert`: exact for crop/pad; ``interpolation``
+        ``"auto"`` = nearest for bool/integer planes, bilinear for floating ones). Voxels cropped away
+        at prepare time get ``fill``.
+        """
+        planes = np.asarray(planes)
+        if planes.ndim < 2:
+            raise DataError(f"subject {self.id}: uncrop needs (..., h, w) planes, got shape "
+                            f"{planes.shape}")
+        planes = center_crop_or_pad(planes, self.geometry.size)
+        return self.geometry.invert(planes, interpolation, fill)
+
     def restack(self, planes: np.ndarray, slice_index: Optional[Sequence[int]] = None,
-                fill=0) -> np.ndarray:
-        """Put per-slice results back into a full volume of shape ``(X, Y, Z)``.
+                fill=0, interpolation: str = "auto") -> np.ndarray:
+        """Put per-slice results back into a full volume of shape ``(X, Y, Z)`` on the input's grid.
 
         Args:
-            planes: ``(K, h, w)`` planes, e.g. predicted masks. Planes of another in-plane size than
-                ``(X, Y)`` (a dataset's ``spatial_size``) are centre-cropped or zero-padded back by
-                :func:`center_crop_or_pad`, which undoes the dataset's own crop/pad.
+            planes: ``(K, h, w)`` planes, e.g. predicted masks, of the stored size or of a dataset's
+                ``spatial_size``; :meth:`uncrop` maps them back to ``(X, Y)``.
             slice_index: the ``k`` of each plane; by default :attr:`slice_index` (all stored slices,
                 in cache order).
-            fill: value of the slices not given (dropped empty slices).
+            fill: value of the slices not given (dropped empty slices) and of cropped-away voxels.
+            interpolation: see :meth:`uncrop`.
 
         Returns:
-            ``(X, Y, Z)`` array of ``planes``' dtype; ``volume[:, :, k] = plane``.
+            ``(X, Y, Z)`` array of ``planes``' dtype; ``volume[:, :, k] = uncrop(plane)``. Save it with
+            :attr:`affine` and :meth:`header` (:func:`~mmcam.data.nifti.save_nifti`).
         """
         planes = np.asarray(planes)
         index = self.slice_index if slice_index is None else np.asarray(slice_index, dtype=np.int64)
@@ -198,8 +254,8 @@ class SubjectMeta:
         if len(index) and (index.min() < 0 or index.max() >= self.shape[2]):
             raise DataError(f"subject {self.id}: slice index out of range [0, {self.shape[2]})")
         volume = np.full(self.shape, fill, dtype=planes.dtype)
-        for k, plane in zip(index.tolist(), planes):
-            volume[:, :, k] = center_crop_or_pad(plane, self.shape[:2])
+        if len(index):
+            volume[:, :, index] = np.moveaxis(self.uncrop(planes, interpolation, fill), 0, -1)
         return volume
 
 
@@ -214,17 +270,18 @@ def read_subject_meta(cache_dir, subject_id: str) -> SubjectMeta:
 
 
 def read_split(cache_dir, part: str, fold: int = 0) -> tuple[str, ...]:
-    """The subject ids of ``part`` (``"train"``, ``"val"`` or ``"test"``) of ``fold`` in ``splits.json``.
+    """The subject ids of ``part`` of ``fold`` in ``splits.json``.
 
-    Without k-fold the file holds one fold (0).
+    ``part``: ``"train"``, ``"val"``, ``"test"`` (labelled subjects) or ``"unlabeled"`` (subjects
+    without a mask, inference only). Without k-fold the file holds one fold (0).
     """
     path = Path(cache_dir) / SPLITS_FILE
     if part not in SPLIT_PARTS:
         raise DataError(f"unknown split part {part!r}; choose one of {', '.join(SPLIT_PARTS)}")
     record = _read_json(path, "the patient splits")
     try:
-        if part == "test":
-            return tuple(record["test"])
+        if part in ("test", "unlabeled"):
+            return tuple(record[part])
         folds = record["folds"]
         if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < len(folds):
             raise DataError(f"{path}: fold {fold!r} out of range, the file has {len(folds)} fold(s)")

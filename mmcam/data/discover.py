@@ -9,16 +9,25 @@ Supported datasets (``dataset=`` name: layout under ``root``):
 - ``brats2021``: the same flat layout (``BraTS2021_00000``); BraTS 2022 reused this data.
 - ``brats2023``, ``brats2024``: ``<id>/<id>-{t1n,t1c,t2w,t2f,seg}.nii.gz`` (``BraTS-GLI-00000-000``;
   any ``BraTS-XXX`` sub-challenge). The two share the layout and differ in labels (2024: 4 = resection
-  cavity), so ``"auto"`` picks ``brats2023``; a mask holding 4 then fails with a hint to use
+  cavity), so detection picks ``brats2023``; a mask holding 4 then fails with a hint to use
   ``brats2024``.
-- ``msd_prostate``: Task05_Prostate: ``dataset.json`` (its ``modality`` and ``training`` entries),
-  ``imagesTr/<id>.nii.gz`` 4-D ``(X, Y, Z, 2)`` with channel 0 T2 and 1 ADC, ``labelsTr/<id>.nii.gz``.
+- ``msd_prostate``: Task05_Prostate: ``dataset.json`` (its ``modality``, ``training`` and ``test``
+  entries), ``imagesTr/<id>.nii.gz`` 4-D ``(X, Y, Z, 2)`` with channel 0 T2 and 1 ADC,
+  ``labelsTr/<id>.nii.gz``; the ``test`` images (``imagesTs/``, no labels) are listed as unlabelled
+  subjects (a listed test image that is absent is skipped with a warning).
+
+``dataset`` may also be ``"auto"`` (detect everything), ``"brats"`` (detect the BraTS release; refuse
+other layouts) or ``"prostate"`` (= ``msd_prostate``).
 
 Every BraTS release is read with the same modality names, in this order: ``t1, t1ce, t2, flair``
-(2023+: t1n, t1c, t2w, t2f). Prostate modalities are dataset.json's names in lower case
-(``t2, adc``). Files and directories whose names start with "." or "_" (macOS ``._*`` forks,
-``__MACOSX``) are skipped everywhere; other files beside the subject directories (CSV tables) are
+(files of 2023+: t1n, t1c, t2w, t2f; see :mod:`mmcam.data.modalities` for the aliases). Prostate
+modalities are ``t2, adc``. Files and directories whose names start with "." or "_" (macOS ``._*``
+forks, ``__MACOSX``) are skipped everywhere; other files beside the subject directories (CSV tables) are
 ignored. Subjects are listed in sorted order.
+
+Subjects without a label mask (a BraTS validation set, MSD test images) are listed with ``label=None``:
+they can be prepared and used for inference, never for training or evaluation (the splits put them in a
+separate ``unlabeled`` part). A BraTS subject directory with several candidate masks is an error.
 
 Discovery only looks at names; the files are opened (and checked) when the cache is built.
 """
@@ -27,18 +36,20 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from mmcam.data.errors import DataError
+from mmcam.data.errors import DataError, DataWarning
 from mmcam.data.labels import LabelSpec, get_label_spec
+from mmcam.data.modalities import BRATS_MODALITIES, PROSTATE_MODALITIES
 
-__all__ = ["DATASETS", "ImageSource", "Subject", "Dataset", "detect_dataset", "discover"]
+__all__ = ["DATASETS", "DATASET_FAMILIES", "ImageSource", "Subject", "Dataset", "detect_dataset",
+           "resolve_dataset", "discover"]
 
-_BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
-_BRATS_LEGACY_SUFFIXES = {"t1": "t1", "t1ce": "t1ce", "t2": "t2", "flair": "flair"}
+_BRATS_LEGACY_SUFFIXES = {m: m for m in BRATS_MODALITIES}
 _BRATS_2023_SUFFIXES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
 _NIFTI_ENDINGS = (".nii.gz", ".nii")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -54,22 +65,44 @@ class ImageSource:
 
 @dataclass(frozen=True)
 class Subject:
-    """One patient: ``images`` in the dataset's modality order, and the ``label`` mask file."""
+    """One patient: ``images`` in the dataset's modality order, and the ``label`` mask file (``None``
+    when the subject has no mask: inference only)."""
 
     id: str
     images: tuple[ImageSource, ...]
-    label: Path
+    label: Optional[Path]
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """A discovered dataset: its name, root, label spec, modality names and subjects."""
+    """A discovered dataset: its name, root, label spec, modality names and subjects.
+
+    Behaves as the sequence of its subjects: ``len(dataset)``, ``dataset[i]``, ``for s in dataset``.
+    """
 
     name: str
     root: Path
     spec: LabelSpec
     modalities: tuple[str, ...]
     subjects: tuple[Subject, ...]
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+    def __getitem__(self, i: int) -> Subject:
+        return self.subjects[i]
+
+    def __iter__(self):
+        return iter(self.subjects)
+
+    def paths(self, subject: Subject) -> dict[str, ImageSource]:
+        """``subject``'s image sources by modality name (in :attr:`modalities` order)."""
+        return dict(zip(self.modalities, subject.images))
+
+    @property
+    def unlabeled(self) -> tuple[str, ...]:
+        """Ids of the subjects without a label mask."""
+        return tuple(s.id for s in self.subjects if s.label is None)
 
 
 def _visible(path: Path) -> bool:
@@ -100,7 +133,7 @@ def _brats_subject(directory: Path, separator: str, suffixes: dict[str, str]) ->
     """The subject stored as ``directory/<id><separator><suffix>.nii[.gz]``, ``<id>`` = directory name."""
     subject_id = _check_id(directory.name, directory)
     images = []
-    for modality in _BRATS_MODALITIES:
+    for modality in BRATS_MODALITIES:
         stem = f"{subject_id}{separator}{suffixes[modality]}"
         path = _nifti_file(directory, stem)
         if path is None:
@@ -114,11 +147,10 @@ def _brats_subject(directory: Path, separator: str, suffixes: dict[str, str]) ->
             if p.is_file() and _visible(p) and p.name.endswith(_NIFTI_ENDINGS)
             and p.name not in used and "seg" in p.name.lower()
         )
-        if len(candidates) != 1:
-            found = f"; candidates: {[p.name for p in candidates]}" if candidates else ""
-            raise DataError(f"{directory}: no label mask {subject_id}{separator}seg.nii.gz "
-                            f"(or a single other *seg* NIfTI file){found}")
-        label = candidates[0]
+        if len(candidates) > 1:
+            raise DataError(f"{directory}: no label mask {subject_id}{separator}seg.nii.gz and "
+                            f"several candidates {[p.name for p in candidates]}; keep one")
+        label = candidates[0] if candidates else None  # None: unlabelled (e.g. a validation set)
     return Subject(subject_id, tuple(images), label)
 
 
@@ -128,13 +160,13 @@ def _brats_grade_dirs(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
         raise DataError(f"{root}: expected HGG/ and/or LGG/ subject directories (BraTS 2018/2019)")
     subjects = [_brats_subject(d, "_", _BRATS_LEGACY_SUFFIXES)
                 for grade in grades for d in _subject_dirs(grade)]
-    return _BRATS_MODALITIES, sorted(subjects, key=lambda s: s.id)
+    return BRATS_MODALITIES, sorted(subjects, key=lambda s: s.id)
 
 
 def _brats_flat(separator: str, suffixes: dict[str, str]) -> Callable[[Path], tuple]:
     def read(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
-        return _BRATS_MODALITIES, [_brats_subject(d, separator, suffixes)
-                                   for d in _subject_dirs(root)]
+        return BRATS_MODALITIES, [_brats_subject(d, separator, suffixes)
+                                  for d in _subject_dirs(root)]
     return read
 
 
@@ -152,6 +184,8 @@ def _msd_json(root: Path) -> tuple[dict, list[str]]:
         names = [modality[str(i)] for i in range(len(modality))]
         if not isinstance(meta["training"], list):
             raise TypeError("'training' is not a list")
+        if not isinstance(meta.get("test", []), list):
+            raise TypeError("'test' is not a list")
         labels = set(meta["labels"])
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: expected 'modality' {{'0': ..., '1': ...}}, 'labels' and "
@@ -164,24 +198,42 @@ def _msd_json(root: Path) -> tuple[dict, list[str]]:
     return meta, names
 
 
+def _msd_subject_id(image: Path) -> str:
+    return _check_id(image.name.removesuffix(".gz").removesuffix(".nii"), image)
+
+
 def _msd_prostate(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
     meta, names = _msd_json(root)
+    listing = root / "dataset.json"
+    channels = range(len(names))
     subjects = []
     for entry in meta["training"]:
         try:
             image, label = root / entry["image"], root / entry["label"]
         except (KeyError, TypeError):
-            raise DataError(f"{root / 'dataset.json'}: a 'training' entry is not "
+            raise DataError(f"{listing}: a 'training' entry is not "
                             f"{{'image': ..., 'label': ...}}: {entry!r}") from None
         if not _visible(image):
             continue
         for path in (image, label):
             if not path.is_file():
-                raise DataError(f"{root / 'dataset.json'} lists {path}, which does not exist")
-        subject_id = _check_id(image.name.removesuffix(".gz").removesuffix(".nii"), image)
-        images = tuple(ImageSource(image, channel) for channel in range(len(names)))
-        subjects.append(Subject(subject_id, images, label))
-    return tuple(n.lower() for n in names), sorted(subjects, key=lambda s: s.id)
+                raise DataError(f"{listing} lists {path}, which does not exist")
+        images = tuple(ImageSource(image, channel) for channel in channels)
+        subjects.append(Subject(_msd_subject_id(image), images, label))
+    for entry in meta.get("test", []):  # image paths (MSD) or {"image": path}
+        relative = entry.get("image") if isinstance(entry, dict) else entry
+        if not isinstance(relative, str):
+            raise DataError(f"{listing}: a 'test' entry is not an image path: {entry!r}")
+        image = root / relative
+        if not _visible(image):
+            continue
+        if not image.is_file():
+            warnings.warn(f"{listing} lists the test image {image}, which does not exist: skipped",
+                          DataWarning, stacklevel=3)
+            continue
+        images = tuple(ImageSource(image, channel) for channel in channels)
+        subjects.append(Subject(_msd_subject_id(image), images, None))
+    return PROSTATE_MODALITIES, sorted(subjects, key=lambda s: s.id)
 
 
 # dataset name -> reader returning (modality names, subjects); each dataset's label spec has its name
@@ -195,8 +247,11 @@ _READERS: dict[str, Callable[[Path], tuple]] = {
     "msd_prostate": _msd_prostate,
 }
 
-#: The dataset names :func:`discover` accepts (besides ``"auto"``).
+#: The dataset names :func:`discover` accepts (besides ``"auto"`` and :data:`DATASET_FAMILIES`).
 DATASETS = tuple(_READERS)
+#: Family names -> the datasets they stand for; the release is detected from the layout.
+DATASET_FAMILIES = {"brats": tuple(n for n in DATASETS if n.startswith("brats")),
+                    "prostate": ("msd_prostate",)}
 
 
 def _detect(root: Path) -> Optional[str]:
@@ -237,27 +292,50 @@ def detect_dataset(root) -> str:
     )
 
 
+def resolve_dataset(root, dataset: str = "auto") -> str:
+    """The dataset name (one of :data:`DATASETS`) that ``dataset`` stands for at ``root``.
+
+    ``"auto"``: :func:`detect_dataset`; ``"brats"``: the detected BraTS release (an error if the layout
+    is not BraTS; 2023 and 2024 share a layout, so ``brats2023`` is detected and a 2024 mask fails with
+    a hint to name ``brats2024``); ``"prostate"``: ``msd_prostate``; a name of :data:`DATASETS`: itself.
+    """
+    if dataset == "auto":
+        return detect_dataset(root)
+    if dataset in DATASET_FAMILIES:
+        family = DATASET_FAMILIES[dataset]
+        if len(family) == 1:
+            return family[0]
+        found = detect_dataset(root)
+        if found not in family:
+            raise DataError(f"{root}: holds a {found} layout, not {dataset}; pass dataset='auto' or "
+                            f"the right one")
+        return found
+    if dataset in _READERS:
+        return dataset
+    raise DataError(f"unknown dataset {dataset!r}; choose auto, {', '.join(DATASET_FAMILIES)} or one "
+                    f"of {', '.join(DATASETS)}")
+
+
 def discover(root, dataset: str = "auto") -> Dataset:
     """List the subjects of the dataset at ``root``.
 
     Args:
         root: the directory holding the subject directories (BraTS), ``HGG``/``LGG`` (2018/2019) or
             ``dataset.json`` (MSD).
-        dataset: one of :data:`DATASETS`, or ``"auto"`` to detect it (:func:`detect_dataset`).
+        dataset: ``"auto"`` (detect), ``"brats"`` (detect the release), ``"prostate"``, or one of
+            :data:`DATASETS` (see :func:`resolve_dataset`).
 
     Returns:
-        A :class:`Dataset` with at least one subject.
+        A :class:`Dataset` with at least one subject; subjects without a mask have ``label=None``.
 
     Raises:
-        DataError: naming the directory or file at fault (unknown layout, missing modality or mask,
-            ambiguous files, no subjects).
+        DataError: naming the directory or file at fault (unknown layout, missing modality, ambiguous
+            files, no subjects).
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a directory")
-    name = detect_dataset(root) if dataset == "auto" else dataset
-    if name not in _READERS:
-        raise DataError(f"unknown dataset {dataset!r}; choose auto or one of {', '.join(DATASETS)}")
+    name = resolve_dataset(root, dataset)
     modalities, subjects = _READERS[name](root)
     if not subjects:
         raise DataError(f"{root}: no subjects found for dataset {name}")

@@ -6,20 +6,24 @@ Conventions:
   ``affine`` (4, 4) float64 voxel->world (mm) matrix and its nibabel header. Nothing is reoriented, so
   the affine and header of the input describe every output computed on the same grid.
 - Images are returned as native-endian float32 with the header's scaling (``scl_slope``/``scl_inter``)
-  applied, whatever the file's type or byte order (big-endian files exist); they must be finite.
+  applied, whatever the file's type or byte order (big-endian files exist). Non-finite voxels (NaN,
+  inf) are an error by default; ``nonfinite="zero"`` sets them to 0 (background) instead and issues a
+  :class:`~mmcam.data.errors.DataWarning` naming the file and the count. Never silently.
 - Label masks are returned as native-endian int64; float-typed masks are accepted when every value is a
   whole number.
 - A 4-D file ``(X, Y, Z, C)`` holds C co-registered images (MSD stores modalities this way): read one
   with ``channel=c``. Trailing axes of length 1 beyond the third are dropped.
 
 Every problem (missing, unreadable or corrupt file, wrong number of axes, channel out of range,
-non-finite intensities, non-integer labels) raises :class:`~mmcam.data.errors.DataError` naming the file.
+non-finite intensities unless asked to zero them, non-integer labels) raises
+:class:`~mmcam.data.errors.DataError` naming the file.
 """
 
 from __future__ import annotations
 
 import base64
 import gzip
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +34,17 @@ import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
 from mmcam.data._atomic import atomic_write
-from mmcam.data.errors import DataError
+from mmcam.data.errors import DataError, DataWarning
 
-__all__ = ["Volume", "load_image", "load_labels", "save_nifti", "header_to_text", "header_from_text"]
+__all__ = ["NONFINITE_POLICIES", "Volume", "load_image", "load_labels", "save_nifti", "header_to_text",
+           "header_from_text"]
 
 # What nibabel, gzip and numpy raise for missing, truncated or corrupt files.
 _READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error, gzip.BadGzipFile,
                 MemoryError)
+
+#: What :func:`load_image` does with NaN / inf voxels: raise, or set them to 0 with a warning.
+NONFINITE_POLICIES = ("error", "zero")
 
 _HEADER_CLASSES = {"Nifti1Header": nib.Nifti1Header, "Nifti2Header": nib.Nifti2Header}
 
@@ -50,12 +58,14 @@ class Volume:
         affine: ``(4, 4)`` float64 voxel->world matrix (the header's best affine: sform, else qform).
         header: the file's nibabel header (``Nifti1Header`` or ``Nifti2Header``).
         path: the file it was read from.
+        nonfinite: how many NaN / inf voxels were set to 0 (``nonfinite="zero"``), else 0.
     """
 
     data: np.ndarray
     affine: np.ndarray
     header: nib.Nifti1Header
     path: Path
+    nonfinite: int = 0
 
     @property
     def zooms(self) -> tuple[float, float, float]:
@@ -110,25 +120,36 @@ def _read(image, path: Path, channel: Optional[int]) -> np.ndarray:
     return data
 
 
-def load_image(path, channel: Optional[int] = None) -> Volume:
+def load_image(path, channel: Optional[int] = None, nonfinite: str = "error") -> Volume:
     """Read an image volume as native float32 ``(X, Y, Z)``.
 
     Args:
         path: a ``.nii`` or ``.nii.gz`` file.
         channel: for a 4-D ``(X, Y, Z, C)`` file, which image to read; ``None`` for a 3-D file.
+        nonfinite: ``"error"`` (default): NaN / inf voxels raise; ``"zero"``: they are set to 0 (the
+            background) with a :class:`~mmcam.data.errors.DataWarning` naming the file.
 
     Raises:
         DataError: naming ``path`` if it cannot be read, has the wrong number of axes, ``channel`` is out
-            of range or a value is not finite.
+            of range or (``nonfinite="error"``) a value is not finite.
     """
+    if nonfinite not in NONFINITE_POLICIES:
+        raise DataError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {nonfinite!r}")
     path = Path(path)
     image = _open(path)
     _spatial_shape(path, image.shape, channel)
     data = np.asarray(_read(image, path, channel), dtype=np.float32)  # native byte order
-    if not np.isfinite(data).all():
-        bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise DataError(f"{path}: {bad} non-finite intensity values (NaN or inf)")
-    return Volume(data, image.affine.astype(np.float64), image.header, path)
+    finite = np.isfinite(data)
+    bad = int(finite.size - np.count_nonzero(finite))
+    if bad:
+        where = f"{path}" + ("" if channel is None else f" (channel {channel})")
+        if nonfinite == "error":
+            raise DataError(f"{where}: {bad} non-finite intensity values (NaN or inf); pass "
+                            "nonfinite='zero' (--nonfinite zero) to treat them as background")
+        warnings.warn(f"{where}: {bad} non-finite intensity values (NaN or inf) set to 0 "
+                      "(background)", DataWarning, stacklevel=2)
+        data = np.where(finite, data, np.float32(0))
+    return Volume(data, image.affine.astype(np.float64), image.header, path, bad)
 
 
 def load_labels(path) -> Volume:

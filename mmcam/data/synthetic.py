@@ -1,42 +1,60 @@
 """Synthetic multi-modal MRI phantoms, written in the real raw layouts (BraTS 2021, MSD prostate).
 
 The data of the quick start, the ablation and the tests: deterministic for a seed, fast (numpy + a few
-torch interpolations/convolutions), and read through exactly the same path as real data
-(:func:`~mmcam.data.discover.discover` -> :func:`~mmcam.data.build.build_cache` -> ``SliceDataset``).
+torch interpolations), and read through exactly the same path as real data
+(:func:`~mmcam.data.discover.discover` -> :func:`~mmcam.data.build.build_cache` -> ``SliceDataset``)::
 
-``kind="brats"`` -- a skull-stripped brain (background exactly 0, so the end slices are empty) with
-CSF, grey and white matter, ventricles and one glioma: edema (label 2) around a core of necrosis
-(label 1) inside an enhancing rim (label 4); 20 % of subjects have a non-enhancing core (no label 4,
-like low-grade gliomas). Four modalities with their clinical contrasts, so the tumour genuinely looks
-different in each:
+    python -m mmcam.data.synthetic --out DIR --subjects N --layout brats|prostate [--seed S]
+                                   [--shape X Y Z]
 
-==========  =====  =====  =====  =====  =====  =========  =======
-modality    CSF    GM     WM     edema  rim    necrosis   visible
-==========  =====  =====  =====  =====  =====  =========  =======
-t1          0.25   0.55   0.80   0.45   0.55   0.30       core dark, edema faint
-t1ce        0.25   0.55   0.80   0.45   1.30   0.30       bright enhancing rim only
-t2          1.00   0.62   0.42   0.88   0.70   0.95       whole tumour, but CSF as bright
-flair       0.15   0.55   0.45   0.92   0.78   0.55       whole tumour (edema) brightest
-==========  =====  =====  =====  =====  =====  =========  =======
+``layout="brats"`` -- a skull-stripped brain (background exactly 0, so the end slices are empty) with
+CSF, grey and white matter, ventricles with choroid plexus, and one glioma: edema (label 2) around a
+core of fluid-filled necrosis (label 1) inside an enhancing rim (label 4); 20 % of subjects have a
+non-enhancing core (no label 4, like low-grade gliomas). Four modalities with their clinical contrasts,
+so each shows a different part of the tumour (base intensities):
+
+==========  =====  =====  =====  =======  =====  =====  =====  =========  ==============================
+modality    CSF    GM     WM     plexus   WMH    edema  rim    necrosis   what the tumour looks like
+==========  =====  =====  =====  =======  =====  =====  =====  =========  ==============================
+t1          0.25   0.55   0.80   0.45     0.70   0.45   0.55   0.25       dark core, edema ~ GM (faint)
+t1ce        0.25   0.55   0.80   1.15     0.70   0.45   1.30   0.25       enhancing rim only
+t2          1.00   0.62   0.42   0.70     0.75   0.88   0.70   1.00       whole tumour, as bright as CSF
+flair       0.15   0.55   0.45   0.30     0.85   0.92   0.78   0.30       edema bright, core dark
+==========  =====  =====  =====  =======  =====  =====  =====  =========  ==============================
+
+What makes it hard (a classification-only CAM, or a threshold on one modality, does not give the mask):
+
+- no modality shows the whole tumour alone: FLAIR misses the fluid core, T1ce shows only the rim, T2
+  shows the tumour together with CSF, T1 shows little but the core;
+- look-alikes that are not tumour (label 0): white-matter hyperintensities (0-5 small blobs, bright in
+  FLAIR and T2 like edema) and the choroid plexus (enhancing in T1ce like the rim);
+- per subject and modality, the tumour's contrast to normal tissue is scaled by a factor in [0.45, 1],
+  so in some subjects and modalities it overlaps grey matter;
+- tumours of very different sizes (semi-axes log-uniform in 12-34 mm; the smallest cover a handful of
+  slices with a few voxels each), irregular shapes (perturbed ellipsoids) and random positions;
+- a smooth multiplicative bias field (intensity inhomogeneity, about +-20 %), tissue heterogeneity,
+  partial-volume blur and Rician noise, and a random intensity scale per subject and modality.
+
+On the default phantoms the best global intensity threshold of FLAIR reaches a whole-tumour Dice of
+about 0.75 on average (0.6 to 0.93 per subject), that of every other modality below 0.4, and about 30 %
+of the brain slices contain tumour (``tests/test_data_synthetic.py`` checks both).
 
 Default shape ``(96, 96, 40)`` voxels of ``2.5 x 2.5 x 3.875`` mm: the 240 x 240 x 155 mm field of
-view of BraTS at 40 % of its resolution; the tumour covers about a quarter to a half of the brain
-slices.
-Images are int16 like BraTS, masks uint8 with the BraTS 2018-2022 labels {0, 1, 2, 4}.
+view of BraTS at 40 % of its resolution. Images are int16 like BraTS, masks uint8 with the BraTS
+2018-2022 labels {0, 1, 2, 4}; the affine flips x and y (RAS+ with the LPS storage of BraTS).
 
-``kind="prostate"`` -- a pelvis (fat, muscle, rectum, bladder in the upper slices) and a prostate
+``layout="prostate"`` -- a pelvis (fat, muscle, rectum, bladder in the upper slices) and a prostate
 gland of peripheral (label 1) and transition (label 2) zones, half the subjects with a small PZ lesion
-(inside the gland label). Two modalities as MSD Task05 stores them, one 4-D float32 file
-``(X, Y, Z, 2)``: T2 (channel 0: PZ bright, TZ darker and nodular, dark capsule, fat bright) and ADC
-(channel 1: fat dark, gland bright, lesion dark, lower resolution and noisier). Default shape
-``(96, 96, 24)`` voxels of ``1.25 x 1.25 x 3.6`` mm (a 120 x 120 x 86.4 mm field of view, anisotropic
-like MSD); the gland covers about half of the slices.
+(inside the gland label). Two modalities as MSD Task05 stores them, one 4-D int16 file ``(X, Y, Z, 2)``:
+T2 (channel 0: PZ bright, TZ darker and nodular, dark capsule, fat bright; strong bias field as from
+an endorectal / surface coil) and ADC (channel 1: fat dark, gland bright, lesion dark, blurrier and
+noisier). The gland borders muscle and rectal wall of similar intensity, so neither modality separates
+it by intensity. Default shape ``(96, 96, 24)`` voxels of ``1.25 x 1.25 x 3.6`` mm (a 120 x 120 x
+86.4 mm field of view, anisotropic like MSD); an oblique affine (axial-oblique acquisition: tilted by up
+to 12 degrees about x and 5 about z) like the scanner's.
 
 Another ``shape`` keeps the field of view (:data:`FIELDS_OF_VIEW`), so only the resolution changes.
-
-Both add a smooth multiplicative bias field, partial-volume blur and Rician noise, and draw a random
-intensity scale per subject and modality (MRI intensities have no absolute unit). Subject ``i`` of seed
-``s`` depends only on ``(s, i)``, not on the number of subjects.
+Subject ``i`` of seed ``s`` depends only on ``(s, i)``, not on the number of subjects.
 """
 
 from __future__ import annotations
@@ -57,31 +75,35 @@ from mmcam.data._atomic import atomic_write_json, replace_directory, temporary_s
 from mmcam.data.errors import DataError
 from mmcam.data.nifti import save_nifti
 
-__all__ = ["KINDS", "DEFAULT_SHAPES", "FIELDS_OF_VIEW", "spacing", "SyntheticSubject", "make_subject",
+__all__ = ["LAYOUTS", "DEFAULT_SHAPES", "FIELDS_OF_VIEW", "spacing", "SyntheticSubject", "make_subject",
            "generate_synthetic", "prepare_synthetic", "main"]
 
-KINDS = ("brats", "prostate")
-#: Default volume shape (X, Y, Z) of each kind.
+LAYOUTS = ("brats", "prostate")
+#: Default volume shape (X, Y, Z) of each layout.
 DEFAULT_SHAPES = {"brats": (96, 96, 40), "prostate": (96, 96, 24)}
-#: Field of view (mm) of each kind; the voxel spacing is field of view / shape, so a phantom looks the
+#: Field of view (mm) of each layout; the voxel spacing is field of view / shape, so a phantom looks the
 #: same at any resolution.
 FIELDS_OF_VIEW = {"brats": (240.0, 240.0, 155.0), "prostate": (120.0, 120.0, 86.4)}
-
-
-def spacing(kind: str, shape) -> tuple[float, float, float]:
-    """Voxel spacing (mm) of a ``kind`` phantom of ``shape``: :data:`FIELDS_OF_VIEW` / shape."""
-    return tuple(f / n for f, n in zip(FIELDS_OF_VIEW[kind], shape))
 MARKER_FILE = "mmcam_synthetic.json"
+
+
+def spacing(layout: str, shape) -> tuple[float, float, float]:
+    """Voxel spacing (mm) of a ``layout`` phantom of ``shape``: :data:`FIELDS_OF_VIEW` / shape."""
+    return tuple(f / n for f, n in zip(FIELDS_OF_VIEW[layout], shape))
+
 
 # tissue -> intensity per modality (t1, t1ce, t2, flair), the table of the module docstring
 _BRAIN_TISSUES = {
     "csf": (0.25, 0.25, 1.00, 0.15),
     "gm": (0.55, 0.55, 0.62, 0.55),
     "wm": (0.80, 0.80, 0.42, 0.45),
+    "plexus": (0.45, 1.15, 0.70, 0.30),
+    "wmh": (0.70, 0.70, 0.75, 0.85),
     "edema": (0.45, 0.45, 0.88, 0.92),
     "rim": (0.55, 1.30, 0.70, 0.78),
-    "necrosis": (0.30, 0.30, 0.95, 0.55),
+    "necrosis": (0.25, 0.25, 1.00, 0.30),
 }
+_TUMOUR_TISSUES = ("edema", "rim", "necrosis")
 # tissue -> (T2, ADC)
 _PELVIS_TISSUES = {
     "air": (0.0, 0.0),
@@ -102,16 +124,20 @@ class SyntheticSubject:
     """One phantom.
 
     Attributes:
-        images: ``(M, X, Y, Z)`` float32 intensities (already scaled; int16-valued for brats).
-        labels: ``(X, Y, Z)`` uint8 mask with the values of the kind's label spec.
+        images: ``(M, X, Y, Z)`` float32 intensities, already scaled and int16-valued.
+        labels: ``(X, Y, Z)`` uint8 mask with the values of the layout's label spec.
         affine: ``(4, 4)`` voxel->world matrix (mm).
         modalities: the M modality names.
+        confounders: name -> ``(X, Y, Z)`` bool mask of a non-target look-alike, for analysis
+            (brats: ``"wmh"`` white-matter hyperintensities, ``"plexus"`` choroid plexus; prostate:
+            none).
     """
 
     images: np.ndarray
     labels: np.ndarray
     affine: np.ndarray
     modalities: tuple[str, ...]
+    confounders: Optional[dict] = None
 
 
 # ----------------------------------------------------------------------------------------- fields
@@ -169,33 +195,63 @@ def _compose(tissue_masks: dict, table: dict, modality: int, shape) -> np.ndarra
     return image
 
 
-def _affine(shape, spacing, flip_xy: bool) -> np.ndarray:
-    signs = (-1.0, -1.0, 1.0) if flip_xy else (1.0, 1.0, 1.0)
-    affine = np.diag([sg * s for sg, s in zip(signs, spacing)] + [1.0])
-    affine[:3, 3] = [-sg * s * (n - 1) / 2 for sg, s, n in zip(signs, spacing, shape)]
+def _affine(shape, spacing, flips=(1.0, 1.0, 1.0), rotation=np.eye(3)) -> np.ndarray:
+    """Voxel->world matrix: ``rotation @ diag(flips * spacing)``, the volume centre at the origin."""
+    linear = np.asarray(rotation, dtype=np.float64) @ np.diag(np.multiply(flips, spacing))
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = -linear @ ((np.asarray(shape, dtype=np.float64) - 1) / 2)
     return affine
 
 
+def _rotation(rng: np.random.Generator, max_x_deg: float, max_z_deg: float) -> np.ndarray:
+    """A rotation about x then z by random angles within the given bounds (degrees)."""
+    a, b = np.radians(rng.uniform(-max_x_deg, max_x_deg)), np.radians(rng.uniform(-max_z_deg, max_z_deg))
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    rz = np.array([[np.cos(b), -np.sin(b), 0], [np.sin(b), np.cos(b), 0], [0, 0, 1]])
+    return rz @ rx
+
+
+def _to_int16(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image * scale`` rounded and clipped to the int16 range (kept as float32 values)."""
+    return np.clip(np.round(image * scale), 0, np.iinfo(np.int16).max).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------ phantoms
+def _blobs(rng: np.random.Generator, coords, allowed: np.ndarray, count: int, radius_mm) -> np.ndarray:
+    """Union of ``count`` small random ellipsoids centred on voxels of ``allowed``."""
+    x, y, z = coords
+    out = np.zeros(allowed.shape, dtype=bool)
+    where = np.argwhere(allowed)
+    for _ in range(count if len(where) else 0):
+        at = tuple(where[rng.integers(len(where))])
+        r = _ellipsoid_radius((x - x[at], y - y[at], z - z[at]), rng.uniform(*radius_mm, 3))
+        out |= r < 1
+    return out & allowed
+
+
 def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
     voxel = spacing("brats", shape)
     x, y, z = _grid(shape, voxel, rng.uniform(-4, 4, 3))
-    coarse = (6, 6, 4)
-    r = _ellipsoid_radius((x, y, z), (rng.uniform(62, 72), rng.uniform(76, 88),
-                                      rng.uniform(58, 66)))
-    brain = r + 0.04 * _smooth_noise(rng, shape, coarse) < 1.0
+    r = _ellipsoid_radius((x, y, z), (rng.uniform(62, 72), rng.uniform(76, 88), rng.uniform(58, 66)))
+    brain = r + 0.04 * _smooth_noise(rng, shape, (6, 6, 4)) < 1.0
     folds = 0.06 * _smooth_noise(rng, shape, (12, 12, 8))
     ventricles = np.zeros(shape, dtype=bool)
+    plexus = np.zeros(shape, dtype=bool)
     for side in (-1, 1):
         ventricles |= _ellipsoid_radius((x - side * 11, y + 4, z - 6), (6, 22, 12)) < 1
+        plexus |= _ellipsoid_radius((x - side * 11, y - 12, z - 6), (3.5, 6, 4)) < 1
+    white = brain & (r + folds < 0.80)
 
-    # glioma: a perturbed ellipsoid, centred well inside the brain
+    # glioma: a perturbed ellipsoid of random size, centred well inside the brain
     centre = rng.uniform(-1, 1, 3) * np.array([30.0, 38.0, 22.0])
-    size = rng.uniform(20, 34) * rng.uniform(0.8, 1.2, 3)
+    size = np.exp(rng.uniform(np.log(12), np.log(34))) * rng.uniform(0.8, 1.2, 3)
     d = _ellipsoid_radius((x - centre[0], y - centre[1], z - centre[2]), size)
     whole = (d + 0.3 * _smooth_noise(rng, shape, (14, 14, 10)) < 1.0) & brain  # irregular edema
+    if not whole.any():  # a small tumour at a coarse resolution: keep its central voxel
+        whole[np.unravel_index(np.argmin(d + ~brain * 1e3), shape)] = True
     d_core = d + 0.1 * _smooth_noise(rng, shape, (10, 10, 8))
-    core_radius = rng.uniform(0.4, 0.6)
+    core_radius = rng.uniform(0.35, 0.7)
     core = whole & (d_core < core_radius)
     necrosis = core & (d_core < core_radius * rng.uniform(0.4, 0.7))
     enhancing = rng.uniform() >= 0.2
@@ -204,10 +260,14 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
     labels[core] = 4 if enhancing else 1
     labels[necrosis] = 1
 
+    # look-alikes that are not tumour: white-matter hyperintensities away from the tumour
+    wmh = _blobs(rng, (x, y, z), white & (d > 1.6) & ~ventricles, int(rng.integers(0, 6)), (2.5, 6.0))
     tissues = {
         "gm": brain,
-        "wm": brain & (r + folds < 0.80),
+        "wm": white,
         "csf": brain & ((r + folds > 0.94) | ventricles),
+        "plexus": brain & plexus & ventricles & (labels == 0),
+        "wmh": wmh,
         "edema": labels == 2,
         "rim": labels == 4,
         "necrosis": labels == 1,
@@ -215,13 +275,21 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
     heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, (16, 16, 10))
     images = []
     for m in range(4):
-        image = _compose(tissues, _BRAIN_TISSUES, m, shape) * heterogeneity
+        table = dict(_BRAIN_TISSUES)
+        normal = (table["gm"][m] + table["wm"][m]) / 2
+        contrast = rng.uniform(0.45, 1.0)  # this subject's tumour contrast in this modality
+        for tissue in _TUMOUR_TISSUES:
+            values = list(table[tissue])
+            values[m] = normal + contrast * (values[m] - normal)
+            table[tissue] = tuple(values)
+        image = _compose(tissues, table, m, shape) * heterogeneity
         image = _blur(image, (0.6, 0.6, 0.4))
-        image *= np.exp(0.15 * _smooth_noise(rng, shape, (3, 3, 2)))  # bias field
-        image = _rician(rng, image, 0.025) * brain                   # skull-stripped
-        images.append(np.round(image * rng.uniform(400, 1200)))
-    return SyntheticSubject(np.stack(images).astype(np.float32), labels,
-                            _affine(shape, voxel, flip_xy=True), ("t1", "t1ce", "t2", "flair"))
+        image *= np.exp(0.2 * _smooth_noise(rng, shape, (3, 3, 2)))  # bias field
+        image = _rician(rng, image, 0.025) * brain                  # skull-stripped
+        images.append(_to_int16(image, rng.uniform(400, 1200)))
+    return SyntheticSubject(np.stack(images), labels,
+                            _affine(shape, voxel, flips=(-1.0, -1.0, 1.0)),
+                            ("t1", "t1ce", "t2", "flair"), {"wmh": wmh, "plexus": tissues["plexus"]})
 
 
 def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
@@ -274,28 +342,29 @@ def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
     nodules = 1.0 + 0.18 * _smooth_noise(rng, shape, (20, 20, 8)) * (labels == 2)
     t2 = _compose(tissues, _PELVIS_TISSUES, 0, shape) * nodules
     t2 = _blur(t2, (0.5, 0.5, 0.3)) * np.exp(0.3 * _smooth_noise(rng, shape, (3, 3, 2)))
-    t2 = _rician(rng, t2, 0.02) * rng.uniform(300, 900)
+    t2 = _to_int16(_rician(rng, t2, 0.02), rng.uniform(300, 900))
     adc = _blur(_compose(tissues, _PELVIS_TISSUES, 1, shape), (1.5, 1.5, 0.4))
-    adc = _rician(rng, adc, 0.05) * rng.uniform(1500, 2500)
-    return SyntheticSubject(np.stack([t2, adc]).astype(np.float32), labels,
-                            _affine(shape, voxel, flip_xy=False), ("t2", "adc"))
+    adc = _to_int16(_rician(rng, adc, 0.05), rng.uniform(1500, 2500))
+    return SyntheticSubject(np.stack([t2, adc]), labels,
+                            _affine(shape, voxel, rotation=_rotation(rng, 12.0, 5.0)), ("t2", "adc"),
+                            {})
 
 
-def _check_kind_shape(kind: str, shape) -> tuple[int, int, int]:
-    if kind not in KINDS:
-        raise DataError(f"unknown synthetic kind {kind!r}; choose one of {', '.join(KINDS)}")
-    shape = DEFAULT_SHAPES[kind] if shape is None else tuple(shape)
+def _check_layout_shape(layout: str, shape) -> tuple[int, int, int]:
+    if layout not in LAYOUTS:
+        raise DataError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    shape = DEFAULT_SHAPES[layout] if shape is None else tuple(shape)
     if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
                               or v < 8 for v in shape):
         raise DataError(f"shape must be three ints >= 8 (X, Y, Z), got {shape!r}")
     return tuple(int(v) for v in shape)
 
 
-def make_subject(kind: str, seed: int, index: int, shape=None) -> SyntheticSubject:
+def make_subject(layout: str, seed: int, index: int, shape=None) -> SyntheticSubject:
     """Phantom ``index`` of ``seed`` (depends on nothing else), see the module docstring."""
-    shape = _check_kind_shape(kind, shape)
+    shape = _check_layout_shape(layout, shape)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    return (_brain if kind == "brats" else _pelvis)(rng, shape)
+    return (_brain if layout == "brats" else _pelvis)(rng, shape)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -315,8 +384,8 @@ def _write_brats_subject(root: Path, subject_id: str, subject: SyntheticSubject)
 
 
 def _write_msd_subject(root: Path, subject_id: str, subject: SyntheticSubject) -> None:
-    """MSD layout: ``imagesTr/<id>.nii.gz`` (X, Y, Z, 2) and ``labelsTr/<id>.nii.gz``."""
-    image = np.moveaxis(subject.images, 0, -1)  # (X, Y, Z, M)
+    """MSD layout: ``imagesTr/<id>.nii.gz`` (X, Y, Z, 2) int16 and ``labelsTr/<id>.nii.gz``."""
+    image = np.moveaxis(subject.images, 0, -1).astype(np.int16)  # (X, Y, Z, M)
     save_nifti(root / "imagesTr" / f"{subject_id}.nii.gz", image, subject.affine)
     save_nifti(root / "labelsTr" / f"{subject_id}.nii.gz", subject.labels, subject.affine)
 
@@ -333,20 +402,22 @@ def _msd_dataset_json(ids: Sequence[str]) -> dict:
     }
 
 
-def generate_synthetic(root, kind: str = "brats", n_subjects: int = 20, seed: int = 0,
+def generate_synthetic(root, layout: str = "brats", n_subjects: int = 20, seed: int = 0,
                        shape=None, progress: bool = False) -> Path:
-    """Write ``n_subjects`` phantoms to ``root`` in the raw layout of ``kind`` and return ``root``.
+    """Write ``n_subjects`` phantoms to ``root`` in the raw ``layout`` and return ``root``.
 
     ``brats``: BraTS 2021 layout, ids ``synth_00000``...; ``prostate``: MSD Task05 layout with
     ``dataset.json``, ids ``prostate_00000``.... ``root`` must be new or empty; a ``root`` already
     generated with the same arguments is returned as it is (the marker file ``mmcam_synthetic.json``
     is written last and records them).
     """
-    shape = _check_kind_shape(kind, shape)
+    shape = _check_layout_shape(layout, shape)
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, int) or n_subjects < 1:
         raise DataError(f"n_subjects must be an int >= 1, got {n_subjects!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise DataError(f"seed must be a non-negative int, got {seed!r}")
     root = Path(root)
-    params = {"kind": kind, "n_subjects": n_subjects, "seed": seed, "shape": list(shape)}
+    params = {"layout": layout, "n_subjects": n_subjects, "seed": seed, "shape": list(shape)}
     marker = root / MARKER_FILE
     if marker.is_file():
         if json.loads(marker.read_text()) == params:
@@ -355,66 +426,70 @@ def generate_synthetic(root, kind: str = "brats", n_subjects: int = 20, seed: in
                         f"({marker.read_text().strip()}); choose a new directory")
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: not empty; choose a new directory for the synthetic data")
-    prefix = "synth" if kind == "brats" else "prostate"
+    prefix = "synth" if layout == "brats" else "prostate"
     ids = [f"{prefix}_{i:05d}" for i in range(n_subjects)]
-    if kind == "prostate":
+    if layout == "prostate":
         (root / "imagesTr").mkdir(parents=True, exist_ok=True)
         (root / "labelsTr").mkdir(exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
-    write = _write_brats_subject if kind == "brats" else _write_msd_subject
+    write = _write_brats_subject if layout == "brats" else _write_msd_subject
     iterator = range(n_subjects)
     if progress:
         from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc=f"synthetic {kind}", unit="subject")
+        iterator = tqdm(iterator, desc=f"synthetic {layout}", unit="subject")
     for i in iterator:
-        write(root, ids[i], make_subject(kind, seed, i, shape))
-    if kind == "prostate":
+        write(root, ids[i], make_subject(layout, seed, i, shape))
+    if layout == "prostate":
         atomic_write_json(root / "dataset.json", _msd_dataset_json(ids))
     atomic_write_json(marker, params)
     return root
 
 
-def prepare_synthetic(workdir, kind: str = "brats", n_subjects: int = 20, seed: int = 0,
-                      shape=None, workers: int = 1, progress: bool = False) -> Path:
+def prepare_synthetic(workdir, layout: str = "brats", n_subjects: int = 20, seed: int = 0,
+                      shape=None, workers: int = 1, progress: bool = False, options=None) -> Path:
     """Generate phantoms into ``workdir/raw`` and build their cache with splits into
-    ``workdir/cache`` (default split: seed ``seed``, 10 % validation, 20 % test); return the cache
-    directory. Reuses both when already complete with the same arguments.
+    ``workdir/cache`` (default split: seed ``seed``, fractions 0.7, 0.1, 0.2; ``options``: a
+    :class:`~mmcam.data.build.BuildOptions`); return the cache directory. Reuses both when already
+    complete with the same arguments.
     """
-    from mmcam.data.build import build_cache, write_splits
+    from mmcam.data.build import BuildOptions, build_cache, write_splits
     from mmcam.data.cache import INDEX_FILE, SPLITS_FILE
     from mmcam.data.discover import discover
 
     workdir = Path(workdir)
-    raw = generate_synthetic(workdir / "raw", kind, n_subjects, seed, shape, progress)
+    raw = generate_synthetic(workdir / "raw", layout, n_subjects, seed, shape, progress)
     cache_dir = workdir / "cache"
     if not (cache_dir / INDEX_FILE).is_file():
-        build_cache(discover(raw), cache_dir, workers=workers, progress=progress)
+        build_cache(discover(raw), cache_dir, options=options or BuildOptions(), workers=workers,
+                    progress=progress)
     if not (cache_dir / SPLITS_FILE).is_file():
         write_splits(cache_dir, seed=seed)
     return cache_dir
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``python -m mmcam.data.synthetic ROOT [--kind brats|prostate] [--subjects N] [--seed S]``."""
+    """``python -m mmcam.data.synthetic --out DIR [--subjects N] [--layout brats|prostate] ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m mmcam.data.synthetic",
-        description="Write synthetic multi-modal MRI phantoms in a real raw layout "
-                    "(brats: BraTS 2021, prostate: MSD Task05); then run python -m mmcam.prepare.")
-    parser.add_argument("root", type=Path, help="output directory (new or empty)")
-    parser.add_argument("--kind", choices=KINDS, default="brats")
-    parser.add_argument("--subjects", type=int, default=20, help="number of subjects (default 20)")
+        description="Write synthetic multi-modal MRI phantoms in a real raw layout (brats: BraTS "
+                    "2021, prostate: MSD Task05); then run python -m mmcam.prepare --data DIR.")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output directory (new or empty)")
+    parser.add_argument("--subjects", type=int, default=20, metavar="N",
+                        help="number of subjects (default 20)")
+    parser.add_argument("--layout", choices=LAYOUTS, default="brats")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
                         help="volume shape (default brats 96 96 40, prostate 96 96 24)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        generate_synthetic(args.root, args.kind, args.subjects, args.seed, args.shape,
+        generate_synthetic(args.out, args.layout, args.subjects, args.seed, args.shape,
                            progress=not args.no_progress)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"wrote {args.subjects} synthetic {args.kind} subjects to {args.root}")
+    print(f"wrote {args.subjects} synthetic {args.layout} subjects to {args.out}")
     return 0
 
 
