@@ -127,24 +127,16 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"config key {key!r} must be true or false, got {value!r}")
         return value
-    if annotation is int:
+    if annotation in (int, float):
+        accepted, what = ((int,), "an integer") if annotation is int else ((int, float), "a number")
         if isinstance(value, str):
             try:
-                value = int(value)
+                value = annotation(value)
             except ValueError:
-                raise ConfigError(f"config key {key!r} must be an integer, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key {key!r} must be an integer, got {value!r}")
-        return value
-    if annotation is float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ConfigError(f"config key {key!r} must be a number, got {value!r}") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
+                raise ConfigError(f"config key {key!r} must be {what}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, accepted):
+            raise ConfigError(f"config key {key!r} must be {what}, got {value!r}")
+        return annotation(value)
     if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(f"config key {key!r} must be a string, got {value!r}")

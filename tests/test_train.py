@@ -105,3 +105,20 @@ def test_sigint_saves_and_exits_cleanly(cache, tmp_path):
     assert "Traceback" not in output
     state = ckpt.load(run_dir / "last.pt")["state"]
     assert state["step"] >= 1
+
+
+def test_raw_download_is_prepared_on_first_use(tmp_path):
+    from mmcam.data.synthetic import generate_synthetic
+
+    raw = generate_synthetic(tmp_path / "raw", "brats", n_subjects=5, seed=1, shape=(32, 32, 12))
+    run_dir = tmp_path / "run"
+    code = train.main(["--data", str(raw), "--dataset", "brats", "--run-dir", str(run_dir), "--modalities",
+                       "t2,flair", "--max-steps", "2", "--limit-subjects", "2", "--channels-last", "--workers", "1",
+                       *SMALL])
+    assert code == 0
+    cache = raw.parent / f"{raw.name}-mmcam-cache"
+    assert (cache / "mmcam_cache.json").is_file()
+    log = (run_dir / "train.log").read_text()
+    assert f"preparing {raw}" in log
+    saved = ckpt.load(run_dir / "last.pt")
+    assert saved["modalities"] == ["t2", "flair"] and saved["config"]["channels_last"] is True

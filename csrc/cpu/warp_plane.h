@@ -254,6 +254,20 @@ void transpose_plane(const S* in, int64_t rows, int64_t cols, D* out) {
   }
 }
 
+/// Column and row taps of a separable map. AxisAligned: destination column x samples source column
+/// m2 + m0 x, row y samples source row m5 + m4 y. AxisSwapped: the taps address the TRANSPOSED source
+/// (rows = source columns): column x samples source row m5 + m3 x, row y samples source column m2 + m1 y.
+inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_rows, int64_t src_cols,
+                           int64_t dst_rows, int64_t dst_cols, WarpScratch& s) {
+  if (kind == MapKind::AxisAligned) {
+    s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
+    s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+  } else {
+    s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
+    s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+  }
+}
+
 /// out (dst_rows x dst_cols, row stride out_row_stride) = bilinear warp with zero padding of the
 /// contiguous plane src (src_rows x src_cols) by inv_in (destination pixel -> source pixel).
 template <class T>
@@ -261,10 +275,10 @@ void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseA
                 int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
   const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   WarpScratch& s = warp_scratch();
-  switch (classify(inv)) {
+  const MapKind kind = classify(inv);
+  switch (kind) {
     case MapKind::AxisAligned:
-      s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
-      s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
       warp_plane_separable(src, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
       return;
     case MapKind::AxisSwapped: {
@@ -272,8 +286,7 @@ void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseA
       std::vector<T>& t = transpose_buffer<T>();
       t.resize(static_cast<size_t>(src_rows * src_cols));
       transpose_plane(src, src_rows, src_cols, t.data());
-      s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
-      s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
       warp_plane_separable(t.data(), src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
       return;
     }
@@ -290,15 +303,14 @@ void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const In
                         int64_t src_rows, int64_t src_cols, double* acc) {
   const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   WarpScratch& s = warp_scratch();
-  switch (classify(inv)) {
+  const MapKind kind = classify(inv);
+  switch (kind) {
     case MapKind::AxisAligned:
-      s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
-      s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
       warp_plane_separable_adjoint(g, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, acc, s.row);
       return;
     case MapKind::AxisSwapped: {
-      s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
-      s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
       s.transposed_acc.assign(static_cast<size_t>(src_rows * src_cols), 0.0);
       warp_plane_separable_adjoint(g, src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, s.transposed_acc.data(),
                                    s.row);
