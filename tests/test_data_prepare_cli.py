@@ -29,7 +29,8 @@ def test_module_entry_point_with_workers(tmp_path):
         [sys.executable, "-m", "mmcam.prepare", "--data", str(tmp_path / "raw"),
          "--out", str(tmp_path / "cache"), "--dataset", "brats", "--size", "8",
          "--splits", "0.34,0.33,0.33", "--seed", "1", "--workers", "2"],
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=120,
+        cwd=tmp_path)  # not the repository root: `-m` would import the source tree, not the installed package
     assert result.returncode == 0, result.stderr
     assert "brats2021, 3 subjects, 15 slices (9 containing WT), modalities t1, t1ce, t2, flair, " \
            "8x8" in result.stdout

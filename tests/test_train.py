@@ -95,7 +95,8 @@ def test_sigint_saves_and_exits_cleanly(cache, tmp_path):
     run_dir = tmp_path / "interrupted"
     cmd = [sys.executable, "-m", "mmcam.train", "--data", str(cache), "--run-dir", str(run_dir),
            "--modalities", "t1ce,flair", *SMALL, "epochs=1000"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # cwd: not the repository root, where `-m` would import the source tree instead of the installed package
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     deadline = time.time() + 120
     while not (run_dir / "metrics.csv").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
