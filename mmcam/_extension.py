@@ -8,6 +8,10 @@ undefined-symbol error or a crash.
 
 from __future__ import annotations
 
+import importlib.metadata
+from pathlib import Path
+from typing import Optional
+
 import torch
 
 _REBUILD_HINT = (
@@ -16,14 +20,41 @@ _REBUILD_HINT = (
 )
 
 
+def _installed_package_dir() -> Optional[Path]:
+    """The folder of the installed (built) mmcam package, found through its distribution record."""
+    try:
+        dist = importlib.metadata.distribution("mmcam")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for file in dist.files or ():
+        if file.name == "_build_info.py" and file.parent.name == "mmcam":
+            return Path(dist.locate_file(file)).parent
+    return None
+
+
+def _use_installed_build() -> bool:
+    """Running inside a source checkout (e.g. ``python -m mmcam.train`` in the repository root) imports the
+    checkout's unbuilt ``mmcam`` folder; then take the compiled parts (``_C``, ``_build_info``) from the
+    installed package. Returns whether such a package was found."""
+    import mmcam
+
+    installed = _installed_package_dir()
+    if installed is None or installed.resolve() == Path(__file__).resolve().parent:
+        return False
+    mmcam.__path__.append(str(installed))
+    return True
+
+
 def _load():
     try:
         from mmcam import _build_info
-    except ImportError as exc:  # the source tree without a build
-        raise ImportError(
-            "mmcam's compiled extension is not built (mmcam/_build_info.py is missing). Install with "
-            "`pip install --no-build-isolation .` after installing torch (see README.md)."
-        ) from exc
+    except ImportError:
+        if not _use_installed_build():
+            raise ImportError(
+                "mmcam's compiled extension is not built (mmcam/_build_info.py is missing). Install with "
+                "`pip install --no-build-isolation .` after installing torch (see README.md)."
+            ) from None
+        from mmcam import _build_info
     if _build_info.TORCH_VERSION != torch.__version__:
         raise ImportError(
             f"mmcam was built against torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
