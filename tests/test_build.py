@@ -26,3 +26,17 @@ def test_loading_against_another_torch_fails_with_rebuild_hint(monkeypatch):
         _extension._load()
     monkeypatch.undo()
     importlib.reload(_extension)  # loads again once the versions agree
+
+
+def test_importable_from_the_repository_root():
+    """`python -m mmcam.train` in a source checkout imports the checkout's mmcam folder; the compiled
+    extension must still be found (from the installed package)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, "-c", "import mmcam.ops, mmcam; print(mmcam.build_info()['torch_version'])"],
+                            cwd=root, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == torch.__version__
