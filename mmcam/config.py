@@ -60,8 +60,7 @@ class TrainConfig:
     use_er: bool = True
     use_cmer: bool = True
     use_kd: bool = True
-    # evaluation
-    threshold: str = "val"
+    # validation (every eval_every epochs; the test threshold is always chosen on validation)
     eval_every: int = 1
     # runtime
     device: str = "cpu"
@@ -94,7 +93,6 @@ _CHOICES = {
     "transform": ("all", "flip", "rot90", "translate", "resize", "affine"),
     "equivariance_backend": ("fused", "torch", "kornia"),
     "er_distance": ("sq_l2", "l1"),
-    "threshold": ("val", "otsu", "fixed"),
     "device": ("cpu", "cuda"),
     "amp": (None, "bf16", "fp16"),
     "synthetic_layout": ("brats", "prostate"),
