@@ -1,12 +1,19 @@
 """CAM -> pseudo-mask (DESIGN §5): the foreground CAM, relu, min-max normalised per slice, zeroed where
-the classifier predicts "no target", then thresholded."""
+the classifier predicts "no target", then thresholded.
+
+Map types (:data:`MAP_TYPES`, :func:`class_maps`): ``"cam"`` (:func:`foreground_maps`), ``"gradcam"`` and
+``"gradcampp"`` (:func:`mmcam.gradcam.gradcam_maps`, the same normalisation and zeroing)."""
 
 from __future__ import annotations
 
 import torch
 
+from mmcam.gradcam import GRADCAM_METHODS, gradcam_maps
 from mmcam.models import zscore_per_sample
 from mmcam.reference import minmax_normalize
+
+#: The map types of :func:`class_maps`.
+MAP_TYPES = ("cam",) + GRADCAM_METHODS
 
 
 @torch.no_grad()
@@ -25,6 +32,17 @@ def foreground_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch
     pred = logits.argmax(dim=-1)
     maps = minmax_normalize(cams[:, :, 1].float())
     return maps * (pred == 1)[:, :, None, None].to(maps.dtype), pred
+
+
+def class_maps(model: torch.nn.Module, images: torch.Tensor, map_type: str = "cam"
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalised target maps of ``map_type`` (one of :data:`MAP_TYPES`): ``(maps (N, M, H, W) in
+    [0, 1], pred (N, M))`` as :func:`foreground_maps` returns them."""
+    if map_type == "cam":
+        return foreground_maps(model, images)
+    if map_type in GRADCAM_METHODS:
+        return gradcam_maps(model, images, map_type)
+    raise ValueError(f"unknown map type {map_type!r}; choose one of {', '.join(MAP_TYPES)}")
 
 
 def threshold_maps(maps: torch.Tensor, threshold: float) -> torch.Tensor:
