@@ -128,14 +128,9 @@ def training_cache(config: cfg.TrainConfig) -> Optional[Path]:
     cache under ``$MMCAM_HOME`` (no ``data``), ``data`` itself when it is a cache, else ``cache`` or
     ``<data>-mmcam-cache`` next to the raw folder.
     """
-    from mmcam.train import mmcam_home
+    from mmcam.train import cache_location
 
-    if config.data is None:
-        found = mmcam_home() / f"synthetic-{config.synthetic_layout}-{config.synthetic_subjects}" / "cache"
-    else:
-        data = Path(config.data)
-        found = data if (data / INDEX_FILE).is_file() else (
-            Path(config.cache) if config.cache else data.parent / f"{data.name}-mmcam-cache")
+    found = cache_location(config)
     return found if (found / INDEX_FILE).is_file() else None
 
 

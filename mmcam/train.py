@@ -69,21 +69,34 @@ def mmcam_home() -> Path:
     return Path(os.environ.get("MMCAM_HOME", "~/.cache/mmcam")).expanduser()
 
 
-def resolve_cache(config: cfg.TrainConfig, log) -> Path:
-    """The slice cache to train on: the synthetic phantoms, a given cache, or a raw download prepared
-    (once) into ``config.cache`` (default: ``<data>-mmcam-cache`` next to it)."""
-    if config.data is None:
-        from mmcam.data.synthetic import prepare_synthetic
+def synthetic_workdir(config: cfg.TrainConfig) -> Path:
+    """Where the synthetic phantoms of a config live (raw/ and cache/ inside)."""
+    return mmcam_home() / f"synthetic-{config.synthetic_layout}-{config.synthetic_subjects}"
 
-        workdir = mmcam_home() / f"synthetic-{config.synthetic_layout}-{config.synthetic_subjects}"
-        log(f"synthetic {config.synthetic_layout} phantoms: {workdir} (generated on first use)")
-        return prepare_synthetic(workdir, config.synthetic_layout, config.synthetic_subjects, seed=0)
+
+def cache_location(config: cfg.TrainConfig) -> Path:
+    """Where the slice cache of a config is (or will be): the synthetic phantoms' cache (no ``data``),
+    ``data`` itself when it is a cache, else ``cache`` or ``<data>-mmcam-cache`` next to the raw folder."""
+    if config.data is None:
+        return synthetic_workdir(config) / "cache"
     data = Path(config.data)
     if (data / INDEX_FILE).is_file():
         return data
+    return Path(config.cache) if config.cache else data.parent / f"{data.name}-mmcam-cache"
+
+
+def resolve_cache(config: cfg.TrainConfig, log) -> Path:
+    """The slice cache to train on (:func:`cache_location`), generated or prepared on first use."""
+    if config.data is None:
+        from mmcam.data.synthetic import prepare_synthetic
+
+        workdir = synthetic_workdir(config)
+        log(f"synthetic {config.synthetic_layout} phantoms: {workdir} (generated on first use)")
+        return prepare_synthetic(workdir, config.synthetic_layout, config.synthetic_subjects, seed=0)
+    data = Path(config.data)
     if not data.exists():
         raise DataError(f"--data {data}: no such folder")
-    cache = Path(config.cache) if config.cache else data.parent / f"{data.name}-mmcam-cache"
+    cache = cache_location(config)
     if not (cache / INDEX_FILE).is_file():
         from mmcam import prepare
 
