@@ -271,7 +271,7 @@ def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int
         "seeds": list(seeds),
         "budget": budget,
         "steps_per_run": steps.pop() if len(steps) == 1 else None,
-        "wall_seconds_per_run": statistics.fmean(seconds) if seconds else None,
+        "wall_seconds_per_run_median": statistics.median(seconds) if seconds else None,
         "wall_seconds_total": sum(seconds) if seconds else None,
         "environment": environment or {},
         "variants": table,
@@ -292,8 +292,8 @@ def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int
         lines.append(f"Protocol: {protocol}.")
     if seconds:
         lines.append(f"Wall time on {(environment or {}).get('machine', 'this machine')}: "
-                     f"{document['wall_seconds_per_run']:.0f} s per run on average, {sum(seconds) / 60:.0f} min in "
-                     "all (training + evaluation).")
+                     f"median {document['wall_seconds_per_run_median']:.0f} s per run, {sum(seconds) / 60:.0f} min "
+                     "in all (training + evaluation; the machine may have been shared).")
     return document, "\n".join(lines) + "\n"
 
 

@@ -335,6 +335,22 @@ def test_cli_errors_are_clear(run_dir, tmp_path, capsys):
     assert "nonexistent" in capsys.readouterr().err
 
 
+def test_a_missing_cache_is_named(run_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    import yaml
+
+    from mmcam.report import write_report
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = str(tmp_path / "moved-cache")
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(ReportError, match=r"no slice cache at .*moved-cache.*pass --data CACHE"):
+        write_report(run, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "moved-cache-mmcam-cache").exists()
+
+
 def test_a_failed_rewrite_keeps_the_previous_report(run_dir, tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     from mmcam.report import build, write_report

@@ -50,18 +50,26 @@ def _safe_name(text: str) -> str:
 
 
 def _resolve_cache(run: RunOutputs, data: Optional[str]) -> Path:
-    """The slice cache of the run (``--data`` overrides the one in config.yaml)."""
+    """The slice cache of the run (``--data`` overrides the one in config.yaml). The synthetic phantoms
+    are regenerated when missing (seeded, seconds); a real dataset's cache must exist (the report never
+    prepares a raw download)."""
     from mmcam import config as cfg
     from mmcam.data import DataError
-    from mmcam.train import resolve_cache
+    from mmcam.data.cache import INDEX_FILE
+    from mmcam.train import cache_location, resolve_cache
 
     try:
         config = cfg.apply(cfg.TrainConfig(), run.config, f"{run.path / 'config.yaml'}")
         if data is not None:
             config = cfg.apply(config, {"data": str(data), "cache": None}, "--data")
-        return resolve_cache(config, log=lambda message: print(f"[report] {message}", file=sys.stderr))
+        if config.data is None:
+            return resolve_cache(config, log=lambda message: print(f"[report] {message}", file=sys.stderr))
     except (cfg.ConfigError, DataError) as exc:
         raise ReportError(f"cannot find the data of {run.path}: {exc} (pass --data CACHE)") from None
+    cache = cache_location(config)
+    if not (cache / INDEX_FILE).is_file():
+        raise ReportError(f"no slice cache at {cache} (the data of {run.path / 'config.yaml'}); pass --data CACHE")
+    return cache
 
 
 def _check_out(out: Path) -> None:
