@@ -1,0 +1,129 @@
+// Launchers of the CUDA kernels of the fused operators. Torch-free: this header is included by the
+// kernels (.cu, compiled by nvcc alone) and by the torch glue (ops_cuda.cpp), so it speaks in raw
+// pointers, sizes and a cudaStream_t. Every launcher enqueues work on `stream` and returns the launch
+// status (cudaGetLastError); none synchronises with the host.
+//
+// Conventions (DESIGN §2, csrc/mmcam_math.h):
+//   * A plane set is a 4-D (N, C, H, W) tensor whose last dimension has unit stride; plane p = n * C + c.
+//   * inv is an (N, 6) row-major array of destination->source pixel maps in double, computed on the
+//     device by invert_affines(); a sample whose matrix is non-finite or singular gets NaN entries,
+//     and every output of that sample is NaN (the check needs no host synchronisation).
+//   * Per-plane reductions are written as per-tile partial results and combined in a fixed order by
+//     the next kernel: no atomics in any reduction, so the forward pass is bitwise reproducible and the
+//     backward pass too when its warp adjoint gathers (deterministic mode) instead of scattering.
+//   * Gradient maps ("G" below) are float for float32/float16/bfloat16 inputs and double for float64.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime_api.h>
+
+namespace mmcam::cuda {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+/// A read-only set of (rows, cols) planes of an (n, c, rows, cols) tensor with unit column stride.
+struct Planes {
+  const void* data;
+  DType dtype;
+  int64_t n, c, rows, cols;
+  int64_t stride_n, stride_c, stride_row;
+};
+
+/// Threads per block and elements per thread of every per-pixel kernel; a tile is what one block covers.
+constexpr int kThreads = 256;
+constexpr int kItemsPerThread = 4;
+constexpr int64_t kTile = int64_t{kThreads} * kItemsPerThread;
+constexpr int64_t tiles_of(int64_t elements) { return (elements + kTile - 1) / kTile; }
+
+/// Doubles per (plane, tile) written by the min/max statistics pass: lo, hi, has_nan.
+constexpr int kMinMaxSlots = 3;
+/// Doubles per (plane, tile) of the min-max backward sums: sum g*mn, sum_active g, count_hi, count_lo.
+constexpr int kBackwardSumSlots = 4;
+/// Largest M the fused equivariance_terms kernels handle (per-thread register arrays).
+constexpr int kMaxModalities = 8;
+/// Doubles per (n, m) of the statistics equivariance_terms keeps for its backward pass (as on the CPU).
+constexpr int kTermsStatSlots = 8;
+
+/// inv[n] = inverse of matrix[n] (both (N, 6) double, device), with singleton source axes collapsed
+/// (a source axis of size 1 is read at its one pixel, as grid_sample does); NaN when not invertible.
+cudaError_t invert_affines(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols, double* inv,
+                           cudaStream_t stream);
+
+/// partials (planes x tiles_of(rows*cols) x kMinMaxSlots) = per-tile min/max of relu(plane) and a NaN flag.
+cudaError_t minmax_partials(const Planes& x, double* partials, cudaStream_t stream);
+
+/// Where a kernel finds a plane's min-max statistics (lo, hi of relu(plane), den = hi - lo + eps):
+///   tiles > 0: the per-tile partials of minmax_partials (tiles per plane), combined on the fly;
+///   tiles == 0: lo, hi, den stored at data[plane * stride + 0, 1, 2] (the kept statistics).
+struct StatsSource {
+  const double* data;
+  int64_t tiles;
+  int64_t stride;
+};
+
+/// out (N, C, Hd, Wd) contiguous, x's dtype = bilinear warp (zero padding) of mn(x) by inv.
+cudaError_t warp_normalized(const Planes& src, StatsSource src_stats, const double* inv, int64_t dst_rows,
+                            int64_t dst_cols, double eps, void* out, cudaStream_t stream);
+
+/// acc (planes x Hs*Ws, G, zeroed by the caller) += W^T g, g (planes x Hd*Wd, G): the adjoint of the warp.
+/// deterministic: each source pixel gathers the destination pixels whose taps include it (fixed order);
+/// otherwise a scatter with atomicAdd.
+cudaError_t warp_adjoint(const void* g, DType g_dtype, int64_t planes, int64_t channels, int64_t dst_rows,
+                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows,
+                         int64_t src_cols, bool deterministic, void* acc, cudaStream_t stream);
+
+/// Backward of mn, pass 1: sums (planes x tiles x kBackwardSumSlots) of g (planes x rows*cols, G).
+cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps,
+                                 double* sums, cudaStream_t stream);
+
+/// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the sums.
+/// sample_scale (N, optional): a sample whose entry is 0 gets an exact zero gradient.
+cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* sums,
+                                  const double* sample_scale, double eps, void* grad, cudaStream_t stream);
+
+/// Inputs of the fused equivariance terms (DESIGN §1-2): cams (N, M, Hs, Ws), cams_t (N, M, Hd, Wd),
+/// per-sample labels (N), predicted classes pred / pred_t (N, M), all as device doubles.
+struct TermsProblem {
+  Planes cams, cams_t;
+  const double* inv;     // (N, 6)
+  const double* matrix;  // (N, 6), for the deterministic adjoint
+  const double* labels;
+  const double* pred;
+  const double* pred_t;
+  int distance;  // mmcam::math::Distance
+  double eps, l2_eps;
+};
+
+/// Workspace sizes (in doubles) of the forward pass.
+struct TermsForwardWorkspace {
+  double* src_partials;  // N*M x tiles_of(Hs*Ws) x kMinMaxSlots
+  double* dst_partials;  // N*M x tiles_of(Hd*Wd) x kMinMaxSlots
+  double* side_sums;     // N*M x tiles_of(Hd*Wd) x 3: sum (P+l2_eps)^2, sum (Q+l2_eps)^2, sum d(P - Q)
+  double* pair_sums;     // N x tiles_of(Hd*Wd) x M: CMER partial sums of each network
+};
+
+/// Forward: terms (2, M) in cams' dtype; warped (N, M, Hd, Wd, cams' dtype) = P; stats (N, M,
+/// kTermsStatSlots) double, the per-plane values the backward pass reads (same slots as the CPU op).
+cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForwardWorkspace& ws, void* terms,
+                                       void* warped, double* stats, cudaStream_t stream);
+
+struct TermsBackwardWorkspace {
+  double* dot_sums;      // N x tiles_of(Hd*Wd) x 2M
+  void* grad_warped;     // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
+  void* grad_target;     // N*M x Hd*Wd (G), dL/dQ
+  void* acc;             // N*M x Hs*Ws (G), zeroed here
+  double* src_sums;      // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
+  double* dst_sums;      // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
+};
+
+/// Backward: grad (2, M) device doubles; warped and stats as kept by the forward pass. Writes
+/// grad_cams / grad_cams_t (contiguous, cams' dtype) when non-null.
+cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* grad, const void* warped,
+                                        const double* stats, bool deterministic, const TermsBackwardWorkspace& ws,
+                                        void* grad_cams, void* grad_cams_t, cudaStream_t stream);
+
+/// Size in bytes of one element of a gradient map for inputs of dtype t.
+constexpr int64_t grad_map_element_size(DType t) { return t == DType::Float64 ? 8 : 4; }
+
+}  // namespace mmcam::cuda

@@ -1,0 +1,62 @@
+// CUDA kernels: destination->source maps of the samples and per-tile min/max statistics of planes.
+#include "cuda/device_common.cuh"
+
+namespace mmcam::cuda {
+namespace {
+
+__global__ void invert_affines_kernel(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols,
+                                      double* inv) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  double out[6];
+  if (math::invert_affine(matrix + 6 * i, out)) {
+    math::collapse_singleton_axes(out, src_rows, src_cols);
+  } else {
+    for (int k = 0; k < 6; ++k) out[k] = NAN;
+  }
+  for (int k = 0; k < 6; ++k) inv[6 * i + k] = out[k];
+}
+
+/// grid (tiles, planes): partials[(plane * tiles + tile) * kMinMaxSlots + {lo, hi, has_nan}].
+template <class T, class I>
+__global__ void __launch_bounds__(kThreads) minmax_partials_kernel(PlaneSet<T, I> x, int64_t tiles, double* partials) {
+  using V = typename Types<T>::V;
+  const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
+  const T* plane = x.plane(p);
+  MinMax<V> m;
+  for (int i = 0; i < kItemsPerThread; ++i) {
+    const I k = tile * static_cast<I>(kTile) + i * kThreads + threadIdx.x;
+    if (k < x.size()) m.add(x.at(plane, k));
+  }
+  m = block_minmax(m);
+  if (threadIdx.x == 0) {
+    double* out = partials + (static_cast<int64_t>(p) * tiles + tile) * kMinMaxSlots;
+    out[0] = m.lo;
+    out[1] = m.hi;
+    out[2] = m.nan ? 1.0 : 0.0;
+  }
+}
+
+}  // namespace
+
+cudaError_t invert_affines(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols, double* inv,
+                           cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const int threads = 128;
+  invert_affines_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
+      matrix, n, src_rows, src_cols, inv);
+  return launched();
+}
+
+cudaError_t minmax_partials(const Planes& x, double* partials, cudaStream_t stream) {
+  const TileGrid g{tiles_of(x.rows * x.cols), x.n * x.c};
+  if (g.planes == 0) return cudaSuccess;
+  return dispatch(x.dtype, fits_int32(extent(x), g.planes * g.tiles * kTile), [&](auto t, auto i) {
+    using T = decltype(t);
+    using I = decltype(i);
+    minmax_partials_kernel<T, I><<<g.grid(), kThreads, 0, stream>>>(PlaneSet<T, I>(x), g.tiles, partials);
+    return launched();
+  });
+}
+
+}  // namespace mmcam::cuda

@@ -1,0 +1,149 @@
+// CUDA implementation of mmcam::equivariance_terms and its backward: argument checks, device views of the
+// inputs, workspaces, and the launches of csrc/cuda/equivariance_terms.cu.
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/cuda_glue.h"
+#include "cuda/cuda_ops.h"
+#include "op_args.h"
+
+namespace mmcam::cuda {
+namespace {
+
+/// Checked inputs of both passes, with device doubles for the per-sample values.
+struct TermsInputs {
+  at::Tensor cams, cams_t, labels, pred, pred_t;
+  DeviceMaps maps;
+  int64_t N, M, Hs, Ws, Hd, Wd;
+
+  TermsProblem problem(const std::string& er_distance, double eps, double l2_eps) const {
+    return {planes_of(cams),
+            planes_of(cams_t),
+            maps.inv.const_data_ptr<double>(),
+            maps.matrix.const_data_ptr<double>(),
+            labels.const_data_ptr<double>(),
+            pred.const_data_ptr<double>(),
+            pred_t.const_data_ptr<double>(),
+            static_cast<int>(parse_distance(er_distance)),
+            eps,
+            l2_eps};
+  }
+};
+
+TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+                           const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
+  check_cam_tensor(cams, "cams");
+  check_cam_tensor(cams_t, "cams_t");
+  TORCH_CHECK_VALUE(cams.is_cuda(), "mmcam: cams must be a CUDA tensor here, got ", cams.device());
+  const at::Device device = cams.device();
+  check_on(cams_t, "cams_t", device);
+  check_on(matrix, "matrix", device);
+  TORCH_CHECK_TYPE(cams.scalar_type() == cams_t.scalar_type(), "mmcam: cams and cams_t dtypes differ: ",
+                   cams.scalar_type(), " vs ", cams_t.scalar_type());
+  const int64_t N = cams.size(0), M = cams.size(1);
+  TORCH_CHECK_VALUE(cams_t.size(0) == N && cams_t.size(1) == M, "mmcam: cams ", cams.sizes(), " and cams_t ",
+                    cams_t.sizes(), " must agree in N and M");
+  TORCH_CHECK_VALUE(M >= 2 && M <= kMaxModalities, "mmcam: equivariance_terms on CUDA needs 2 <= M <= ",
+                    kMaxModalities, " modalities, got ", M);
+  check_plane_count(N * M, "cams");
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == N, "mmcam: matrix must have shape (", N, ", 2, 3), got ",
+                    matrix.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == N, "mmcam: labels must have shape (", N, ",)");
+  TORCH_CHECK_VALUE(pred_mask.dim() == 2 && pred_mask.size(0) == N && pred_mask.size(1) == M &&
+                        pred_t_mask.sizes() == pred_mask.sizes(),
+                    "mmcam: pred and pred_t must have shape (", N, ", ", M, ")");
+  TermsInputs in;
+  in.cams = with_unit_col_stride(cams);
+  in.cams_t = with_unit_col_stride(cams_t);
+  in.labels = device_doubles(labels, device);
+  in.pred = device_doubles(pred_mask, device);
+  in.pred_t = device_doubles(pred_t_mask, device);
+  in.N = N;
+  in.M = M;
+  in.Hs = cams.size(2);
+  in.Ws = cams.size(3);
+  in.Hd = cams_t.size(2);
+  in.Wd = cams_t.size(3);
+  in.maps = device_maps(matrix, in.Hs, in.Ws);
+  return in;
+}
+
+at::Tensor grad_map_workspace(const TermsInputs& in, int64_t rows, int64_t cols) {
+  return at::empty({in.N, in.M, rows, cols}, in.cams.options().dtype(grad_map_dtype(in.cams)));
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+    const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
+    const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
+    double l2_eps, bool keep_for_backward) {
+  const c10::cuda::CUDAGuard guard(cams.device());
+  const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
+  const int64_t planes = in.N * in.M, dst_tiles = tiles_of(in.Hd * in.Wd);
+  const at::Device device = in.cams.device();
+  const at::Tensor src_partials = double_workspace(planes * tiles_of(in.Hs * in.Ws) * kMinMaxSlots, device);
+  const at::Tensor dst_partials = double_workspace(planes * dst_tiles * kMinMaxSlots, device);
+  const at::Tensor side_sums = double_workspace(planes * dst_tiles * 3, device);
+  const at::Tensor pair_sums = double_workspace(in.N * dst_tiles * in.M, device);
+  const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor terms = at::empty({2, in.M}, contiguous);
+  // The forward pass always writes P (the CMER pass reads it back); it is returned only when kept.
+  at::Tensor warped = at::empty({in.N, in.M, in.Hd, in.Wd}, contiguous);
+  at::Tensor stats = at::empty({in.N, in.M, kTermsStatSlots}, contiguous.dtype(at::kDouble));
+  const TermsForwardWorkspace ws{src_partials.mutable_data_ptr<double>(), dst_partials.mutable_data_ptr<double>(),
+                                 side_sums.mutable_data_ptr<double>(), pair_sums.mutable_data_ptr<double>()};
+  C10_CUDA_CHECK(equivariance_terms_forward(in.problem(er_distance, eps, l2_eps), ws, terms.mutable_data_ptr(),
+                                            warped.mutable_data_ptr(), stats.mutable_data_ptr<double>(),
+                                            current_stream()));
+  if (!keep_for_backward) return {terms, at::empty({0}, contiguous), at::empty({0}, contiguous.dtype(at::kDouble))};
+  return {terms, warped, stats};
+}
+
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+    const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+    const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
+    const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
+    double l2_eps, bool need_cams, bool need_cams_t) {
+  const c10::cuda::CUDAGuard guard(cams.device());
+  const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
+  const int64_t N = in.N, M = in.M;
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ", M,
+                    "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(kept_warped_in.sizes() == at::IntArrayRef({N, M, in.Hd, in.Wd}) &&
+                        kept_warped_in.scalar_type() == in.cams.scalar_type() &&
+                        kept_stats_in.sizes() == at::IntArrayRef({N, M, kTermsStatSlots}) &&
+                        kept_stats_in.scalar_type() == at::kDouble,
+                    "mmcam: equivariance_terms_backward needs the warped maps and plane statistics kept by the "
+                    "forward pass (call the forward with keep_for_backward=True)");
+  const at::Device device = in.cams.device();
+  check_on(kept_warped_in, "kept_warped", device);
+  check_on(kept_stats_in, "kept_stats", device);
+  const at::Tensor kept_warped = kept_warped_in.contiguous(), kept_stats = kept_stats_in.contiguous();
+  const at::Tensor g = device_doubles(grad, device);
+  const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_cams = need_cams ? at::empty({N, M, in.Hs, in.Ws}, contiguous) : at::empty({0}, contiguous);
+  at::Tensor grad_cams_t = need_cams_t ? at::empty({N, M, in.Hd, in.Wd}, contiguous) : at::empty({0}, contiguous);
+  if (!need_cams && !need_cams_t) return {grad_cams, grad_cams_t};
+
+  const bool deterministic = deterministic_mode();
+  const int64_t planes = N * M, dst_tiles = tiles_of(in.Hd * in.Wd);
+  const at::Tensor dot_sums = double_workspace(N * dst_tiles * 2 * M, device);
+  const at::Tensor grad_warped = need_cams && deterministic ? grad_map_workspace(in, in.Hd, in.Wd) : at::Tensor();
+  const at::Tensor grad_target = need_cams_t ? grad_map_workspace(in, in.Hd, in.Wd) : at::Tensor();
+  const at::Tensor acc = need_cams ? grad_map_workspace(in, in.Hs, in.Ws) : at::Tensor();
+  const at::Tensor src_sums = double_workspace(planes * tiles_of(in.Hs * in.Ws) * kBackwardSumSlots, device);
+  const at::Tensor dst_sums = double_workspace(planes * dst_tiles * kBackwardSumSlots, device);
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? const_cast<void*>(t.const_data_ptr()) : nullptr; };
+  const TermsBackwardWorkspace ws{const_cast<double*>(dot_sums.const_data_ptr<double>()), ptr(grad_warped),
+                                  ptr(grad_target), ptr(acc),
+                                  const_cast<double*>(src_sums.const_data_ptr<double>()),
+                                  const_cast<double*>(dst_sums.const_data_ptr<double>())};
+  C10_CUDA_CHECK(equivariance_terms_backward(in.problem(er_distance, eps, l2_eps), g.const_data_ptr<double>(),
+                                             kept_warped.const_data_ptr(), kept_stats.const_data_ptr<double>(),
+                                             deterministic, ws, need_cams ? grad_cams.mutable_data_ptr() : nullptr,
+                                             need_cams_t ? grad_cams_t.mutable_data_ptr() : nullptr,
+                                             current_stream()));
+  return {grad_cams, grad_cams_t};
+}
+
+}  // namespace mmcam::cuda

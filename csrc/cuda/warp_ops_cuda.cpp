@@ -1,0 +1,233 @@
+// CUDA implementations of mmcam::warp_normalized and mmcam::equivariance_loss (forward and backward).
+//
+// warp_normalized runs fused kernels (min/max partials, then one pass that normalises and warps).
+// equivariance_loss, the single-pair operator, uses that fused warp and the fused min-max / warp-adjoint
+// backward kernels; the element-wise parts in between (mn of dst, optional L2 normalisation, distance,
+// weights, reduction) are ATen operations on the device, computed in float64 for float32/float64 inputs
+// and float32 for float16/bfloat16. The training path uses equivariance_terms (terms_ops_cuda.cpp),
+// which is fused end to end.
+#include <c10/cuda/CUDAGuard.h>
+
+#include "cuda/cuda_glue.h"
+#include "cuda/cuda_ops.h"
+#include "op_args.h"
+
+namespace mmcam::cuda {
+namespace {
+
+void check_cam(const at::Tensor& t, const char* name) {
+  check_cam_tensor(t, name);
+  TORCH_CHECK_VALUE(t.is_cuda(), "mmcam: ", name, " must be a CUDA tensor here, got ", t.device());
+  check_plane_count(t.size(0) * t.size(1), name);
+}
+
+/// Min/max partials of every plane of x (a device workspace; see kernels.h).
+at::Tensor minmax_of(const at::Tensor& x) {
+  at::Tensor partials = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kMinMaxSlots,
+                                         x.device());
+  C10_CUDA_CHECK(minmax_partials(planes_of(x), partials.mutable_data_ptr<double>(), current_stream()));
+  return partials;
+}
+
+StatsSource stats_of(const at::Tensor& partials, const at::Tensor& x) {
+  return {partials.const_data_ptr<double>(), tiles_of(x.size(2) * x.size(3)), 0};
+}
+
+at::Tensor warp_with(const at::Tensor& src, const at::Tensor& partials, const DeviceMaps& maps, int64_t rows,
+                     int64_t cols, double eps) {
+  at::Tensor out = at::empty({src.size(0), src.size(1), rows, cols}, src.options().memory_format(at::MemoryFormat::Contiguous));
+  C10_CUDA_CHECK(warp_normalized(planes_of(src), stats_of(partials, src), maps.inv.const_data_ptr<double>(), rows,
+                                 cols, eps, out.mutable_data_ptr(), current_stream()));
+  return out;
+}
+
+/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x); samples whose sample_scale is 0 get exact zeros.
+at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& partials, const at::Tensor& g,
+                           const c10::optional<at::Tensor>& sample_scale, double eps) {
+  const at::Tensor gm = g.to(grad_map_dtype(x)).contiguous();
+  at::Tensor sums = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kBackwardSumSlots,
+                                     x.device());
+  at::Tensor grad = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  const Planes planes = planes_of(x);
+  C10_CUDA_CHECK(minmax_backward_sums(planes, stats_of(partials, x), gm.const_data_ptr(), eps,
+                                      sums.mutable_data_ptr<double>(), current_stream()));
+  C10_CUDA_CHECK(minmax_backward_apply(planes, stats_of(partials, x), gm.const_data_ptr(), sums.const_data_ptr<double>(),
+                                       sample_scale ? sample_scale->const_data_ptr<double>() : nullptr, eps,
+                                       grad.mutable_data_ptr(), current_stream()));
+  return grad;
+}
+
+/// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd).
+at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& partials, const DeviceMaps& maps,
+                              const at::Tensor& g, const c10::optional<at::Tensor>& sample_scale, double eps) {
+  const at::Tensor gm = g.to(grad_map_dtype(src)).contiguous();
+  at::Tensor acc = at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
+  C10_CUDA_CHECK(warp_adjoint(gm.const_data_ptr(), dtype_of(gm), src.size(0) * src.size(1), src.size(1), g.size(2),
+                              g.size(3), maps.inv.const_data_ptr<double>(), maps.matrix.const_data_ptr<double>(),
+                              src.size(2), src.size(3), deterministic_mode(), acc.mutable_data_ptr(),
+                              current_stream()));
+  return minmax_backward(src, partials, acc, sample_scale, eps);
+}
+
+/// Value dtype V of a CAM dtype (float32 for the 16-bit types) and work dtype W of the pair loss's
+/// element-wise math and sums (float64 for float32/float64, float32 for the 16-bit types).
+at::ScalarType value_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16 ? at::kFloat : t.scalar_type();
+}
+at::ScalarType work_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16 ? at::kFloat : at::kDouble;
+}
+
+/// mn(x) in x's value dtype, with the operation order of mmcam_math.h.
+at::Tensor minmax_normalize(const at::Tensor& x, double eps) {
+  const at::Tensor r = at::relu(x.to(value_dtype(x)));
+  const at::Tensor lo = at::amin(r, {-2, -1}, true), hi = at::amax(r, {-2, -1}, true);
+  return at::relu((r - lo) - eps) / ((hi - lo) + eps);
+}
+
+/// One side of the pair loss: the map x in its value dtype V (P or Q), its norm ||x + l2_eps|| and the
+/// compared map (x / norm rounded to V when L2-normalised, else x), the last two in the work dtype.
+struct PairSide {
+  at::Tensor value, norm, compared;
+
+  PairSide(const at::Tensor& x_value, bool l2, double l2_eps, at::ScalarType w) : value(x_value) {
+    const at::Tensor x = x_value.to(w);
+    if (!l2) {
+      compared = x;
+      return;
+    }
+    norm = (x_value + l2_eps).to(w).pow(2).sum({-2, -1}, true).sqrt();
+    compared = (x * (1.0 / norm)).to(x_value.scalar_type()).to(w);
+  }
+
+  /// dL/dx from g = dL/d(compared map): g / n - (sum g x) (x + l2_eps) / n^3 when L2-normalised.
+  at::Tensor backward(const at::Tensor& g, bool l2, double l2_eps) const {
+    if (!l2) return g;
+    const at::Tensor inv = 1.0 / norm;
+    const at::Tensor dot = (g * value.to(g.scalar_type())).sum({-2, -1}, true);
+    return g * inv - dot * inv * inv * inv * (value + l2_eps).to(g.scalar_type());
+  }
+};
+
+struct PairSides {
+  at::Tensor src_partials;
+  PairSide p, q;
+};
+
+PairSides pair_sides(const at::Tensor& src, const at::Tensor& dst, const DeviceMaps& maps, bool l2, double eps,
+                     double l2_eps) {
+  const at::ScalarType w = work_dtype(src);
+  at::Tensor partials = minmax_of(src);
+  const at::Tensor p_value = warp_with(src, partials, maps, dst.size(2), dst.size(3), eps).to(value_dtype(src));
+  return {partials, PairSide(p_value, l2, l2_eps, w), PairSide(minmax_normalize(dst, eps), l2, l2_eps, w)};
+}
+
+/// Per-sample divisor of the reduction (mean: N*C*Hd*Wd, sum: 1, none: C*Hd*Wd).
+double denominator(Reduction r, const at::Tensor& dst) {
+  const double plane = static_cast<double>(dst.size(1) * dst.size(2) * dst.size(3));
+  return r == Reduction::Sum ? 1.0 : (r == Reduction::Mean ? static_cast<double>(dst.size(0)) * plane : plane);
+}
+
+/// Per-sample weights (N,) in the work dtype on the device (ones when absent).
+at::Tensor weights_of(const c10::optional<at::Tensor>& weight, const at::Tensor& src, at::ScalarType w) {
+  if (!weight) return at::ones({src.size(0)}, src.options().dtype(w));
+  TORCH_CHECK_VALUE(weight->dim() == 1 && weight->size(0) == src.size(0), "mmcam: weight must have shape (",
+                    src.size(0), ",), got ", weight->sizes());
+  return weight->to(src.device(), w);
+}
+
+}  // namespace
+
+at::Tensor warp_normalized(const at::Tensor& src_in, const at::Tensor& matrix, at::IntArrayRef dsize, double eps) {
+  check_cam(src_in, "src");
+  TORCH_CHECK_VALUE(dsize.size() == 2 && dsize[0] > 0 && dsize[1] > 0,
+                    "mmcam: dsize must be two positive ints (H_out, W_out), got ", dsize);
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src_in.size(0), "mmcam: matrix must have shape (N, 2, 3) with N = ",
+                    src_in.size(0), ", got ", matrix.sizes());
+  check_on(matrix, "matrix", src_in.device());
+  const c10::cuda::CUDAGuard guard(src_in.device());
+  const at::Tensor src = with_unit_col_stride(src_in);
+  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  return warp_with(src, minmax_of(src), maps, dsize[0], dsize[1], eps);
+}
+
+at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix,
+                                    double eps) {
+  check_cam(src_in, "src");
+  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == src_in.size(0) && grad.size(1) == src_in.size(1),
+                    "mmcam: grad must have shape (N, C, H_out, W_out) matching src, got ", grad.sizes());
+  check_on(matrix, "matrix", src_in.device());
+  const c10::cuda::CUDAGuard guard(src_in.device());
+  const at::Tensor src = with_unit_col_stride(src_in);
+  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  return warp_backward_with(src, minmax_of(src), maps, grad, c10::nullopt, eps);
+}
+
+at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
+                             const c10::optional<at::Tensor>& weight, const std::string& distance_name,
+                             bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
+  check_cam(src_in, "src");
+  check_cam(dst_in, "dst");
+  check_on(dst_in, "dst", src_in.device());
+  check_on(matrix, "matrix", src_in.device());
+  TORCH_CHECK_TYPE(src_in.scalar_type() == dst_in.scalar_type(), "mmcam: src and dst dtypes differ: ",
+                   src_in.scalar_type(), " vs ", dst_in.scalar_type());
+  TORCH_CHECK_VALUE(src_in.size(0) == dst_in.size(0) && src_in.size(1) == dst_in.size(1),
+                    "mmcam: src and dst must agree in N and C, got ", src_in.sizes(), " and ", dst_in.sizes());
+  const math::Distance distance = parse_distance(distance_name);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const c10::cuda::CUDAGuard guard(src_in.device());
+  const at::Tensor src = with_unit_col_stride(src_in), dst = with_unit_col_stride(dst_in);
+  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const PairSides s = pair_sides(src, dst, maps, l2_normalize, eps, l2_eps);
+  const at::Tensor diff = s.p.compared - s.q.compared;
+  const at::Tensor d = distance == math::Distance::SqL2 ? diff * diff : diff.abs();
+  const at::Tensor w = weights_of(weight, src, diff.scalar_type());
+  // A sample with weight 0 contributes exactly 0, even when its maps are not finite.
+  const at::Tensor per_sample = at::where(w != 0, w * d.sum({1, 2, 3}), at::zeros_like(w)) / denominator(reduction, dst);
+  const at::Tensor out = reduction == Reduction::None ? per_sample : per_sample.sum();
+  return out.to(src.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
+    const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
+    const c10::optional<at::Tensor>& weight, const std::string& distance_name, bool l2_normalize, double eps,
+    double l2_eps, const std::string& reduction_name, bool need_src, bool need_dst) {
+  check_cam(src_in, "src");
+  check_cam(dst_in, "dst");
+  check_on(dst_in, "dst", src_in.device());
+  check_on(matrix, "matrix", src_in.device());
+  const math::Distance distance = parse_distance(distance_name);
+  const Reduction reduction = parse_reduction(reduction_name);
+  const int64_t N = src_in.size(0);
+  TORCH_CHECK_VALUE(grad.numel() == (reduction == Reduction::None ? N : 1), "mmcam: grad has ", grad.numel(),
+                    " elements, expected ", (reduction == Reduction::None ? N : 1));
+  const c10::cuda::CUDAGuard guard(src_in.device());
+  const auto contiguous = src_in.options().memory_format(at::MemoryFormat::Contiguous);
+  at::Tensor grad_src = at::empty({0}, contiguous), grad_dst = at::empty({0}, contiguous);
+  if (!need_src && !need_dst) return {grad_src, grad_dst};
+  const at::Tensor src = with_unit_col_stride(src_in), dst = with_unit_col_stride(dst_in);
+  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const PairSides s = pair_sides(src, dst, maps, l2_normalize, eps, l2_eps);
+  const at::ScalarType w_dtype = work_dtype(src);
+  const at::Tensor w = weights_of(weight, src, w_dtype);
+  const at::Tensor upstream = grad.to(src.device(), w_dtype).reshape({-1});
+  // coef[n] = dL/d(sum of sample n's distances); 0 marks a skipped sample.
+  const at::Tensor coef = (w * upstream / denominator(reduction, dst)).expand({N});
+  const at::Tensor coef4 = coef.view({N, 1, 1, 1});
+  const at::Tensor diff = s.p.compared - s.q.compared;
+  const at::Tensor dd = distance == math::Distance::SqL2 ? 2.0 * diff : at::sign(diff);
+  const at::Tensor g = at::where(coef4 != 0, coef4 * dd, at::zeros_like(dd));  // skipped samples: no NaN from dd
+  const at::Tensor scale = coef.to(at::kDouble).contiguous();
+  if (need_src) {
+    const at::Tensor g_p = s.p.backward(g, l2_normalize, l2_eps);
+    grad_src = warp_backward_with(src, s.src_partials, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), scale, eps);
+  }
+  if (need_dst) {
+    const at::Tensor g_q = s.q.backward(-g, l2_normalize, l2_eps);
+    grad_dst = minmax_backward(dst, minmax_of(dst), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), scale, eps);
+  }
+  return {grad_src, grad_dst};
+}
+
+}  // namespace mmcam::cuda
