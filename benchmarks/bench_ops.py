@@ -1,71 +1,101 @@
 #!/usr/bin/env python
-"""Side-by-side timing of ``mmcam.losses.equivariance_terms`` backends (DESIGN §6).
+"""Side-by-side timing of the fused equivariance operators against their references (DESIGN §6).
 
-In one process, for every case (shape x transform family) and every thread count, this script times
-the forward pass and the forward+backward pass of the equivariance terms with
+In one process, for every case (shape x transform family), every thread count and both operators
 
-    fused    the C++ operator (``backend="fused"``)
-    torch    eager PyTorch, F.affine_grid + F.grid_sample warp (``backend="torch"``)
-    kornia   eager PyTorch, kornia warp_affine (``backend="kornia"``)
-    compile  torch.compile of the ``"torch"`` backend (inductor; skipped with ``--no-compile``)
+    equivariance_terms  ``mmcam.losses.equivariance_terms`` (ER and CMER of all M networks)
+    equivariance_loss   the single-pair ``mmcam.ops.equivariance_loss(src, matrix, dst, weight,
+                        distance="sq_l2", l2_normalize=True, reduction="mean")`` with C = M channels
+                        (the CMER-like case), gradients to both ``src`` and ``dst``
 
-Before timing a case it checks that every backend gives the same loss values and gradients. Each
-number is the median over ``--repeats`` timed runs after warm-up; one timed run loops the call enough
-times to last ~``--min-time`` seconds, and the backends' runs are interleaved round-robin so
-that load from other processes hits them alike. Ratios are ``time(backend) / time(fused)`` (> 1: fused is faster).
-Timed inputs: all labels and predictions 1 (no sample skipped: the slowest case for the fused operator).
+this script times the forward pass and the forward+backward pass of
 
-The fused columns also give achieved bandwidth: the minimum bytes the pass must move (forward reads
-``cams`` and ``cams_t``; forward+backward reads them twice and writes both gradients) over its time,
-next to a memory-copy bandwidth (``torch.Tensor.copy_`` of 256 MiB) measured in the same run.
+    fused    the C++ operator
+    torch    eager PyTorch, F.affine_grid + F.grid_sample warp (``mmcam.reference`` / ``backend="torch"``)
+    kornia   eager PyTorch, kornia warp_affine (``mmcam.reference`` / ``backend="kornia"``)
+    compile  torch.compile of the torch reference (inductor; skipped with ``--no-compile``)
 
-Usage::
+Before timing a case it checks that every method gives the same values and gradients as the fused
+operator (see :func:`compare`; a mismatch aborts the run). Each number is the median over ``--repeats`` timed runs after
+warm-up (``--large-repeats`` and one warm-up call for the large shape, whose eager calls take seconds);
+one timed run loops the call enough times to last ~``--min-time`` seconds, and the methods' runs are
+interleaved round-robin so that load from other processes hits them alike. Ratios are
+``time(method) / time(fused)`` (> 1: fused is faster). Timed inputs: all labels, predictions and weights 1
+(no sample skipped: the slowest case for the fused operator).
 
-    python benchmarks/bench_ops.py [--threads K [K ...]] [--repeats R] [--json OUT] [--no-compile]
-                                   [--shapes paper small large] [--families flip rot90 translate resize]
+Bandwidth: the minimum bytes a pass must move (forward reads both CAM tensors; forward+backward reads
+them twice and writes both gradients) over its time, next to a copy bandwidth (``Tensor.copy_`` of 256 MiB)
+measured in the same run.
+
+Peak memory of one call (forward, and forward+backward) of each method, the bytes allocated on top of
+what was allocated before the call (inputs excluded; outputs and gradients included):
+  CPU   ``torch.profiler`` with ``profile_memory=True``: the running sum of the allocation and free
+        events of PyTorch's CPU allocator during the call. It sees every tensor (eager, kornia, inductor
+        buffers, tensors the C++ operator allocates) made on the calling thread; not memory a kernel
+        takes with plain malloc/new, nor allocations on worker threads.
+  CUDA  ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the allocation before.
+
+``--device cuda``: CUDA-event timing after synchronisation, the device name in the JSON and on every
+row, a device-to-device copy bandwidth, one thread count (not varied). When the build has no CUDA kernel
+for the fused operator its rows are skipped and the reason recorded (agreement is then checked against
+the torch reference and ratios are empty).
+
+Output with ``--json RUN.json``: the JSON (machine, versions, device, arguments, rows), ``RUN.md`` (tables)
+and ``RUN.png`` (forward+backward times, log scale; needs matplotlib), see ``bench_report.py``.
+
+Usage (``--help`` lists the options)::
+
+    python benchmarks/bench_ops.py --json benchmarks/results/cpu-2vcpu-equivariance_ops.json
+    python benchmarks/bench_ops.py --device cuda --json "$OUT/cuda-equivariance_ops.json"
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
+import contextlib
 import functools
-import json
 import os
-import platform
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
 
-import mmcam
+import bench_report
+from mmcam import ops, reference
 from mmcam.losses import equivariance_terms
 from mmcam.transforms import sample_transform
 
-SHAPES = {  # name: (N, M, H, W)
+SHAPES = {  # name: (N, M, H, W); "tiny" is for the tests
     "paper": (16, 2, 240, 240),
     "small": (8, 2, 64, 64),
     "large": (64, 4, 256, 256),
+    "tiny": (2, 2, 16, 16),
 }
 PAPER_FAMILIES = ("flip", "rot90", "translate", "resize")
-BACKENDS = ("fused", "torch", "kornia", "compile")
+BACKENDS = bench_report.METHODS
+OPS = ("equivariance_terms", "equivariance_loss")
+LOSS_OPTIONS = dict(distance="sq_l2", l2_normalize=True, reduction="mean")
 
 
 @dataclass
 class Case:
+    op: str
     shape: str
     family: str
     n: int
     m: int
     src: tuple[int, int]
     dst: tuple[int, int]
-    args: tuple  # (cams, cams_t, matrix, labels, pred, pred_t)
+    args: tuple  # the positional arguments of the operator
+    grad_idx: tuple[int, ...]  # which of them get gradients
 
 
-def make_case(shape: str, family: str, seed: int, dtype: torch.dtype) -> Case:
+def make_case(shape: str, family: str, seed: int, dtype: torch.dtype, device: torch.device) -> Case:
+    """The ``equivariance_terms`` case: (cams, cams_t, matrix, labels, pred, pred_t) on ``device``."""
     n, m, h, w = SHAPES[shape]
     gen = torch.Generator().manual_seed(seed)
     matrix, dsize, _ = sample_transform(n, (h, w), policy=family, generator=gen, dtype=dtype)
@@ -79,14 +109,27 @@ def make_case(shape: str, family: str, seed: int, dtype: torch.dtype) -> Case:
 
     ones = torch.ones(n, dtype=torch.long)
     pred = torch.ones(n, m, dtype=torch.long)
-    args = (cams((h, w)), cams(dsize), matrix, ones, pred, pred.clone())
-    return Case(shape, family, n, m, (h, w), tuple(dsize), args)
+    args = tuple(t.to(device) for t in (cams((h, w)), cams(dsize), matrix, ones, pred, pred.clone()))
+    return Case("equivariance_terms", shape, family, n, m, (h, w), tuple(dsize), args, (0, 1))
 
 
-def backend_functions(use_compile: bool) -> dict[str, Callable]:
-    fns = {b: functools.partial(equivariance_terms, backend=b) for b in ("fused", "torch", "kornia")}
+def loss_case(terms: Case) -> Case:
+    """The ``equivariance_loss`` case on the same tensors: (src=cams, matrix, dst=cams_t, weight=1)."""
+    cams, cams_t, matrix, labels = terms.args[:4]
+    return Case("equivariance_loss", terms.shape, terms.family, terms.n, terms.m, terms.src, terms.dst,
+                (cams, matrix, cams_t, labels.to(cams.dtype)), (0, 2))
+
+
+def method_functions(op: str, use_compile: bool) -> dict[str, Callable]:
+    """The methods compared for ``op``: fused, torch, kornia and (optionally) compile."""
+    if op == "equivariance_terms":
+        fns = {b: functools.partial(equivariance_terms, backend=b) for b in ("fused", "torch", "kornia")}
+    else:
+        fns = {name: functools.partial(fn, **LOSS_OPTIONS) for name, fn in (
+            ("fused", ops.equivariance_loss), ("torch", reference.equivariance_loss_torch),
+            ("kornia", reference.equivariance_loss_kornia))}
     if use_compile:
-        fns["compile"] = torch.compile(functools.partial(equivariance_terms, backend="torch"), dynamic=False)
+        fns["compile"] = torch.compile(fns["torch"], dynamic=False)
     return fns
 
 
@@ -94,26 +137,42 @@ def forward(fn, args):
     return fn(*args)
 
 
-def forward_backward(fn, args):
-    cams = args[0].detach().requires_grad_(True)
-    cams_t = args[1].detach().requires_grad_(True)
-    terms = fn(cams, cams_t, *args[2:])
-    terms.sum().backward()
-    return terms.detach(), cams.grad, cams_t.grad
+def forward_backward(fn, args, grad_idx):
+    """Forward with fresh leaf copies of ``args[grad_idx]``, ``out.sum().backward()``;
+    returns (output, *gradients)."""
+    leaves = {i: args[i].detach().requires_grad_(True) for i in grad_idx}
+    out = fn(*(leaves.get(i, a) for i, a in enumerate(args)))
+    out.sum().backward()
+    return (out.detach(), *(leaves[i].grad for i in grad_idx))
+
+
+def compare(name: str, ref_name: str, out, ref, labels, where: str, rtol: float = 1e-4, atol: float = 1e-3) -> None:
+    """Raise AssertionError unless every tensor of ``out`` matches ``ref`` within ``rtol`` and
+    ``atol * max |ref|``. The atol is loose for float32 because the eager references are: with
+    l2_normalize at 256x256 their gradients are off by ~3e-4 of the largest one (the fused operator by
+    ~2e-6, against float64); a wrong method is off by O(1)."""
+    for label, a, b in zip(labels, out, ref):
+        scale = float(b.abs().max()) or 1.0
+        if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol * scale):
+            err = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+            raise AssertionError(f"{name} disagrees with {ref_name} on {label} for {where}: max abs diff {err:.3g} "
+                                 f"(max |{ref_name}| {scale:.3g}, shapes {tuple(a.shape)} / {tuple(b.shape)})")
 
 
 def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) -> Optional[str]:
-    """Run every backend once (forward+backward; this also compiles) and compare with fused.
-    Returns an error message for the compile backend if compiling failed (it is then dropped)."""
-    ref = forward_backward(fns["fused"], case.args)
-    for name in list(fns):
-        if name == "fused":
-            continue
+    """Run every method once (forward+backward, and forward; this also compiles) and compare with the
+    first method (fused, or torch when fused is skipped). A failing compile is dropped from ``fns`` and
+    its error returned; any other disagreement or error is raised."""
+    ref_name = next(iter(fns))
+    where = f"{case.op} {case.shape}/{case.family}"
+    labels = ("value", *(f"grad of argument {i}" for i in case.grad_idx))
+    ref = forward_backward(fns[ref_name], case.args, case.grad_idx)
+    for name in [n for n in fns if n != ref_name]:
         t0 = time.perf_counter()
         try:
-            out = forward_backward(fns[name], case.args)
+            out = forward_backward(fns[name], case.args, case.grad_idx)
             fwd = forward(fns[name], case.args)
-        except Exception as exc:  # noqa: BLE001 -- torch.compile may fail on a CPU toolchain
+        except Exception as exc:  # noqa: BLE001 -- torch.compile may fail on a toolchain
             if name != "compile":
                 raise
             del fns[name]
@@ -122,211 +181,241 @@ def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) 
             return msg
         if name == "compile":
             compile_status["seconds"] = compile_status.get("seconds", 0.0) + time.perf_counter() - t0
-        for label, a, b in zip(("terms", "grad cams", "grad cams_t"), out, ref):
-            scale = float(b.abs().max()) or 1.0
-            if not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * scale):
-                err = float((a - b).abs().max())
-                raise AssertionError(f"{name} disagrees with fused on {label} for {case.shape}/{case.family}: "
-                                     f"max abs diff {err:.3g} (max |fused| {scale:.3g})")
-        if not torch.allclose(fwd, ref[0], rtol=1e-4, atol=1e-5 * (float(ref[0].abs().max()) or 1.0)):
-            raise AssertionError(f"{name} forward disagrees with fused for {case.shape}/{case.family}")
+        compare(name, ref_name, out, ref, labels, where)
+        compare(name + " (forward only)", ref_name, (fwd,), ref[:1], labels, where)
     return None
 
 
-def _calibrate(call: Callable[[], object], warmup: int, min_time: float) -> int:
+# ------------------------------------------------------------------------------------------- timing
+def _sync(cuda: bool) -> None:
+    if cuda:
+        torch.cuda.synchronize()
+
+
+def _calibrate(call: Callable[[], object], warmup: int, min_time: float, cuda: bool = False) -> int:
     """Run ``warmup`` untimed calls; return how many calls make a timed block of about ``min_time``."""
+    _sync(cuda)
     t0 = time.perf_counter()
     for _ in range(max(warmup, 1)):
         call()
+    _sync(cuda)
     per_call = (time.perf_counter() - t0) / max(warmup, 1)
     return max(1, int(min_time / max(per_call, 1e-9)))
 
 
-def _block(call: Callable[[], object], inner: int) -> float:
+def _block(call: Callable[[], object], inner: int, cuda: bool = False) -> float:
+    """Seconds per call of ``inner`` back-to-back calls (CUDA: between two recorded events)."""
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize()
+        start.record()
+        for _ in range(inner):
+            call()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / inner
     t0 = time.perf_counter()
     for _ in range(inner):
         call()
     return (time.perf_counter() - t0) / inner
 
 
-def time_call(call: Callable[[], object], repeats: int, warmup: int, min_time: float) -> float:
-    """Median seconds per call over ``repeats`` timed blocks (each looping the call ~``min_time`` s)."""
-    inner = _calibrate(call, warmup, min_time)
-    return statistics.median(_block(call, inner) for _ in range(repeats))
-
-
-def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int,
-                     min_time: float) -> dict[str, float]:
-    """Like :func:`time_call` for several calls, with their timed blocks interleaved round-robin, so
-    that load from other processes on a shared machine hits every backend alike (fairer ratios)."""
-    inner = {name: _calibrate(call, warmup, min_time) for name, call in calls.items()}
+def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int, min_time: float,
+                     cuda: bool = False) -> dict[str, float]:
+    """Median seconds per call of each call over ``repeats`` timed blocks (each looping the call
+    ~``min_time`` s), the calls' blocks interleaved round-robin so that load from other processes on a
+    shared machine hits every method alike (fairer ratios)."""
+    inner = {name: _calibrate(call, warmup, min_time, cuda) for name, call in calls.items()}
     samples: dict[str, list[float]] = {name: [] for name in calls}
     for _ in range(repeats):
         for name, call in calls.items():
-            samples[name].append(_block(call, inner[name]))
+            samples[name].append(_block(call, inner[name], cuda))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def copy_bandwidth(repeats: int) -> float:
-    """Bytes/s of a 256 MiB tensor copy (read + write counted), larger than the last-level cache."""
-    src = torch.empty(64 * 2**20, dtype=torch.float32).uniform_()
+def copy_bandwidth(repeats: int, device: torch.device) -> float:
+    """Bytes/s of a 256 MiB tensor copy on ``device`` (read + write counted), larger than the caches."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    t = time_call(lambda: dst.copy_(src), repeats, 2, 0.05)
+    call = lambda: dst.copy_(src)  # noqa: E731
+    t = time_interleaved({"copy": call}, repeats, 2, 0.05, device.type == "cuda")["copy"]
     return 2 * src.numel() * src.element_size() / t
 
 
 def min_bytes(case: Case, backward: bool) -> int:
-    cams, cams_t = case.args[:2]
-    inputs = (cams.numel() + cams_t.numel()) * cams.element_size()
-    return inputs * 3 if backward else inputs  # backward: re-read inputs, write both gradients
+    """The bytes a pass must at least move: read the CAM tensors (and for backward re-read them and
+    write their gradients)."""
+    inputs = sum(case.args[i].numel() * case.args[i].element_size() for i in case.grad_idx)
+    return inputs * 3 if backward else inputs
 
 
-def cpu_model() -> str:
+# ------------------------------------------------------------------------------------------- memory
+@contextlib.contextmanager
+def _profiler_stderr_filtered():
+    """Kineto prints two 'USDT: ... profiler_start/stop' lines per profile on fd 2: drop those, keep the rest."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            sys.stderr.writelines(ln for ln in tmp.read().decode(errors="replace").splitlines(True)
+                                  if not ln.startswith("USDT:"))
+
+
+def _peak_cpu(call: Callable[[], object]) -> Optional[int]:
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    with _profiler_stderr_filtered(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        call()
+    events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.tag == _EventType.Allocation:
+            events.append((node.start_time_ns, node.extra_fields.alloc_size))
+    total = peak = 0
+    for _, size in sorted(events):
+        total += size
+        peak = max(peak, total)
+    return peak
+
+
+def peak_memory(call: Callable[[], object], device: torch.device) -> Optional[int]:
+    """Peak bytes allocated by one ``call()`` on top of what was allocated before (see the module
+    docstring); None when it cannot be measured here."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        call()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+        return _peak_cpu(call)
+    except (ImportError, AttributeError, RuntimeError):  # private profiler API changed
+        return None
 
 
-def git_state() -> dict:
-    """Commit of the source tree and whether it has uncommitted changes (what the numbers measured)."""
-    import subprocess
-
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ------------------------------------------------------------------------------------------ running
+def fused_unavailable(op: str, dtype: torch.dtype, device: torch.device) -> Optional[str]:
+    """Why the fused ``op`` cannot run on ``device`` (e.g. no CUDA kernel in this build), or None."""
+    if device.type == "cpu":
+        return None
+    case = make_case("tiny", "translate", 0, dtype, device)
+    case = case if op == "equivariance_terms" else loss_case(case)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return {"commit": commit, "dirty": bool(dirty)}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+        forward_backward(method_functions(op, False)["fused"], case.args, case.grad_idx)
+        _sync(device.type == "cuda")
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
+    return None
 
 
-def machine_info(threads: list[int]) -> dict:
-    try:
-        import kornia
-        kornia_version = kornia.__version__
-    except Exception:  # noqa: BLE001
-        kornia_version = None
-    info = dict(
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        python=sys.version.split()[0],
-        platform=platform.platform(),
-        torch=torch.__version__,
-        kornia=kornia_version,
-        mmcam=mmcam.__version__,
-        cpu_model=cpu_model(),
-        cpu_count=os.cpu_count(),
-        threads=threads,
-        device="cpu",
-        git=git_state(),
-    )
-    try:
-        bi = mmcam.build_info()
-        info["mmcam_build"] = {k: v for k, v in bi.items() if k != "parallel_backend"}
-    except Exception:  # noqa: BLE001
-        pass
-    return info
+def run_case(case: Case, fns: dict[str, Callable], a: argparse.Namespace, device: torch.device,
+             compile_status: dict) -> tuple[dict, dict]:
+    """Agreement check, interleaved timings and peak memory of every method for one case."""
+    err = check_agreement(fns, case, compile_status)
+    if err is not None:
+        print(f"   (torch.compile failed, dropped: {err})")
+    repeats, warmup = (a.large_repeats, 1) if case.shape == "large" else (a.repeats, a.warmup)
+    cuda = device.type == "cuda"
+    fwd_calls = {name: functools.partial(forward, fn, case.args) for name, fn in fns.items()}
+    fb_calls = {name: functools.partial(forward_backward, fn, case.args, case.grad_idx) for name, fn in fns.items()}
+    fwd = time_interleaved(fwd_calls, repeats, warmup, a.min_time, cuda)
+    fb = time_interleaved(fb_calls, repeats, warmup, a.min_time, cuda)
+    peaks = {name: (peak_memory(fwd_calls[name], device), peak_memory(fb_calls[name], device)) for name in fns}
+    return {name: (fwd[name], fb[name]) for name in fns}, peaks
 
 
-def fmt_ms(t: Optional[float]) -> str:
-    return f"{t * 1e3:9.2f}" if t is not None else f"{'-':>9}"
-
-
-def fmt_ratio(t: Optional[float], ref: Optional[float]) -> str:
-    return f"{t / ref:7.2f}x" if (t is not None and ref) else f"{'-':>8}"
-
-
-def main(argv=None) -> int:
+def parse_args(argv) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, nargs="+", default=None,
-                   help="torch.set_num_threads values to run (default: 1 and all cores)")
+                   help="CPU: torch.set_num_threads values to run (default: 1 and all cores); ignored on CUDA")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--large-repeats", type=int, default=3, help="timed runs for the large shape")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (large shape: 1)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed run (the call is looped)")
-    p.add_argument("--shapes", nargs="+", default=["paper", "small"], choices=sorted(SHAPES))
+    p.add_argument("--shapes", nargs="+", default=["paper", "small", "large"], choices=list(SHAPES))
+    p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
     p.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES),
                    choices=list(PAPER_FAMILIES) + ["affine"], help="π families of the paper shape")
     p.add_argument("--small-family", default="translate", choices=list(PAPER_FAMILIES) + ["affine"],
-                   help="π family of the small and large shapes")
+                   help="π family of the other shapes")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile backend")
-    p.add_argument("--json", default=None, help="write results and machine info to this JSON file")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile method")
+    p.add_argument("--json", default=None, help="write the results to this JSON file, plus STEM.md and STEM.png")
+    p.add_argument("--no-plot", action="store_true", help="do not write the PNG plot")
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    dtype = getattr(torch, a.dtype)
-    threads = a.threads or sorted({1, torch.get_num_threads(), os.cpu_count() or 1})
+
+def build_cases(a: argparse.Namespace, dtype: torch.dtype, device: torch.device) -> list[Case]:
     cases = []
     for shape in a.shapes:
-        families = a.families if shape == "paper" else [a.small_family]
-        for k, family in enumerate(families):
-            cases.append(make_case(shape, family, a.seed + k, dtype))
+        for k, family in enumerate(a.families if shape == "paper" else [a.small_family]):
+            terms = make_case(shape, family, a.seed + k, dtype, device)
+            cases += [c for c in (terms, loss_case(terms)) if c.op in a.ops]
+    return cases
 
-    info = machine_info(threads)
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    device = torch.device(a.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
+        return 2
+    dtype = getattr(torch, a.dtype)
+    threads = ([torch.get_num_threads()] if cuda
+               else a.threads or sorted({1, torch.get_num_threads(), os.cpu_count() or 1}))
+    cases = build_cases(a, dtype, device)
+    skipped = {op: why for op in a.ops if (why := fused_unavailable(op, dtype, device))}
+    info = bench_report.machine_info(threads, device)
     results, compile_status = [], {"enabled": not a.no_compile}
-    print(f"# mmcam equivariance_terms benchmark: torch {info['torch']}, kornia {info['kornia']}, "
-          f"{info['cpu_model']} ({info['cpu_count']} logical CPUs), {a.dtype}, median of {a.repeats}")
+    where = info["device_name"] if cuda else f"{info['cpu_model']} ({info['cpu_count']} logical CPUs)"
+    print(f"# mmcam equivariance operators benchmark: torch {info['torch']}, kornia {info['kornia']}, {where}, "
+          f"{a.dtype}, median of {a.repeats}")
+    for op, why in skipped.items():
+        print(f"fused {op} skipped on {info['device_name']}: {why}")
     for nthreads in threads:
-        torch.set_num_threads(nthreads)
+        if not cuda:
+            torch.set_num_threads(nthreads)
         if not a.no_compile:
             torch._dynamo.reset()  # inductor bakes the thread count into its kernels: recompile per count
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-        fns = backend_functions(not a.no_compile)
-        bandwidth = copy_bandwidth(a.repeats)
-        print(f"\n## threads={nthreads}   memory copy: {bandwidth / 1e9:.2f} GB/s")
-        header = (f"{'shape':<6} {'family':<9} {'N,M,src->dst':<24} {'backend':<8} {'fwd ms':>9} {'fwd/fused':>9} "
-                  f"{'f+b ms':>9} {'f+b/fused':>9}")
-        print(header)
-        print("-" * len(header))
+        fns_by_op = {}
+        for op in a.ops:
+            fns_by_op[op] = method_functions(op, not a.no_compile)
+            if op in skipped:
+                del fns_by_op[op]["fused"]
+        bandwidth = copy_bandwidth(a.repeats, device)
+        print(f"\n## {'device' if cuda else f'threads={nthreads}'}   memory copy: {bandwidth / 1e9:.2f} GB/s")
+        print(bench_report.console_header())
         for case in cases:
-            err = check_agreement(fns, case, compile_status)
-            if err is not None:
-                print(f"   (torch.compile failed, dropped: {err})")
-            fwd = time_interleaved({name: functools.partial(forward, fn, case.args) for name, fn in fns.items()},
-                                   a.repeats, a.warmup, a.min_time)
-            fb = time_interleaved({name: functools.partial(forward_backward, fn, case.args)
-                                   for name, fn in fns.items()}, a.repeats, a.warmup, a.min_time)
-            timings = {name: (fwd[name], fb[name]) for name in fns}
-            geom = f"{case.n},{case.m},{case.src[0]}x{case.src[1]}->{case.dst[0]}x{case.dst[1]}"
+            timings, peaks = run_case(case, fns_by_op[case.op], a, device, compile_status)
             for name in BACKENDS:
-                t_fwd, t_fb = timings.get(name, (None, None))
-                print(f"{case.shape:<6} {case.family:<9} {geom:<24} {name:<8} {fmt_ms(t_fwd)} "
-                      f"{fmt_ratio(t_fwd, timings['fused'][0]):>9} {fmt_ms(t_fb)} "
-                      f"{fmt_ratio(t_fb, timings['fused'][1]):>9}")
-                row = dict(threads=nthreads, shape=case.shape, family=case.family, n=case.n, m=case.m,
-                           src=list(case.src), dst=list(case.dst), backend=name, dtype=a.dtype,
-                           forward_s=t_fwd, forward_backward_s=t_fb,
-                           forward_ratio_to_fused=(t_fwd / timings["fused"][0]) if t_fwd else None,
-                           forward_backward_ratio_to_fused=(t_fb / timings["fused"][1]) if t_fb else None)
-                if name == "fused":
-                    row["forward_GBps"] = min_bytes(case, False) / t_fwd / 1e9
-                    row["forward_backward_GBps"] = min_bytes(case, True) / t_fb / 1e9
-                    row["copy_GBps"] = bandwidth / 1e9
-                results.append(row)
-            fused = [r for r in results if r["backend"] == "fused"][-1]
-            print(f"{'':<6} {'':<9} {'':<24} {'fused':<8} {fused['forward_GBps']:8.2f} GB/s "
-                  f"({100 * fused['forward_GBps'] / fused['copy_GBps']:.0f}% of copy) fwd, "
-                  f"{fused['forward_backward_GBps']:.2f} GB/s f+b")
+                row = bench_report.result_row(case, name, nthreads, timings, peaks, bandwidth, info["device_name"],
+                                              (min_bytes(case, False), min_bytes(case, True)))
+                print(bench_report.console_line(row))
+                if name in timings:
+                    results.append(row)
         if "seconds" in compile_status:
             warm = compile_status.pop("seconds")
             compile_status.setdefault("warmup_s_by_threads", {})[str(nthreads)] = warm
-            print(f"(torch.compile first calls incl. compilation, all cases: {warm:.1f} s; "
-                  "inductor's on-disk cache makes later compilations cheaper)")
+            print(f"(torch.compile first calls incl. compilation, all cases: {warm:.1f} s)")
 
     if a.json:
-        payload = dict(machine=info, args=vars(a), compile=compile_status, results=results)
-        tmp = a.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=2)
-        os.replace(tmp, a.json)
-        print(f"\nwrote {a.json}")
+        payload = dict(machine=info, args=vars(a), compile=compile_status, skipped=skipped,
+                       memory_method=bench_report.MEMORY_METHOD[device.type], results=results)
+        print("\n".join(bench_report.write_all(payload, a.json, not a.no_plot)))
     return 0
 
 
