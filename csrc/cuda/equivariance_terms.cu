@@ -7,8 +7,8 @@
 // with P_i = warp(mn(cams[:, i])), Q_i = mn(cams_t[:, i]) and A_i, B_i their per-plane L2-normalised
 // versions. Forward: min/max partials of both views, one pass per (plane, tile) that warps P, normalises Q
 // and sums the norms and the ER distance, one pass per (sample, tile) over all modalities for the CMER
-// pairs, and a one-block final reduction. Backward: one pass for the L2-normalisation dot products, one
-// that forms dL/dP (scattered to the source grid, or stored for the deterministic gather) and dL/dQ with
+// pairs, and a final reduction with one block per term. Backward: one pass for the L2-normalisation dot
+// products, one that forms dL/dP (scattered to the source grid, or stored for the deterministic gather) and dL/dQ with
 // the sums of the min-max backward, then the adjoint warp and the element-wise min-max gradients.
 // Every reduction is per tile and combined in a fixed order: bitwise reproducible.
 #include <cmath>
@@ -164,27 +164,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// F4, one block: terms[0, m] = ER_m and terms[1, m] = CMER_m, summed over tiles and samples in a fixed order.
+/// F4, grid (2M): block (row, m) writes terms[row, m], ER_m (row 0) or CMER_m (row 1), reducing its
+/// per-(sample, tile) partial sums with a fixed thread assignment and a fixed-order block sum.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const double* labels, const double* side_sums,
                     const double* pair_sums, T* terms) {
-  double er[kMaxModalities] = {}, cm[kMaxModalities] = {};
-  for (int64_t n = 0; n < N; ++n) {
-    for (int m = 0; m < M; ++m) {
-      double s[1];
-      block_combine_tiles(side_sums + (n * M + m) * tiles * kSideSlots + kSumEr, tiles, kSideSlots, s);
-      er[m] += labels[n] * s[0];
-      block_combine_tiles(pair_sums + n * tiles * M + m, tiles, M, s);
-      cm[m] += s[0];
-    }
+  const int row = blockIdx.x / M, m = blockIdx.x % M;
+  double total[1] = {0.0};
+  for (int64_t j = threadIdx.x; j < N * tiles; j += kThreads) {
+    const int64_t n = j / tiles, t = j % tiles;
+    total[0] += row == 0 ? labels[n] * side_sums[((n * M + m) * tiles + t) * kSideSlots + kSumEr]
+                         : pair_sums[(n * tiles + t) * M + m];
   }
-  if (threadIdx.x == 0) {
-    for (int m = 0; m < M; ++m) {
-      terms[m] = from_double<T>(er[m] * scale.er);
-      terms[M + m] = from_double<T>(cm[m] * scale.cmer);
-    }
-  }
+  block_sum(total);
+  if (threadIdx.x == 0) terms[row * M + m] = from_double<T>(total[0] * (row == 0 ? scale.er : scale.cmer));
 }
 
 // --- backward -----------------------------------------------------------------------------------------
@@ -393,8 +387,9 @@ cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForward
           cams_t, src_stats, dst_stats, p.labels, p.pred, p.pred_t, p.eps, tiles, static_cast<const T*>(warped),
           ws.side_sums, ws.pair_sums, stats);
     }
-    finalize_kernel<T><<<1, kThreads, 0, stream>>>(N, static_cast<int>(M), tiles, scales_of(N, M, Hd, Wd), p.labels,
-                                                   ws.side_sums, ws.pair_sums, static_cast<T*>(terms));
+    finalize_kernel<T><<<static_cast<unsigned>(2 * M), kThreads, 0, stream>>>(
+        N, static_cast<int>(M), tiles, scales_of(N, M, Hd, Wd), p.labels, ws.side_sums, ws.pair_sums,
+        static_cast<T*>(terms));
     return launched();
   });
 }
