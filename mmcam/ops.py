@@ -12,6 +12,13 @@ Conventions:
     * ``mn(a) = relu(relu(a) - lo - eps) / (hi - lo + eps)`` with ``lo``/``hi`` the min/max of
       ``relu(a)`` over each plane (ties share the gradient, as ``amin``/``amax``).
     * Samples with weight 0 are skipped: they contribute exactly 0 to the loss and get exactly 0 gradient.
+
+Devices: CPU (float32/float64; parallel over planes, bitwise deterministic for any thread count) and CUDA
+when the extension was built with its kernels (``mmcam.build_info()["cuda"]``; float32/float64 and
+float16/bfloat16 computed in float32). On CUDA the backward scatters with atomics by default and gathers
+deterministically (bitwise reproducible) under ``torch.use_deterministic_algorithms(True)``; no call
+synchronises with the host, so a non-finite or singular ``matrix`` is not raised there: that sample's
+outputs are NaN (``mmcam.losses.equivariance_terms`` checks matrices before calling the operator).
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int
     """Min-max normalise each plane of ``src``, then warp it bilinearly with zero padding.
 
     Args:
-        src: ``(N, C, Hs, Ws)`` raw CAMs (float32/float64; any strides).
+        src: ``(N, C, Hs, Ws)`` raw CAMs (any strides; dtypes per device, see the module docstring).
         matrix: ``(N, 2, 3)`` source->destination pixel affine.
         dsize: ``(Hd, Wd)`` output size.
         eps: the ``eps`` of ``mn``.
@@ -72,7 +79,7 @@ def equivariance_loss(
             ``"none"`` -> ``(N,)`` with ``sum_{c,h,w}(w d) / (C Hd Wd)``.
 
     Gradients flow to ``src`` and ``dst`` (pass a detached tensor for a stop-gradient target; no work is
-    spent on inputs that do not require grad). Deterministic: bitwise equal results for any thread count.
+    spent on inputs that do not require grad). On the CPU: bitwise equal results for any thread count.
     """
     _checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
     return _ops.equivariance_loss(src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction)

@@ -40,3 +40,26 @@ def test_importable_from_the_repository_root():
                             cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == torch.__version__
+
+
+def test_cuda_kernels_include_no_torch_header():
+    """DESIGN §3: the CUDA kernels compile with nvcc alone (CI compile-checks them), so they and the
+    headers they use must not include torch, ATen or c10; only the *.cpp glue may."""
+    import pathlib
+    import re
+
+    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    kernels = sorted((csrc / "cuda").glob("*.cu"))
+    assert kernels, "no CUDA kernels found under csrc/cuda"
+    torch_include = re.compile(r'#\s*include\s*[<"](torch|ATen|c10)/')
+    seen, queue = set(), list(kernels)
+    while queue:
+        path = queue.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        text = path.read_text()
+        assert not torch_include.search(text), f"{path.relative_to(csrc)} includes a torch header"
+        for name in re.findall(r'#\s*include\s*"([^"]+)"', text):
+            queue.append(csrc / name)
+    assert csrc / "mmcam_math.h" in seen  # the element math is shared with the CPU kernels
