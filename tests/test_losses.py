@@ -68,10 +68,15 @@ def test_backends_agree(m, n, src, dst, er_distance, labels, preds, dtype, seed)
     args = _case(n, m, src, dst, dtype, gen, labels=labels, preds=preds)
     fused = _run(args, "fused", er_distance)
     assert fused[0].shape == (2, m) and fused[0].dtype == dtype
+    # The references run in float64 on the same inputs: a float32 reference carries its own rounding
+    # error (up to ~1e-4 on nearly constant planes, and it depends on the thread count), which is not
+    # what this test is about.
+    args64 = tuple(a.to(torch.float64) if a.is_floating_point() else a for a in args)
     for backend in ("torch", "kornia"):
-        other = _run(args, backend, er_distance)
+        other = _run(args64, backend, er_distance)
         for name, a, b in zip(("terms", "grad cams", "grad cams_t"), other, fused):
-            torch.testing.assert_close(a, b, **_tol(dtype), msg=lambda s: f"{backend} vs fused, {name}: {s}")
+            torch.testing.assert_close(a, b.to(torch.float64), **_tol(dtype),
+                                       msg=lambda s: f"{backend} vs fused, {name}: {s}")
 
 
 @pytest.mark.parametrize("family", ["flip", "rot90", "translate", "resize", "affine"])

@@ -66,8 +66,8 @@ void backprop_to_source(const WarpedSource<T>& side, double* g, bool l2, T l2_ep
                         BackwardScratch& scratch, T* grad, int64_t grad_row_stride) {
   if (l2) l2_normalize_backward(g, side.warped.data(), dst_rows * dst_cols, side.norm, l2_eps);
   scratch.grad_src_side.assign(static_cast<size_t>(src.rows * src.cols), 0.0);
-  warp_plane_adjoint(g, dst_rows, dst_cols, inv, src.rows, src.cols, scratch.grad_src_side.data());
-  minmax_normalize_backward(src, side.stats, eps, side.normalized.data(), scratch.grad_src_side.data(), grad,
+  warp_plane_adjoint(rows_of(g, dst_cols), dst_rows, dst_cols, inv, src.rows, src.cols, scratch.grad_src_side.data());
+  minmax_normalize_backward(src, side.stats, eps, rows_of(scratch.grad_src_side.data(), src.cols), grad,
                             grad_row_stride);
 }
 
@@ -76,7 +76,8 @@ template <class T>
 void backprop_to_target(const NormalizedTarget<T>& side, double* g, bool l2, T l2_eps,
                         const PlaneView<T>& dst, T eps, T* grad, int64_t grad_row_stride) {
   if (l2) l2_normalize_backward(g, side.normalized.data(), dst.rows * dst.cols, side.norm, l2_eps);
-  minmax_normalize_backward(dst, side.stats, eps, side.normalized.data(), g, grad, grad_row_stride);
+  minmax_normalize_backward(dst, side.stats, eps, rows_of(static_cast<const double*>(g), dst.cols), grad,
+                            grad_row_stride);
 }
 
 }  // namespace mmcam::cpu

@@ -93,17 +93,14 @@ at::Tensor warp_normalized_backward(const at::Tensor& grad_in, const at::Tensor&
     const auto e = static_cast<scalar_t>(eps);
     at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
       std::vector<double> acc;
-      std::vector<scalar_t> normalized;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         const PlaneView<scalar_t> view = plane_of<scalar_t>(src, n, c);
         const MinMaxStats<scalar_t> stats = relu_minmax(view, e);
-        normalized.resize(static_cast<size_t>(Hs * Ws));
-        minmax_normalize_plane(view, stats, e, normalized.data());
         acc.assign(static_cast<size_t>(Hs * Ws), 0.0);
-        warp_plane_adjoint(grad.const_data_ptr<scalar_t>() + p * Hd * Wd, Hd, Wd,
+        warp_plane_adjoint(rows_of(grad.const_data_ptr<scalar_t>() + p * Hd * Wd, Wd), Hd, Wd,
                            inverse_of_sample(inverses, n), Hs, Ws, acc.data());
-        minmax_normalize_backward(view, stats, e, normalized.data(), acc.data(),
+        minmax_normalize_backward(view, stats, e, rows_of(static_cast<const double*>(acc.data()), Ws),
                                   output_plane<scalar_t>(grad_src, n, c), Ws);
       }
     });

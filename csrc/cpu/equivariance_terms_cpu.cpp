@@ -89,6 +89,33 @@ double squared_distance(const T* a, const T* b, int64_t count) {
   });
 }
 
+/// ||A_i - B_j||^2 of one sample's unit maps, each computed once: network i's CMER term reads it as
+/// (A_i, B_j) and network j's as (B_j, A_i) (the same value, bitwise: (a - b)^2 = (b - a)^2).
+class PairDistances {
+ public:
+  void reset(int64_t M) {
+    M_ = M;
+    value_.assign(static_cast<size_t>(M * M), 0.0);
+    known_.assign(static_cast<size_t>(M * M), false);
+  }
+
+  template <class T>
+  double get(const SampleSides<T>& sides, int64_t i, int64_t j) {
+    const size_t k = static_cast<size_t>(i * M_ + j);
+    if (!known_[k]) {
+      value_[k] = squared_distance(sides.source[i].unit.data(), sides.target[j].unit.data(),
+                                   static_cast<int64_t>(sides.source[i].unit.size()));
+      known_[k] = true;
+    }
+    return value_[k];
+  }
+
+ private:
+  int64_t M_ = 0;
+  std::vector<double> value_;
+  std::vector<bool> known_;
+};
+
 double er_scale(const TermsInputs& in) {
   return 1.0 / (static_cast<double>(in.N) * static_cast<double>(in.Hd) * static_cast<double>(in.Wd));
 }
@@ -116,59 +143,111 @@ MinMaxStats<T> stats_from(const double* slot, int first) {
   return {static_cast<T>(slot[first]), static_cast<T>(slot[first + 1]), static_cast<T>(slot[first + 2])};
 }
 
-/// What the backward pass of one sample reads for modality m: the kept warped map P_m and its norm,
-/// and Q_m = mn(cams_t) recomputed from the kept statistics (one vectorised pass).
+/// A map x before L2 normalisation and its L2-normalised version unit = x / ||x + l2_eps|| (T values, as
+/// the forward pass computed them: l2_normalize_plane), both Hd x Wd.
+template <class T>
+struct UnitMap {
+  const T* map;
+  const T* unit;
+  double inv_norm;  // 1 / ||x + l2_eps||
+};
+
+/// What the backward pass of one sample reads for modality m: the kept warped map P_m, Q_m = mn(cams_t)
+/// recomputed from the kept statistics, and their unit maps recomputed from the kept norms.
 template <class T>
 struct KeptSides {
-  std::vector<const T*> warped;               // P_m, Hd x Wd each (inside the kept tensor)
-  std::vector<double> inv_norm_p, inv_norm_q;  // 1 / ||P_m + l2_eps||, 1 / ||Q_m + l2_eps||
-  std::vector<std::vector<T>> target;          // Q_m
+  std::vector<UnitMap<T>> source, target;  // (P_m, A_m), (Q_m, B_m)
+  std::vector<std::vector<T>> buffers;     // Q_m, A_m, B_m of every m
 
   void load(const TermsInputs& in, int64_t n, const T* kept_warped, const double* kept_stats, T eps) {
     const int64_t M = in.M, HW = in.Hd * in.Wd;
-    warped.resize(M);
-    inv_norm_p.resize(M);
-    inv_norm_q.resize(M);
+    source.resize(M);
     target.resize(M);
+    buffers.resize(3 * M);
     for (int64_t m = 0; m < M; ++m) {
       const double* slot = kept_stats + (n * M + m) * kStatSlots;
-      warped[m] = kept_warped + (n * M + m) * HW;
-      inv_norm_p[m] = 1.0 / slot[kNormP];
-      inv_norm_q[m] = 1.0 / slot[kNormQ];
-      target[m].resize(HW);
-      minmax_normalize_plane(plane_of<T>(in.cams_t, n, m), stats_from<T>(slot, kDstLo), eps, target[m].data());
+      std::vector<T>& Q = buffers[3 * m];
+      std::vector<T>& A = buffers[3 * m + 1];
+      std::vector<T>& B = buffers[3 * m + 2];
+      Q.resize(HW);
+      A.resize(HW);
+      B.resize(HW);
+      minmax_normalize_plane(plane_of<T>(in.cams_t, n, m), stats_from<T>(slot, kDstLo), eps, Q.data());
+      const T* P = kept_warped + (n * M + m) * HW;
+      scale_plane(P, HW, 1.0 / slot[kNormP], A.data());
+      scale_plane(Q.data(), HW, 1.0 / slot[kNormQ], B.data());
+      source[m] = {P, A.data(), 1.0 / slot[kNormP]};
+      target[m] = {Q.data(), B.data(), 1.0 / slot[kNormQ]};
     }
   }
-
-  /// The L2-normalised maps exactly as the forward pass computed them (A = P' and B = Q').
-  T unit_p(int64_t m, int64_t k) const { return static_cast<T>(static_cast<double>(warped[m][k]) * inv_norm_p[m]); }
-  T unit_q(int64_t m, int64_t k) const { return static_cast<T>(static_cast<double>(target[m][k]) * inv_norm_q[m]); }
 };
 
-/// dL/d(one side's map before L2 normalisation) of network i, in two passes over the plane:
-///   pass 1: g_k = sum_j w_j 2 (unit_i[k] - other_j[k])   (the CMER pairs, other maps fixed) and
-///           dot = sum_k g_k x_k, x = this side's map before normalisation;
-///   pass 2: g_k = g_k / n - dot (x_k + l2_eps) / n^3 + er_sign * c_er * d'(P_i[k] - Q_i[k])  (ER term).
-template <class T, class Unit, class Other>
-void side_gradient(int64_t HW, int64_t M, int64_t i, const double* pair_weight, Unit unit_i, Other other_j,
-                   const T* x, double inv_norm, T l2_eps, double er_coef, const T* P, const T* Q,
-                   math::Distance distance, double* g) {
-  double dot[kLanes] = {};
-  visit_in_lanes(1, HW, [&](int lane, int64_t, int64_t k) {
-    const T u = unit_i(k);
-    double gk = 0.0;
-    for (int64_t j = 0; j < M; ++j) {
-      if (j != i && pair_weight[j] != 0.0) gk += 2.0 * pair_weight[j] * static_cast<double>(u - other_j(j, k));
-    }
-    g[k] = gk;
-    dot[lane] += gk * static_cast<double>(x[k]);
-  });
-  const double c = combine_lanes(dot) * inv_norm * inv_norm * inv_norm;
-  for (int64_t k = 0; k < HW; ++k) {
-    g[k] = g[k] * inv_norm - c * static_cast<double>(static_cast<T>(x[k] + l2_eps)) +
-           er_coef * math::distance_grad<double>(static_cast<double>(P[k] - Q[k]), distance);
+/// dL/d(one side's map x before L2 normalisation) of network i, produced row by row (the row function
+/// of warp_plane_adjoint and minmax_normalize_backward):
+///   g1_k = sum_j 2 w_j (unit_k - other_j,k)        the CMER pairs of this side, other maps fixed
+///   g_k  = g1_k / n - (sum_l g1_l x_l) (x_k + l2_eps) / n^3 + er_coef d'(P_k - Q_k)
+/// with n = ||x + l2_eps|| (the L2 backward) and the ER term of network i (er_coef = +-c_er). The dot
+/// product is one reduction pass at construction; each row is then computed on demand.
+template <class T>
+class SideGradient {
+ public:
+  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P,
+               const T* Q, math::Distance distance)
+      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance),
+        rows_(rows), row_(static_cast<size_t>(cols)) {}
+
+  /// Adds the CMER pair (this side, other) with weight w (skipped when w = 0).
+  void add_pair(double w, const UnitMap<T>& other) {
+    if (w != 0.0) pairs_.push_back({2.0 * w, other});
   }
-}
+
+  /// Computes the L2-backward coefficient; call after the last add_pair.
+  void finish_pairs() {
+    double dot = 0.0;
+    for (const Pair& pair : pairs_) {
+      dot += pair.coef * lane_sum(rows_ * cols_, [&](int64_t k) {
+        return static_cast<double>(self_.unit[k] - pair.other.unit[k]) * static_cast<double>(self_.map[k]);
+      });
+    }
+    c_ = dot * self_.inv_norm * self_.inv_norm * self_.inv_norm;
+  }
+
+  /// Row y of g (cols values, valid until the next call).
+  const double* operator()(int64_t y) {
+    const int64_t begin = y * cols_;
+    double* g = row_.data();
+    std::fill(row_.begin(), row_.end(), 0.0);
+    for (const Pair& pair : pairs_) {
+      const T* u = self_.unit + begin;
+      const T* o = pair.other.unit + begin;
+      for (int64_t x = 0; x < cols_; ++x) g[x] += pair.coef * static_cast<double>(u[x] - o[x]);
+    }
+    const T* xm = self_.map + begin;
+    const T* P = P_ + begin;
+    const T* Q = Q_ + begin;
+    for (int64_t x = 0; x < cols_; ++x) {
+      g[x] = g[x] * self_.inv_norm - c_ * static_cast<double>(static_cast<T>(xm[x] + l2_eps_)) +
+             er_coef_ * math::distance_grad<double>(static_cast<double>(P[x] - Q[x]), distance_);
+    }
+    return g;
+  }
+
+ private:
+  struct Pair {
+    double coef;  // 2 w_j
+    UnitMap<T> other;
+  };
+  UnitMap<T> self_;
+  int64_t cols_;
+  T l2_eps_;
+  double er_coef_;
+  const T *P_, *Q_;
+  math::Distance distance_;
+  int64_t rows_;
+  double c_ = 0.0;
+  std::vector<Pair> pairs_;
+  std::vector<double> row_;
+};
 
 }  // namespace
 
@@ -190,6 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       SampleSides<scalar_t> sides;
+      PairDistances pairs;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {  // every term of a negative slice is weighted by y = 0; the backward skips it too
@@ -197,6 +277,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
           continue;
         }
         sides.compute(in, n, e, le);
+        pairs.reset(M);
         double* er = partial.data() + (n * 2 + 0) * M;
         double* cm = partial.data() + (n * 2 + 1) * M;
         for (int64_t i = 0; i < M; ++i) {
@@ -208,8 +289,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
           for (int64_t j = 0; j < M; ++j) {
             if (j == i) continue;
             const double w_a = y * in.pred_t[n * M + j], w_b = y * in.pred[n * M + j];
-            if (w_a != 0.0) cm[i] += w_a * squared_distance(sides.source[i].unit.data(), sides.target[j].unit.data(), HW);
-            if (w_b != 0.0) cm[i] += w_b * squared_distance(sides.target[i].unit.data(), sides.source[j].unit.data(), HW);
+            if (w_a != 0.0) cm[i] += w_a * pairs.get(sides, i, j);  // ||A_i - B_j||^2
+            if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
           }
           if (keep_for_backward) {
             std::copy(sides.source[i].warped.begin(), sides.source[i].warped.end(), output_plane<scalar_t>(kept_warped, n, i));
@@ -260,8 +341,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     const auto e = static_cast<T>(eps), le = static_cast<T>(l2_eps);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       KeptSides<T> kept;
-      std::vector<double> g_map, acc, w_a, w_b;
-      std::vector<T> normalized_src;
+      std::vector<double> acc;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {
@@ -271,37 +351,31 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
         }
         kept.load(in, n, kept_warped.const_data_ptr<T>(), kept_stats.const_data_ptr<double>(), e);
         const InverseAffine inv = inverse_of_sample(in.inverses, n);
-        g_map.resize(HW);
-        w_a.resize(M);
-        w_b.resize(M);
         for (int64_t i = 0; i < M; ++i) {
           const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kStatSlots;
           const double c_er = g[i] * er_scale(in) * y;
           const double c_cm = g[M + i] * cmer_scale(in) * y;
-          for (int64_t j = 0; j < M; ++j) {
-            w_a[j] = c_cm * in.pred_t[n * M + j];  // pair (A_i, B_j)
-            w_b[j] = c_cm * in.pred[n * M + j];    // pair (B_i, A_j)
-          }
-          const T* P = kept.warped[i];
-          const T* Q = kept.target[i].data();
-          if (need_cams) {
-            side_gradient(HW, M, i, w_a.data(), [&](int64_t k) { return kept.unit_p(i, k); },
-                          [&](int64_t j, int64_t k) { return kept.unit_q(j, k); }, P, kept.inv_norm_p[i], le, c_er,
-                          P, Q, distance, g_map.data());
-            const PlaneView<T> src = plane_of<T>(in.cams, n, i);
-            const MinMaxStats<T> stats = stats_from<T>(slot, kSrcLo);
-            normalized_src.resize(in.Hs * in.Ws);
-            minmax_normalize_plane(src, stats, e, normalized_src.data());
+          const T* P = kept.source[i].map;
+          const T* Q = kept.target[i].map;
+          if (need_cams) {  // pairs (A_i, B_j), weighted by pred_t_j
+            SideGradient<T> side(kept.source[i], in.Hd, in.Wd, le, c_er, P, Q, distance);
+            for (int64_t j = 0; j < M; ++j) {
+              if (j != i) side.add_pair(c_cm * in.pred_t[n * M + j], kept.target[j]);
+            }
+            side.finish_pairs();
             acc.assign(static_cast<size_t>(in.Hs * in.Ws), 0.0);
-            warp_plane_adjoint(g_map.data(), in.Hd, in.Wd, inv, in.Hs, in.Ws, acc.data());
-            minmax_normalize_backward(src, stats, e, normalized_src.data(), acc.data(), output_plane<T>(grad_cams, n, i),
-                                      in.Ws);
+            warp_plane_adjoint(side, in.Hd, in.Wd, inv, in.Hs, in.Ws, acc.data());
+            minmax_normalize_backward(plane_of<T>(in.cams, n, i), stats_from<T>(slot, kSrcLo), e,
+                                      rows_of(static_cast<const double*>(acc.data()), in.Ws),
+                                      output_plane<T>(grad_cams, n, i), in.Ws);
           }
-          if (need_cams_t) {
-            side_gradient(HW, M, i, w_b.data(), [&](int64_t k) { return kept.unit_q(i, k); },
-                          [&](int64_t j, int64_t k) { return kept.unit_p(j, k); }, Q, kept.inv_norm_q[i], le, -c_er,
-                          P, Q, distance, g_map.data());
-            minmax_normalize_backward(plane_of<T>(in.cams_t, n, i), stats_from<T>(slot, kDstLo), e, Q, g_map.data(),
+          if (need_cams_t) {  // pairs (B_i, A_j), weighted by pred_j
+            SideGradient<T> side(kept.target[i], in.Hd, in.Wd, le, -c_er, P, Q, distance);
+            for (int64_t j = 0; j < M; ++j) {
+              if (j != i) side.add_pair(c_cm * in.pred[n * M + j], kept.source[j]);
+            }
+            side.finish_pairs();
+            minmax_normalize_backward(plane_of<T>(in.cams_t, n, i), stats_from<T>(slot, kDstLo), e, side,
                                       output_plane<T>(grad_cams_t, n, i), in.Wd);
           }
         }

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "mmcam_math.h"
@@ -25,6 +26,13 @@ struct PlaneView {
   int64_t rows, cols, row_stride;
   const T* row(int64_t y) const { return data + y * row_stride; }
 };
+
+/// The row accessor of a contiguous (rows x cols) plane g: the row function (g_row(y) -> pointer to row
+/// y) that the row-wise backward functions (minmax_normalize_backward, warp_plane_adjoint) read.
+template <class A>
+auto rows_of(const A* g, int64_t cols) {
+  return [g, cols](int64_t y) { return g + y * cols; };
+}
 
 /// Number of interleaved partial results in the reductions below. The lanes are combined in a fixed
 /// order, so a reduction is bitwise reproducible, and the unrolled lanes let the compiler vectorise it
@@ -83,6 +91,49 @@ struct Vec16 {
   }
 };
 
+/// kLanes consecutive elements as kLanes / 2 pairs of doubles, element k in lane k (the lane order of the
+/// reductions above): T arithmetic runs on 16-byte vectors of T, the double arithmetic on 16-byte vectors
+/// of two doubles (SSE2 / NEON width, so that compares and selects stay vector instructions).
+template <class T>
+struct LanePairs {
+  using TV = typename Vec16<T>::type;
+  typedef double D2 __attribute__((vector_size(16)));
+  static constexpr int kTWidth = Vec16<T>::kWidth;       // elements per T vector
+  static constexpr int kTVectors = kLanes / kTWidth;     // T vectors per block
+  static constexpr int kPairs = kLanes / 2;              // double pairs per block
+  static D2 load_pair(const double* p) {
+    D2 v;
+    std::memcpy(&v, p, sizeof(D2));
+    return v;
+  }
+  /// Pair q of a T vector (elements 2q, 2q + 1), widened to double.
+  template <int Q>
+  static D2 pair(TV v) {
+    if constexpr (std::is_same_v<T, double>) {
+      return v;
+    } else {
+      return __builtin_convertvector(__builtin_shufflevector(v, v, 2 * Q, 2 * Q + 1), D2);
+    }
+  }
+  static void store_pair(T* p, D2 v) {
+    if constexpr (std::is_same_v<T, double>) {
+      std::memcpy(p, &v, sizeof(D2));
+    } else {
+      typedef T T2 __attribute__((vector_size(2 * sizeof(T))));
+      const T2 narrow = __builtin_convertvector(v, T2);
+      std::memcpy(p, &narrow, sizeof(T2));
+    }
+  }
+};
+
+/// The lanes of pair accumulators (lane k in pair k / 2), combined in the fixed order of combine_lanes.
+template <class D2>
+double combine_lanes(const D2 (&acc)[kLanes / 2]) {
+  double total = 0.0;
+  for (int k = 0; k < kLanes; ++k) total += acc[k / 2][k % 2];
+  return total;
+}
+
 template <class T>
 MinMaxStats<T> relu_minmax(const PlaneView<T>& p, T eps) {
   using V = Vec16<T>;
@@ -128,36 +179,132 @@ void minmax_normalize_plane(const PlaneView<T>& p, const MinMaxStats<T>& s, T ep
   }
 }
 
-/// Backward of mn for one plane. normalized (contiguous) is mn(plane) from the forward pass; g
-/// (contiguous) is dL/dmn(plane). Writes dL/dplane into grad (row stride grad_row_stride). Ties at lo /
-/// hi share dL/dlo and dL/dhi equally (amin / amax semantics).
+/// The T-precision part of the min-max backward of one element (V = T) or one vector of elements: relu(v),
+/// u = relu(v) - lo - eps (u > 0: the active set) and mn(v), in torch's arithmetic.
+template <class V>
+struct MinMaxParts {
+  V v, r, u, m;
+};
+
+template <class T, class V>
+MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
+  const V r = v <= T(0) ? T(0) : v;  // relu, NaN kept
+  const V u = (r - s.lo) - eps;
+  return {v, r, u, (u <= T(0) ? T(0) : u) / s.den};
+}
+
+/// The double part, for one element (W = double) or a pair of elements (W = 2 doubles) given their parts
+/// widened to double (exact): the contributions to the plane sums and the direct term
+/// relu'(v) 1[active] g / den. Every select is a compare of doubles.
+template <class W>
+struct MinMaxBackwardTerms {
+  W g_m, g_active, n_hi, n_lo, direct;
+};
+
+template <class W>
+MinMaxBackwardTerms<W> minmax_backward_terms(const MinMaxParts<W>& e, W g, double lo, double hi, double inv_den) {
+  const W active_g = e.u > 0.0 ? g : 0.0;
+  return {g * e.m, active_g, e.r == hi ? 1.0 : 0.0, e.r == lo ? 1.0 : 0.0, e.v > 0.0 ? active_g * inv_den : 0.0};
+}
+
+/// Whether element v gets a tie share: v > 0 and v equals s.lo or s.hi (V = T or a vector of T).
+template <class T, class V>
+auto is_tied(V v, const MinMaxStats<T>& s) {
+  return (v > T(0)) & ((v == s.hi) | (v == s.lo));
+}
+
+/// Whether some element of the row (cols elements) is tied.
 template <class T>
-void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, const T* normalized,
-                               const double* g, T* grad, int64_t grad_row_stride) {
-  // With m = mn = u / den on the active set (u = relu(v) - lo - eps > 0), m = 0 elsewhere:
-  //   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den.
-  double g_m[kLanes] = {}, g_active[kLanes] = {}, n_hi[kLanes] = {}, n_lo[kLanes] = {};
-  visit_in_lanes(p.rows, p.cols, [&](int k, int64_t y, int64_t x) {
-    const T r = math::relu(p.row(y)[x]);
-    const double gv = g[y * p.cols + x];
-    g_m[k] += gv * static_cast<double>(normalized[y * p.cols + x]);
-    g_active[k] += ((r - s.lo) - eps > T(0)) ? gv : 0.0;
-    n_hi[k] += r == s.hi ? 1.0 : 0.0;
-    n_lo[k] += r == s.lo ? 1.0 : 0.0;
-  });
-  const double sum_g_m = combine_lanes(g_m), sum_active = combine_lanes(g_active);
-  const double count_hi = combine_lanes(n_hi), count_lo = combine_lanes(n_lo);
-  const double den = static_cast<double>(s.den);
-  const double hi_tie = count_hi > 0.0 ? -sum_g_m / den / count_hi : 0.0;
-  const double lo_tie = count_lo > 0.0 ? (sum_g_m - sum_active) / den / count_lo : 0.0;
+bool any_tied(const T* row, int64_t cols, const MinMaxStats<T>& s) {
+  using V = Vec16<T>;
+  decltype(typename V::type{} > T(0)) hits = {};  // the integer mask vector of comparisons
+  int64_t x = 0;
+  for (; x + V::kWidth <= cols; x += V::kWidth) {
+    hits |= is_tied(V::load(row + x), s);
+  }
+  bool any = false;
+  for (int k = 0; k < V::kWidth; ++k) any |= hits[k] != 0;
+  for (; x < cols; ++x) any |= is_tied(row[x], s);
+  return any;
+}
+
+/// The tie shares of the min-max backward: adds lo_tie / hi_tie to the gradient of every element with
+/// v > 0 tied at lo / hi, recomputing its value as direct + hi share + lo share in one rounding (the
+/// operation order of math::minmax_input_grad). Only rows holding such an element are re-read in g.
+template <class T, class RowFn>
+void add_tie_shares(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, double lo_tie,
+                    double hi_tie, T* grad, int64_t grad_row_stride) {
+  if (lo_tie == 0.0 && hi_tie == 0.0) return;
+  const double inv_den = 1.0 / static_cast<double>(s.den);
   for (int64_t y = 0; y < p.rows; ++y) {
     const T* row = p.row(y);
-    const double* gr = g + y * p.cols;
+    if (!any_tied(row, p.cols, s)) continue;
+    const double* g = g_row(y);
     T* o = grad + y * grad_row_stride;
     for (int64_t x = 0; x < p.cols; ++x) {
-      o[x] = static_cast<T>(math::minmax_input_grad(row[x], s.lo, s.hi, s.den, eps, gr[x], lo_tie, hi_tie));
+      if (!is_tied(row[x], s)) continue;
+      const double direct = (row[x] - s.lo) - eps > T(0) ? g[x] * inv_den : 0.0;
+      o[x] = static_cast<T>(direct + (row[x] == s.hi ? hi_tie : 0.0) + (row[x] == s.lo ? lo_tie : 0.0));
     }
   }
+}
+
+/// Backward of mn for one plane: writes dL/dplane into grad (row stride grad_row_stride), given the
+/// upstream gradient dL/dmn(plane) row by row: g_row(y) returns a pointer to the cols doubles of row y
+/// (valid until the next call). Ties at lo / hi share dL/dlo and dL/dhi equally (amin / amax semantics).
+///
+/// One pass writes every element's direct term relu'(v) 1[active] g / den (g times 1 / den: within an ulp
+/// of the division) and accumulates the sums dL/dlo and dL/dhi need; the few tied elements then get
+/// their shares in a short fix-up pass (most planes have one maximum and lo = 0, whose ties have v <= 0).
+template <class T, class RowFn>
+void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, T* grad,
+                               int64_t grad_row_stride) {
+  // With m = mn = u / den on the active set (u = relu(v) - lo - eps > 0), m = 0 elsewhere:
+  //   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den.
+  const double lo = s.lo, hi = s.hi, inv_den = 1.0 / static_cast<double>(s.den);
+  using L = LanePairs<T>;
+  using D2 = typename L::D2;
+  D2 g_m[L::kPairs] = {}, g_active[L::kPairs] = {}, n_hi[L::kPairs] = {}, n_lo[L::kPairs] = {};
+  for (int64_t y = 0; y < p.rows; ++y) {
+    const T* row = p.row(y);
+    const double* g = g_row(y);
+    T* o = grad + y * grad_row_stride;
+    int64_t x = 0;
+    for (; x + kLanes <= p.cols; x += kLanes) {
+      for (int t = 0; t < L::kTVectors; ++t) {
+        const MinMaxParts<typename L::TV> e = minmax_parts(Vec16<T>::load(row + x + t * L::kTWidth), s, eps);
+        auto pair = [&](auto q_in_vector) {
+          constexpr int Q = decltype(q_in_vector)::value;
+          const int q = t * (L::kTWidth / 2) + Q;
+          const MinMaxParts<D2> w{L::template pair<Q>(e.v), L::template pair<Q>(e.r), L::template pair<Q>(e.u),
+                                  L::template pair<Q>(e.m)};
+          const auto terms = minmax_backward_terms(w, L::load_pair(g + x + 2 * q), lo, hi, inv_den);
+          g_m[q] += terms.g_m;
+          g_active[q] += terms.g_active;
+          n_hi[q] += terms.n_hi;
+          n_lo[q] += terms.n_lo;
+          L::store_pair(o + x + 2 * q, terms.direct);
+        };
+        pair(std::integral_constant<int, 0>{});
+        if constexpr (L::kTWidth == 4) pair(std::integral_constant<int, 1>{});
+      }
+    }
+    for (int k = 0; x < p.cols; ++k, ++x) {  // the tail, element k in lane k
+      const MinMaxParts<T> e = minmax_parts(row[x], s, eps);
+      const MinMaxParts<double> w{e.v, e.r, e.u, e.m};
+      const auto terms = minmax_backward_terms(w, g[x], lo, hi, inv_den);
+      g_m[k / 2][k % 2] += terms.g_m;
+      g_active[k / 2][k % 2] += terms.g_active;
+      n_hi[k / 2][k % 2] += terms.n_hi;
+      n_lo[k / 2][k % 2] += terms.n_lo;
+      o[x] = static_cast<T>(terms.direct);
+    }
+  }
+  const double sum_g_m = combine_lanes(g_m), sum_active = combine_lanes(g_active);
+  const double count_hi = combine_lanes(n_hi), count_lo = combine_lanes(n_lo);
+  const double hi_tie = count_hi > 0.0 ? -sum_g_m * inv_den / count_hi : 0.0;
+  const double lo_tie = count_lo > 0.0 ? (sum_g_m - sum_active) * inv_den / count_lo : 0.0;
+  add_tie_shares(p, s, eps, g_row, lo_tie, hi_tie, grad, grad_row_stride);
 }
 
 /// ||plane + l2_eps||_F of a contiguous plane of n elements, accumulated in double.
@@ -169,14 +316,19 @@ double l2_norm_shifted(const T* p, int64_t n, T l2_eps) {
   }));
 }
 
+/// out[i] = p[i] * scale (n elements), the product in double rounded to T.
+template <class T>
+void scale_plane(const T* p, int64_t n, double scale, T* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<double>(p[i]) * scale);
+}
+
 /// unit = p / ||p + l2_eps|| (resized to p); returns the norm.
 template <class T>
 double l2_normalize_plane(const std::vector<T>& p, T l2_eps, std::vector<T>& unit) {
   const int64_t n = static_cast<int64_t>(p.size());
   const double norm = l2_norm_shifted(p.data(), n, l2_eps);
   unit.resize(p.size());
-  const double inv = 1.0 / norm;  // one division per plane; the product is within an ulp of p / norm
-  for (int64_t i = 0; i < n; ++i) unit[i] = static_cast<T>(static_cast<double>(p[i]) * inv);
+  scale_plane(p.data(), n, 1.0 / norm, unit.data());  // the product is within an ulp of p / norm
   return norm;
 }
 

@@ -101,14 +101,14 @@ void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const 
 }
 
 /// warp_plane_adjoint for any affine map: a sequential scatter of four taps per destination pixel.
-template <class A>
-void warp_plane_adjoint_general(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv,
+template <class RowFn>
+void warp_plane_adjoint_general(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv,
                                 int64_t src_rows, int64_t src_cols, double* acc) {
   int64_t index[4];
   double weight[4];
   for (int64_t y = 0; y < dst_rows; ++y) {
     const double bx = inv.row_x(y), by = inv.row_y(y);
-    const A* gr = g + y * dst_cols;
+    const auto* gr = g_row(y);
     auto checked = [&](int64_t x) {
       const double gv = static_cast<double>(gr[x]);
       const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
@@ -186,11 +186,11 @@ void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, 
   }
 }
 
-/// Adjoint of warp_plane_separable: acc (rows x cols, contiguous) += W^T g, g contiguous
-/// (dst_rows x dst_cols). Per destination row: scatter along the row into tmp, then add tmp to the two
+/// Adjoint of warp_plane_separable: acc (rows x cols, contiguous) += W^T g, g (dst_rows x dst_cols) given
+/// row by row by g_row. Per destination row: scatter along the row into tmp, then add tmp to the two
 /// source rows (vectorised).
-template <class A>
-void warp_plane_separable_adjoint(const A* g, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
+template <class RowFn>
+void warp_plane_separable_adjoint(RowFn&& g_row, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
                                   int64_t dst_rows, int64_t dst_cols, double* acc, std::vector<double>& tmp) {
   tmp.resize(static_cast<size_t>(cols));
   const int64_t* i0 = col_taps.index0.data();
@@ -201,7 +201,7 @@ void warp_plane_separable_adjoint(const A* g, int64_t cols, const AxisTaps& col_
     const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
     if (v0 == 0.0 && v1 == 0.0) continue;
     std::fill(tmp.begin(), tmp.end(), 0.0);
-    const A* gr = g + y * dst_cols;
+    const auto* gr = g_row(y);
     for (int64_t x = 0; x < dst_cols; ++x) {
       const double gv = static_cast<double>(gr[x]);
       tmp[i0[x]] += gv * w0[x];
@@ -296,10 +296,11 @@ void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseA
   }
 }
 
-/// Adjoint of warp_plane: acc (src_rows x src_cols, contiguous, zeroed by the caller) += W^T g, where g
-/// is contiguous (dst_rows x dst_cols). Sequential scatter into a private plane: deterministic.
-template <class A>
-void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv_in,
+/// Adjoint of warp_plane: acc (src_rows x src_cols, contiguous, zeroed by the caller) += W^T g, where
+/// g_row(y) points to row y of g (dst_cols values, valid until the next call; rows are requested in
+/// increasing order, each at most once). Sequential scatter into a private plane: deterministic.
+template <class RowFn>
+void warp_plane_adjoint(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv_in,
                         int64_t src_rows, int64_t src_cols, double* acc) {
   const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   WarpScratch& s = warp_scratch();
@@ -307,12 +308,12 @@ void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const In
   switch (kind) {
     case MapKind::AxisAligned:
       separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
-      warp_plane_separable_adjoint(g, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, acc, s.row);
+      warp_plane_separable_adjoint(g_row, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, acc, s.row);
       return;
     case MapKind::AxisSwapped: {
       separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
       s.transposed_acc.assign(static_cast<size_t>(src_rows * src_cols), 0.0);
-      warp_plane_separable_adjoint(g, src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, s.transposed_acc.data(),
+      warp_plane_separable_adjoint(g_row, src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, s.transposed_acc.data(),
                                    s.row);
       std::vector<double>& back = transpose_buffer<double>();
       back.resize(s.transposed_acc.size());
@@ -321,7 +322,7 @@ void warp_plane_adjoint(const A* g, int64_t dst_rows, int64_t dst_cols, const In
       return;
     }
     case MapKind::General:
-      warp_plane_adjoint_general(g, dst_rows, dst_cols, inv, src_rows, src_cols, acc);
+      warp_plane_adjoint_general(g_row, dst_rows, dst_cols, inv, src_rows, src_cols, acc);
       return;
   }
 }
