@@ -48,6 +48,11 @@ inline at::Tensor device_doubles(const at::Tensor& t, const at::Device& device) 
   return t.to(device, at::kDouble).contiguous();
 }
 
+/// A device tensor of floats (contiguous) holding t's values (0/1 masks: exact; no copy for float32).
+inline at::Tensor device_floats(const at::Tensor& t, const at::Device& device) {
+  return t.to(device, at::kFloat).contiguous();
+}
+
 /// Device workspace of `count` doubles (uninitialised; the kernels write every entry they read).
 inline at::Tensor double_workspace(int64_t count, const at::Device& device) {
   return at::empty({count}, at::TensorOptions().dtype(at::kDouble).device(device));
@@ -59,7 +64,8 @@ inline cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream();
 inline bool deterministic_mode() { return at::globalContext().deterministicAlgorithms(); }
 
 /// Destination->source maps of matrix (N, 2, 3) on the device, (N, 6) double, NaN for a sample whose
-/// matrix is non-finite or singular; also returns the matrix itself as (N, 6) double.
+/// matrix is non-finite or singular; also returns the matrix itself as (N, 6) double. One kernel, which
+/// also does the conversion from float32 / float64.
 struct DeviceMaps {
   at::Tensor matrix, inv;
 };
@@ -68,10 +74,12 @@ inline DeviceMaps device_maps(const at::Tensor& matrix, int64_t src_rows, int64_
   TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(1) == 2 && matrix.size(2) == 3,
                     "mmcam: matrix must have shape (N, 2, 3), got ", matrix.sizes());
   TORCH_CHECK_TYPE(matrix.is_floating_point(), "mmcam: matrix must be floating point, got ", matrix.scalar_type());
+  const at::Tensor m = (matrix.scalar_type() == at::kFloat ? matrix : matrix.to(at::kDouble)).contiguous();
   DeviceMaps maps;
-  maps.matrix = matrix.to(at::kDouble).contiguous();
+  maps.matrix = at::empty({matrix.size(0), 6}, matrix.options().dtype(at::kDouble));
   maps.inv = at::empty_like(maps.matrix);
-  C10_CUDA_CHECK(invert_affines(maps.matrix.const_data_ptr<double>(), matrix.size(0), src_rows, src_cols,
+  C10_CUDA_CHECK(invert_affines(m.const_data_ptr(), m.scalar_type() == at::kFloat ? DType::Float32 : DType::Float64,
+                                matrix.size(0), src_rows, src_cols, maps.matrix.mutable_data_ptr<double>(),
                                 maps.inv.mutable_data_ptr<double>(), current_stream()));
   return maps;
 }

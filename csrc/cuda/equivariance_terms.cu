@@ -37,7 +37,7 @@ __host__ __device__ inline Scales scales_of(int64_t n, int64_t m, int64_t dst_ro
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
     sides_kernel(PlaneSet<T, I> cams, PlaneSet<T, I> cams_t, StatsSource src_stats, StatsSource dst_stats,
-                 const double* inv, const double* labels, int distance, double eps, double l2_eps, int64_t tiles,
+                 const double* inv, const float* labels, int distance, double eps, double l2_eps, int64_t tiles,
                  T* warped, double* side_sums) {
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
@@ -107,8 +107,8 @@ struct PixelMaps {
 /// + i]); the first tile of each sample also writes the kept statistics of its planes.
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
-    pairs_kernel(PlaneSet<T, I> cams_t, StatsSource src_stats, StatsSource dst_stats, const double* labels,
-                 const double* pred, const double* pred_t, double eps, int64_t tiles, const T* warped,
+    pairs_kernel(PlaneSet<T, I> cams_t, StatsSource src_stats, StatsSource dst_stats, const float* labels,
+                 const float* pred, const float* pred_t, double eps, int64_t tiles, const T* warped,
                  const double* side_sums, double* pair_sums, double* kept_stats) {
   using V = typename Types<T>::V;
   const int M = static_cast<int>(cams_t.c);
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(kThreads)
 /// per-(sample, tile) partial sums with a fixed thread assignment and a fixed-order block sum.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const double* labels, const double* side_sums,
+    finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const float* labels, const double* side_sums,
                     const double* pair_sums, T* terms) {
   const int row = blockIdx.x / M, m = blockIdx.x % M;
   double total[1] = {0.0};
@@ -201,8 +201,8 @@ __device__ void load_kept_constants(const double* kept_stats, int64_t n, int M, 
 ///   gA_i = sum_{j != i} 2 c_i pt_j (A_i - B_j),   gB_i = sum_{j != i} 2 c_i p_j (B_i - A_j),
 /// c_i = dL/dCMER_i * cmer scale * y.
 template <class V>
-__device__ void pair_gradients(const PixelMaps<V>& px, int M, const double* c_cm, const double* pred_n,
-                               const double* pred_t_n, double* g_a, double* g_b) {
+__device__ void pair_gradients(const PixelMaps<V>& px, int M, const double* c_cm, const float* pred_n,
+                               const float* pred_t_n, double* g_a, double* g_b) {
   for (int i = 0; i < M; ++i) {
     double a = 0.0, b = 0.0;
     for (int j = 0; j < M; ++j) {
@@ -231,7 +231,7 @@ struct Coefficients {
 /// (dot_sums[(n * tiles + tile) * 2M + {i, M + i}]), the L2-normalisation backward needs them.
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
-    dots_kernel(PlaneSet<T, I> cams_t, const double* labels, const double* pred, const double* pred_t,
+    dots_kernel(PlaneSet<T, I> cams_t, const float* labels, const float* pred, const float* pred_t,
                 const double* grad, Scales scale, double eps, int64_t tiles, const T* warped, const double* kept_stats,
                 double* dot_sums) {
   using V = typename Types<T>::V;
@@ -272,8 +272,8 @@ __global__ void __launch_bounds__(kThreads)
 /// dL/dQ to grad_target, with the per-tile sums of the min-max backward of cams_t (dst_sums).
 template <class T, class G, class I>
 __global__ void __launch_bounds__(kThreads)
-    grads_kernel(PlaneSet<T, I> cams, PlaneSet<T, I> cams_t, const double* inv, const double* labels,
-                 const double* pred, const double* pred_t, const double* grad, Scales scale, int distance, double eps,
+    grads_kernel(PlaneSet<T, I> cams, PlaneSet<T, I> cams_t, const double* inv, const float* labels,
+                 const float* pred, const float* pred_t, const double* grad, Scales scale, int distance, double eps,
                  double l2_eps, int64_t tiles, const T* warped, const double* kept_stats, const double* dot_sums,
                  bool need_cams, bool need_cams_t, bool deterministic, G* grad_warped, G* acc, G* grad_target,
                  double* dst_sums) {

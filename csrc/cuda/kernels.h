@@ -45,10 +45,11 @@ constexpr int kMaxModalities = 8;
 /// Doubles per (n, m) of the statistics equivariance_terms keeps for its backward pass (as on the CPU).
 constexpr int kTermsStatSlots = 8;
 
-/// inv[n] = inverse of matrix[n] (both (N, 6) double, device), with singleton source axes collapsed
+/// matrix_out[n] = matrix[n] in double and inv[n] = its inverse, with singleton source axes collapsed
 /// (a source axis of size 1 is read at its one pixel, as grid_sample does); NaN when not invertible.
-cudaError_t invert_affines(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols, double* inv,
-                           cudaStream_t stream);
+/// matrix: (N, 6) contiguous float32 or float64 (matrix_dtype); matrix_out, inv: (N, 6) double; device.
+cudaError_t invert_affines(const void* matrix, DType matrix_dtype, int64_t n, int64_t src_rows, int64_t src_cols,
+                           double* matrix_out, double* inv, cudaStream_t stream);
 
 /// partials (planes x tiles_of(rows*cols) x kMinMaxSlots) = per-tile min/max of relu(plane) and a NaN flag.
 cudaError_t minmax_partials(const Planes& x, double* partials, cudaStream_t stream);
@@ -78,19 +79,19 @@ cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const voi
                                  double* sums, cudaStream_t stream);
 
 /// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the sums.
-/// sample_scale (N, optional): a sample whose entry is 0 gets an exact zero gradient.
+/// sample_mask (N, optional): a sample whose entry is 0 gets an exact zero gradient.
 cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* sums,
-                                  const double* sample_scale, double eps, void* grad, cudaStream_t stream);
+                                  const float* sample_mask, double eps, void* grad, cudaStream_t stream);
 
 /// Inputs of the fused equivariance terms (DESIGN §1-2): cams (N, M, Hs, Ws), cams_t (N, M, Hd, Wd),
-/// per-sample labels (N), predicted classes pred / pred_t (N, M), all as device doubles.
+/// per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
 struct TermsProblem {
   Planes cams, cams_t;
   const double* inv;     // (N, 6)
   const double* matrix;  // (N, 6), for the deterministic adjoint
-  const double* labels;
-  const double* pred;
-  const double* pred_t;
+  const float* labels;
+  const float* pred;
+  const float* pred_t;
   int distance;  // mmcam::math::Distance
   double eps, l2_eps;
 };

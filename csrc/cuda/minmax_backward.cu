@@ -36,11 +36,11 @@ __global__ void __launch_bounds__(kThreads)
 template <class T, class G, class I>
 __global__ void __launch_bounds__(kThreads)
     backward_apply_kernel(PlaneSet<T, I> x, StatsSource stats, const G* g, const double* sums, int64_t tiles,
-                          const double* sample_scale, double eps, T* grad) {
+                          const float* sample_mask, double eps, T* grad) {
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   T* out = grad + static_cast<int64_t>(p) * x.size();
-  const bool skipped = sample_scale != nullptr && sample_scale[p / x.c] == 0.0;
+  const bool skipped = sample_mask != nullptr && sample_mask[p / x.c] == 0.0f;
   const V e = static_cast<V>(eps);
   const Stats<V> s = load_stats<V>(stats, p, e);
   double total[kBackwardSumSlots];
@@ -85,7 +85,7 @@ cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const voi
 }
 
 cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* sums,
-                                  const double* sample_scale, double eps, void* grad, cudaStream_t stream) {
+                                  const float* sample_mask, double eps, void* grad, cudaStream_t stream) {
   const TileGrid grid{tiles_of(x.rows * x.cols), x.n * x.c};
   if (grid.planes == 0) return cudaSuccess;
   return dispatch_with_grad(x, [&](auto t, auto gt, auto i) {
@@ -93,7 +93,7 @@ cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const vo
     using G = decltype(gt);
     using I = decltype(i);
     backward_apply_kernel<T, G, I><<<grid.grid(), kThreads, 0, stream>>>(
-        PlaneSet<T, I>(x), x_stats, static_cast<const G*>(g), sums, grid.tiles, sample_scale, eps, static_cast<T*>(grad));
+        PlaneSet<T, I>(x), x_stats, static_cast<const G*>(g), sums, grid.tiles, sample_mask, eps, static_cast<T*>(grad));
     return launched();
   });
 }

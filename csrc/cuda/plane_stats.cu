@@ -4,12 +4,14 @@
 namespace mmcam::cuda {
 namespace {
 
-__global__ void invert_affines_kernel(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols,
-                                      double* inv) {
+template <class M>
+__global__ void invert_affines_kernel(const M* matrix, int64_t n, int64_t src_rows, int64_t src_cols,
+                                      double* matrix_out, double* inv) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n) return;
-  double out[6];
-  if (math::invert_affine(matrix + 6 * i, out)) {
+  double m[6], out[6];
+  for (int k = 0; k < 6; ++k) m[k] = matrix_out[6 * i + k] = static_cast<double>(matrix[6 * i + k]);
+  if (math::invert_affine(m, out)) {
     math::collapse_singleton_axes(out, src_rows, src_cols);
   } else {
     for (int k = 0; k < 6; ++k) out[k] = NAN;
@@ -39,12 +41,20 @@ __global__ void __launch_bounds__(kThreads) minmax_partials_kernel(PlaneSet<T, I
 
 }  // namespace
 
-cudaError_t invert_affines(const double* matrix, int64_t n, int64_t src_rows, int64_t src_cols, double* inv,
-                           cudaStream_t stream) {
+cudaError_t invert_affines(const void* matrix, DType matrix_dtype, int64_t n, int64_t src_rows, int64_t src_cols,
+                           double* matrix_out, double* inv, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
   const int threads = 128;
-  invert_affines_kernel<<<static_cast<unsigned>((n + threads - 1) / threads), threads, 0, stream>>>(
-      matrix, n, src_rows, src_cols, inv);
+  const unsigned blocks = static_cast<unsigned>((n + threads - 1) / threads);
+  if (matrix_dtype == DType::Float64) {
+    invert_affines_kernel<<<blocks, threads, 0, stream>>>(static_cast<const double*>(matrix), n, src_rows, src_cols,
+                                                          matrix_out, inv);
+  } else if (matrix_dtype == DType::Float32) {
+    invert_affines_kernel<<<blocks, threads, 0, stream>>>(static_cast<const float*>(matrix), n, src_rows, src_cols,
+                                                          matrix_out, inv);
+  } else {
+    return cudaErrorInvalidValue;
+  }
   return launched();
 }
 

@@ -9,7 +9,7 @@
 namespace mmcam::cuda {
 namespace {
 
-/// Checked inputs of both passes, with device doubles for the per-sample values.
+/// Checked inputs of both passes, with device floats for the per-sample 0/1 values.
 struct TermsInputs {
   at::Tensor cams, cams_t, labels, pred, pred_t;
   DeviceMaps maps;
@@ -20,9 +20,9 @@ struct TermsInputs {
             planes_of(cams_t),
             maps.inv.const_data_ptr<double>(),
             maps.matrix.const_data_ptr<double>(),
-            labels.const_data_ptr<double>(),
-            pred.const_data_ptr<double>(),
-            pred_t.const_data_ptr<double>(),
+            labels.const_data_ptr<float>(),
+            pred.const_data_ptr<float>(),
+            pred_t.const_data_ptr<float>(),
             static_cast<int>(parse_distance(er_distance)),
             eps,
             l2_eps};
@@ -54,9 +54,9 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
   TermsInputs in;
   in.cams = with_unit_col_stride(cams);
   in.cams_t = with_unit_col_stride(cams_t);
-  in.labels = device_doubles(labels, device);
-  in.pred = device_doubles(pred_mask, device);
-  in.pred_t = device_doubles(pred_t_mask, device);
+  in.labels = device_floats(labels, device);
+  in.pred = device_floats(pred_mask, device);
+  in.pred_t = device_floats(pred_t_mask, device);
   in.N = N;
   in.M = M;
   in.Hs = cams.size(2);

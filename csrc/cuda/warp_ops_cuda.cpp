@@ -41,9 +41,9 @@ at::Tensor warp_with(const at::Tensor& src, const at::Tensor& partials, const De
   return out;
 }
 
-/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x); samples whose sample_scale is 0 get exact zeros.
+/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x); samples whose sample_mask entry is 0 get exact zeros.
 at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& partials, const at::Tensor& g,
-                           const c10::optional<at::Tensor>& sample_scale, double eps) {
+                           const c10::optional<at::Tensor>& sample_mask, double eps) {
   const at::Tensor gm = g.to(grad_map_dtype(x)).contiguous();
   at::Tensor sums = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kBackwardSumSlots,
                                      x.device());
@@ -52,21 +52,21 @@ at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& partials, cons
   C10_CUDA_CHECK(minmax_backward_sums(planes, stats_of(partials, x), gm.const_data_ptr(), eps,
                                       sums.mutable_data_ptr<double>(), current_stream()));
   C10_CUDA_CHECK(minmax_backward_apply(planes, stats_of(partials, x), gm.const_data_ptr(), sums.const_data_ptr<double>(),
-                                       sample_scale ? sample_scale->const_data_ptr<double>() : nullptr, eps,
+                                       sample_mask ? sample_mask->const_data_ptr<float>() : nullptr, eps,
                                        grad.mutable_data_ptr(), current_stream()));
   return grad;
 }
 
 /// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd).
 at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& partials, const DeviceMaps& maps,
-                              const at::Tensor& g, const c10::optional<at::Tensor>& sample_scale, double eps) {
+                              const at::Tensor& g, const c10::optional<at::Tensor>& sample_mask, double eps) {
   const at::Tensor gm = g.to(grad_map_dtype(src)).contiguous();
   at::Tensor acc = at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
   C10_CUDA_CHECK(warp_adjoint(gm.const_data_ptr(), dtype_of(gm), src.size(0) * src.size(1), src.size(1), g.size(2),
                               g.size(3), maps.inv.const_data_ptr<double>(), maps.matrix.const_data_ptr<double>(),
                               src.size(2), src.size(3), deterministic_mode(), acc.mutable_data_ptr(),
                               current_stream()));
-  return minmax_backward(src, partials, acc, sample_scale, eps);
+  return minmax_backward(src, partials, acc, sample_mask, eps);
 }
 
 /// Value dtype V of a CAM dtype (float32 for the 16-bit types) and work dtype W of the pair loss's
@@ -218,14 +218,14 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   const at::Tensor diff = s.p.compared - s.q.compared;
   const at::Tensor dd = distance == math::Distance::SqL2 ? 2.0 * diff : at::sign(diff);
   const at::Tensor g = at::where(coef4 != 0, coef4 * dd, at::zeros_like(dd));  // skipped samples: no NaN from dd
-  const at::Tensor scale = coef.to(at::kDouble).contiguous();
+  const at::Tensor active = (coef != 0).to(at::kFloat).contiguous();  // 0: exact zero gradient
   if (need_src) {
     const at::Tensor g_p = s.p.backward(g, l2_normalize, l2_eps);
-    grad_src = warp_backward_with(src, s.src_partials, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), scale, eps);
+    grad_src = warp_backward_with(src, s.src_partials, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), active, eps);
   }
   if (need_dst) {
     const at::Tensor g_q = s.q.backward(-g, l2_normalize, l2_eps);
-    grad_dst = minmax_backward(dst, minmax_of(dst), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), scale, eps);
+    grad_dst = minmax_backward(dst, minmax_of(dst), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), active, eps);
   }
   return {grad_src, grad_dst};
 }
