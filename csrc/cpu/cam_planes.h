@@ -17,22 +17,33 @@ template <class T>
 struct WarpedSource {
   MinMaxStats<T> stats{};
   std::vector<T> normalized;  // mn(src), src_rows x src_cols
-  std::vector<T> warped;      // P, dst_rows x dst_cols
+  std::vector<T> warped;      // P, dst_rows x dst_cols (unless computed into a caller's buffer)
   std::vector<T> unit;        // P' = P / ||P + l2_eps|| (only when computed with l2)
   double norm = 1.0;          // ||P + l2_eps|| (only when computed with l2)
 
+  /// P is written to out (contiguous, dst_rows x dst_cols) when given, else to warped.
   void compute(const PlaneView<T>& src, const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols,
-               T eps, bool l2, T l2_eps) {
+               T eps, bool l2, T l2_eps, T* out = nullptr) {
     stats = relu_minmax(src, eps);
     normalized.resize(static_cast<size_t>(src.rows * src.cols));
     minmax_normalize_plane(src, stats, eps, normalized.data());
-    warped.resize(static_cast<size_t>(dst_rows * dst_cols));
-    warp_plane(normalized.data(), src.rows, src.cols, inv, dst_rows, dst_cols, warped.data(), dst_cols);
-    if (l2) norm = l2_normalize_plane(warped, l2_eps, unit);
+    if (out == nullptr) {
+      warped.resize(static_cast<size_t>(dst_rows * dst_cols));
+      out = warped.data();
+    }
+    warp_plane(normalized.data(), src.rows, src.cols, inv, dst_rows, dst_cols, out, dst_cols);
+    map_ = out;
+    if (l2) norm = l2_normalize_plane(out, dst_rows * dst_cols, l2_eps, unit);
   }
 
+  /// P, wherever compute wrote it.
+  const T* map() const { return map_; }
+
   /// The compared map: P' when computed with l2, else P.
-  const T* compared(bool l2) const { return l2 ? unit.data() : warped.data(); }
+  const T* compared(bool l2) const { return l2 ? unit.data() : map_; }
+
+ private:
+  const T* map_ = nullptr;
 };
 
 template <class T>
@@ -64,7 +75,7 @@ template <class T>
 void backprop_to_source(const WarpedSource<T>& side, double* g, bool l2, T l2_eps, const PlaneView<T>& src,
                         const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols, T eps,
                         BackwardScratch& scratch, T* grad, int64_t grad_row_stride) {
-  if (l2) l2_normalize_backward(g, side.warped.data(), dst_rows * dst_cols, side.norm, l2_eps);
+  if (l2) l2_normalize_backward(g, side.map(), dst_rows * dst_cols, side.norm, l2_eps);
   scratch.grad_src_side.assign(static_cast<size_t>(src.rows * src.cols), 0.0);
   warp_plane_adjoint(rows_of(g, dst_cols), dst_rows, dst_cols, inv, src.rows, src.cols, scratch.grad_src_side.data());
   minmax_normalize_backward(src, side.stats, eps, rows_of(scratch.grad_src_side.data(), src.cols), grad,

@@ -69,8 +69,7 @@ at::Tensor warp_normalized(const at::Tensor& src_in, const at::Tensor& matrix, a
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
         side.compute(plane_of<scalar_t>(src, n, c), inverse_of_sample(inverses, n), Hd, Wd, e, false,
-                     scalar_t(0));
-        std::copy(side.warped.begin(), side.warped.end(), output_plane<scalar_t>(out, n, c));
+                     scalar_t(0), output_plane<scalar_t>(out, n, c));
       }
     });
   });

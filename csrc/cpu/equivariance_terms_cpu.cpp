@@ -70,12 +70,14 @@ struct SampleSides {
   std::vector<WarpedSource<T>> source;      // P_m (warped) and A_m (unit)
   std::vector<NormalizedTarget<T>> target;  // Q_m and B_m (unit)
 
-  void compute(const TermsInputs& in, int64_t n, T eps, T l2_eps) {
+  /// P_m is written to warped_out + m Hd Wd when given (the kept_warped output), else to scratch.
+  void compute(const TermsInputs& in, int64_t n, T eps, T l2_eps, T* warped_out) {
     source.resize(static_cast<size_t>(in.M));
     target.resize(static_cast<size_t>(in.M));
     const InverseAffine inv = inverse_of_sample(in.inverses, n);
     for (int64_t m = 0; m < in.M; ++m) {
-      source[m].compute(plane_of<T>(in.cams, n, m), inv, in.Hd, in.Wd, eps, true, l2_eps);
+      T* out = warped_out == nullptr ? nullptr : warped_out + m * in.Hd * in.Wd;
+      source[m].compute(plane_of<T>(in.cams, n, m), inv, in.Hd, in.Wd, eps, true, l2_eps, out);
       target[m].compute(plane_of<T>(in.cams_t, n, m), eps, true, l2_eps);
     }
   }
@@ -268,20 +270,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      SampleSides<scalar_t> sides;
-      PairDistances pairs;
+      // Scratch reused across samples and calls (thread_local: no fresh pages to fault in per call).
+      thread_local SampleSides<scalar_t> sides;
+      thread_local PairDistances pairs;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {  // every term of a negative slice is weighted by y = 0; the backward skips it too
           if (keep_for_backward) std::fill_n(output_plane<scalar_t>(kept_warped, n, 0), M * HW, scalar_t(0));
           continue;
         }
-        sides.compute(in, n, e, le);
+        sides.compute(in, n, e, le, keep_for_backward ? output_plane<scalar_t>(kept_warped, n, 0) : nullptr);
         pairs.reset(M);
         double* er = partial.data() + (n * 2 + 0) * M;
         double* cm = partial.data() + (n * 2 + 1) * M;
         for (int64_t i = 0; i < M; ++i) {
-          const scalar_t* P = sides.source[i].warped.data();
+          const scalar_t* P = sides.source[i].map();
           const scalar_t* Q = sides.target[i].normalized.data();
           er[i] = y * lane_sum(HW, [&](int64_t k) {
             return static_cast<double>(math::distance_value<scalar_t>(P[k] - Q[k], distance));
@@ -293,7 +296,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
             if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
           }
           if (keep_for_backward) {
-            std::copy(sides.source[i].warped.begin(), sides.source[i].warped.end(), output_plane<scalar_t>(kept_warped, n, i));
             store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kStatSlots, sides.source[i], sides.target[i]);
           }
         }
@@ -340,8 +342,8 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     using T = scalar_t;
     const auto e = static_cast<T>(eps), le = static_cast<T>(l2_eps);
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      KeptSides<T> kept;
-      std::vector<double> acc;
+      thread_local KeptSides<T> kept;  // scratch reused across samples and calls
+      thread_local std::vector<double> acc;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {

@@ -322,14 +322,18 @@ void scale_plane(const T* p, int64_t n, double scale, T* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<double>(p[i]) * scale);
 }
 
-/// unit = p / ||p + l2_eps|| (resized to p); returns the norm.
+/// unit = p / ||p + l2_eps|| (p: n elements; unit resized to n); returns the norm.
+template <class T>
+double l2_normalize_plane(const T* p, int64_t n, T l2_eps, std::vector<T>& unit) {
+  const double norm = l2_norm_shifted(p, n, l2_eps);
+  unit.resize(static_cast<size_t>(n));
+  scale_plane(p, n, 1.0 / norm, unit.data());  // the product is within an ulp of p / norm
+  return norm;
+}
+
 template <class T>
 double l2_normalize_plane(const std::vector<T>& p, T l2_eps, std::vector<T>& unit) {
-  const int64_t n = static_cast<int64_t>(p.size());
-  const double norm = l2_norm_shifted(p.data(), n, l2_eps);
-  unit.resize(p.size());
-  scale_plane(p.data(), n, 1.0 / norm, unit.data());  // the product is within an ulp of p / norm
-  return norm;
+  return l2_normalize_plane(p.data(), static_cast<int64_t>(p.size()), l2_eps, unit);
 }
 
 /// Backward of p' = p / ||p + l2_eps||: g holds dL/dp' on entry and dL/dp on exit.

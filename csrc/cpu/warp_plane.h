@@ -140,12 +140,14 @@ void warp_plane_adjoint_general(RowFn&& g_row, int64_t dst_rows, int64_t dst_col
 struct AxisTaps {
   std::vector<int64_t> index0, index1;
   std::vector<double> weight0, weight1;
+  bool second_unused = false;  // every weight1 is 0: each output reads one source pixel (integer taps)
 
   void compute(double offset, double scale, int64_t src_size, int64_t out_size) {
     index0.resize(out_size);
     index1.resize(out_size);
     weight0.resize(out_size);
     weight1.resize(out_size);
+    second_unused = true;
     for (int64_t o = 0; o < out_size; ++o) {
       const double s = offset + scale * static_cast<double>(o);
       const bool inside = s > -1.0 && s < static_cast<double>(src_size);
@@ -156,9 +158,21 @@ struct AxisTaps {
       index1[o] = in1 ? i0 + 1 : 0;
       weight0[o] = in0 ? 1.0 - w : 0.0;
       weight1[o] = in1 ? w : 0.0;
+      second_unused = second_unused && weight1[o] == 0.0;
     }
   }
 };
+
+/// Whether all n values are finite (no inf, no NaN). A zero-weight tap of a finite value adds +-0 to an
+/// accumulator that starts at +0, which changes no sum (bitwise), so the adjoint skips such taps only in
+/// rows where this holds: a non-finite value still spreads NaN through 0 * value exactly as the full tap
+/// computation does (flips, 90-degree rotations and integer translations have only zero-weight second taps).
+template <class T>
+bool all_finite(const T* v, int64_t n) {
+  int finite = 1;
+  for (int64_t i = 0; i < n; ++i) finite &= static_cast<int>(v[i] - v[i] == T(0));  // inf - inf, NaN: NaN
+  return finite != 0;
+}
 
 /// out = warp of the contiguous plane src (rows x cols) where destination column x samples source
 /// column coordinate cols_taps[x] and destination row y source row coordinate row_taps[y].
@@ -202,15 +216,23 @@ void warp_plane_separable_adjoint(RowFn&& g_row, int64_t cols, const AxisTaps& c
     if (v0 == 0.0 && v1 == 0.0) continue;
     std::fill(tmp.begin(), tmp.end(), 0.0);
     const auto* gr = g_row(y);
-    for (int64_t x = 0; x < dst_cols; ++x) {
-      const double gv = static_cast<double>(gr[x]);
-      tmp[i0[x]] += gv * w0[x];
-      tmp[i1[x]] += gv * w1[x];
+    // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
+    // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
+    // way (0 + a + b = 0 + b + a).
+    const bool may_skip = col_taps.second_unused || v0 == 0.0 || v1 == 0.0;
+    const bool finite = may_skip && all_finite(gr, dst_cols);
+    for (int64_t x = 0; x < dst_cols; ++x) tmp[i0[x]] += static_cast<double>(gr[x]) * w0[x];
+    if (!(col_taps.second_unused && finite)) {
+      for (int64_t x = 0; x < dst_cols; ++x) tmp[i1[x]] += static_cast<double>(gr[x]) * w1[x];
     }
     double* a0 = acc + row_taps.index0[y] * cols;
-    for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
+    if (!(v0 == 0.0 && finite)) {
+      for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
+    }
     double* a1 = acc + row_taps.index1[y] * cols;
-    for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
+    if (!(v1 == 0.0 && finite)) {
+      for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
+    }
   }
 }
 
