@@ -146,11 +146,12 @@ def forward_backward(fn, args, grad_idx):
     return (out.detach(), *(leaves[i].grad for i in grad_idx))
 
 
-def compare(name: str, ref_name: str, out, ref, labels, where: str, rtol: float = 1e-4, atol: float = 1e-3) -> None:
+def compare(name: str, ref_name: str, out, ref, labels, where: str, rtol: float = 1e-4, atol: float = 1e-2) -> None:
     """Raise AssertionError unless every tensor of ``out`` matches ``ref`` within ``rtol`` and
     ``atol * max |ref|``. The atol is loose for float32 because the eager references are: with
-    l2_normalize at 256x256 their gradients are off by ~3e-4 of the largest one (the fused operator by
-    ~2e-6, against float64); a wrong method is off by O(1)."""
+    l2_normalize their gradients are off by ~3e-4 of the largest one at 256x256 and up to ~3e-3 at the
+    paper shape (torch.compile on equivariance_loss, flip: 2.2e-13 of 6.8e-11), while the fused operator
+    is within ~2e-6 of float64; a wrong method is off by O(1)."""
     for label, a, b in zip(labels, out, ref):
         scale = float(b.abs().max()) or 1.0
         if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol * scale):

@@ -82,12 +82,12 @@ def test_agreement_check_rejects_a_wrong_method(bench, op):
     assert bench.check_agreement(dict(fns), case, {}) is None  # the real methods agree
 
     fused = fns["fused"]
-    wrong = {"fused": fused, "torch": lambda *args: fused(*args) * 1.01}  # 1 % off in value and gradients
+    wrong = {"fused": fused, "torch": lambda *args: fused(*args) * 1.05}  # 5 % off in value and gradients
     with pytest.raises(AssertionError, match="torch disagrees with fused on value"):
         bench.check_agreement(wrong, case, {})
 
     ref = bench.forward_backward(fused, case.args, case.grad_idx)
-    grads_off = (ref[0], ref[1] + 0.01 * ref[1].abs().max(), *ref[2:])  # only one gradient perturbed
+    grads_off = (ref[0], ref[1] + 0.05 * ref[1].abs().max(), *ref[2:])  # only one gradient perturbed
     with pytest.raises(AssertionError, match="grad of argument 0"):
         bench.compare("x", "fused", grads_off, ref, ("value", "grad of argument 0", "grad"), "here")
 
