@@ -10,11 +10,15 @@
 #      tool's README), installed into /tmp/site;
 #   3. build + install mmcam with TORCH_CUDA_ARCH_LIST=9.0 (--no-build-isolation, no network);
 #   4. the CUDA tests (tests/test_ops_cuda.py) plus the dispatcher/build tests;
-#   5. compute-sanitizer memcheck on a short CUDA test;
-#   6. benchmarks/bench_ops.py --device cuda (JSON, markdown, PNG);
+#   5. benchmarks/bench_ops.py --device cuda, paper and large shapes (JSON, markdown, PNG);
+#   6. compute-sanitizer memcheck (PyTorch's caching allocator off, so an overrun of a tensor is seen) and
+#      racecheck (the kernels' shared-memory reductions) on short CUDA tests;
 #   7. a short training run on the GPU with bf16 autocast (fused backend, synthetic data), and one
 #      under torchrun with the nccl backend (1 process).
-# Files under $OUT: summary.txt, logs.tar.gz, cuda-equivariance_ops.{json,md,png}.
+# The whole script keeps to a deadline (MMCAM_GPU_CHECK_SECONDS, default 560 s, under the device tool's
+# 600 s per command): each step's timeout is cut to what is left, and steps that no longer fit are
+# skipped (said in the summary). Logs are re-packed into $OUT/logs.tar.gz after every step, so a killed
+# run still returns them. Files under $OUT: summary.txt, logs.tar.gz, cuda-equivariance_ops.{json,md,png}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
@@ -26,9 +30,21 @@ export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 started=$(date +%s)
 
+DEADLINE=$(( $(date +%s) + ${MMCAM_GPU_CHECK_SECONDS:-560} ))
+
+pack_logs() {
+  tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude='*.pt' --exclude='*.npz' . 2>/dev/null
+}
+
 step() {  # step NAME TIMEOUT_S COMMAND...: run, log to $LOGS/NAME.log, record status and seconds
   local name=$1 limit=$2
   shift 2
+  local left=$(( DEADLINE - $(date +%s) ))
+  if [ "$left" -lt 20 ]; then
+    printf '%-12s %-18s %4ds  %s\n' "$name" "SKIPPED (deadline)" 0 "$*" | tee -a "$SUMMARY"
+    return
+  fi
+  [ "$limit" -le "$left" ] || limit=$left
   local t0=$(date +%s)
   timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
@@ -36,6 +52,7 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log to $LOGS/NAME.log, record s
   [ $rc -eq 0 ] || verdict="FAILED (rc=$rc)"
   printf '%-12s %-18s %4ds  %s\n' "$name" "$verdict" $(( $(date +%s) - t0 )) "$*" | tee -a "$SUMMARY"
   tail -n 3 "$LOGS/$name.log" | sed 's/^/    /' >> "$SUMMARY"
+  pack_logs
 }
 
 {
@@ -54,16 +71,19 @@ export TORCH_CUDA_ARCH_LIST=9.0
 step build 300 $PY -m pip install --no-build-isolation --no-deps --no-cache-dir -v .
 step build_info 60 $PY -c "import torch, mmcam, json; i = mmcam.build_info(); i.pop('parallel_backend'); print(json.dumps(i)); assert i['cuda'], 'built without CUDA kernels'"
 
-step tests 300 $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_build.py tests/test_ops_dispatcher.py
-step memcheck 180 compute-sanitizer --tool memcheck --error-exitcode 3 $PY -m pytest -q -p no:cacheprovider \
-  tests/test_ops_cuda.py -k "strided or singular"
+step tests 240 $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py tests/test_build.py tests/test_ops_dispatcher.py
 
-step bench 300 $PY benchmarks/bench_ops.py --device cuda --shapes paper small large --json "$OUT/cuda-equivariance_ops.json"
+step bench 240 $PY benchmarks/bench_ops.py --device cuda --shapes paper large --json "$OUT/cuda-equivariance_ops.json"
+
+step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
+  $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py -k "strided or singular or 16_bit or bitwise"
+step racecheck 90 compute-sanitizer --tool racecheck --error-exitcode 3 \
+  $PY -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py -k "strided or singular"
 
 step train_amp 180 $PY -m mmcam.train --device cuda --amp bf16 --max-steps 30 --no-progress --run-dir "$LOGS/run_amp"
 step train_nccl 180 $PY -m torch.distributed.run --standalone --nproc_per_node 1 -m mmcam.train --device cuda \
   --max-steps 10 --no-progress --run-dir "$LOGS/run_nccl"
 
 echo "total $(( $(date +%s) - started )) s" | tee -a "$SUMMARY"
-tar -czf "$OUT/logs.tar.gz" -C "$LOGS" --exclude='*.pt' --exclude='*.npz' . 2>/dev/null
-! grep -q FAILED "$SUMMARY"
+pack_logs
+! grep -q -E "FAILED|SKIPPED" "$SUMMARY"

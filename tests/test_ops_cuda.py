@@ -114,21 +114,26 @@ def test_terms_match_cpu_and_references(family, dtype, m):
 @needs_kernels
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_terms_strided_inputs_and_stop_gradient(deterministic):
+    """Strided views of both views' CAMs, three networks with mixed predictions (so each network's CMER
+    pairs read the others' maps as fixed targets): CUDA and CPU gradients agree for both inputs."""
     gen = torch.Generator().manual_seed(3)
-    wide = cams((4, 3, 32, 40), gen, torch.float32).to(CUDA)
-    wide_t = cams((4, 3, 32, 40), gen, torch.float32).to(CUDA)
-    matrix = random_affine(4, (32, 40), (32, 40), gen).float().to(CUDA)
-    ones = torch.ones(4, dtype=torch.long, device=CUDA)
-    pred = torch.ones(4, 2, dtype=torch.long, device=CUDA)
-    c = wide[:, 1:].detach().requires_grad_(True)  # strided view
-    with _deterministic(deterministic):
-        terms = equivariance_terms(c, wide_t[:, 1:], matrix, ones, pred, pred)
-        terms.sum().backward()
-    c_ref = wide[:, 1:].cpu().detach().requires_grad_(True)
-    terms_ref = equivariance_terms(c_ref, wide_t[:, 1:].cpu(), matrix.cpu(), ones.cpu(), pred.cpu(), pred.cpu())
-    terms_ref.sum().backward()
-    _assert_close(terms, terms_ref, torch.float32, "strided terms")
-    _assert_close(c.grad, c_ref.grad, torch.float32, "strided grad")
+    wide = cams((4, 4, 32, 40), gen, torch.float32)
+    wide_t = cams((4, 4, 32, 40), gen, torch.float32)
+    matrix = random_affine(4, (32, 40), (32, 40), gen).float()
+    labels = torch.tensor([1, 1, 0, 1])
+    pred = torch.tensor([[1, 0, 1], [1, 1, 1], [0, 1, 1], [1, 1, 0]])
+    pred_t = torch.tensor([[0, 1, 1], [1, 1, 1], [1, 0, 1], [1, 1, 1]])
+    results = []
+    for device in (CUDA, "cpu"):
+        c = wide.to(device)[:, 1:].detach().requires_grad_(True)  # strided views
+        ct = wide_t.to(device)[:, 1:].detach().requires_grad_(True)
+        with _deterministic(deterministic and device != "cpu"):
+            terms = equivariance_terms(c, ct, matrix.to(device), labels.to(device), pred.to(device),
+                                       pred_t.to(device))
+            weights = torch.arange(1, 7, dtype=terms.dtype, device=terms.device).view(2, 3)
+            (terms * weights).sum().backward()
+        results.append((terms.detach(), c.grad, ct.grad))
+    _assert_all_close(results[0], results[1], torch.float32, "strided CUDA vs CPU")
 
 
 @needs_kernels

@@ -27,6 +27,11 @@ inline Planes planes_of(const at::Tensor& t) {
           t.stride(0),        t.stride(1),  t.stride(2)};
 }
 
+/// t must be a CUDA tensor (checked before a device guard is set up from it).
+inline void check_is_cuda(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.is_cuda(), "mmcam: ", name, " must be a CUDA tensor here, got ", t.device());
+}
+
 /// t must be a CUDA tensor on `device`.
 inline void check_on(const at::Tensor& t, const char* name, const at::Device& device) {
   TORCH_CHECK_VALUE(t.device() == device, "mmcam: ", name, " is on ", t.device(), " but the CAMs are on ", device);
@@ -70,9 +75,9 @@ struct DeviceMaps {
   at::Tensor matrix, inv;
 };
 
-inline DeviceMaps device_maps(const at::Tensor& matrix, int64_t src_rows, int64_t src_cols) {
-  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(1) == 2 && matrix.size(2) == 3,
-                    "mmcam: matrix must have shape (N, 2, 3), got ", matrix.sizes());
+inline DeviceMaps device_maps(const at::Tensor& matrix, int64_t n, int64_t src_rows, int64_t src_cols) {
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == n && matrix.size(1) == 2 && matrix.size(2) == 3,
+                    "mmcam: matrix must have shape (", n, ", 2, 3), got ", matrix.sizes());
   TORCH_CHECK_TYPE(matrix.is_floating_point(), "mmcam: matrix must be floating point, got ", matrix.scalar_type());
   const at::Tensor m = (matrix.scalar_type() == at::kFloat ? matrix : matrix.to(at::kDouble)).contiguous();
   DeviceMaps maps;

@@ -33,7 +33,6 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
                            const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
   check_cam_tensor(cams, "cams");
   check_cam_tensor(cams_t, "cams_t");
-  TORCH_CHECK_VALUE(cams.is_cuda(), "mmcam: cams must be a CUDA tensor here, got ", cams.device());
   const at::Device device = cams.device();
   check_on(cams_t, "cams_t", device);
   check_on(matrix, "matrix", device);
@@ -63,7 +62,7 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
   in.Ws = cams.size(3);
   in.Hd = cams_t.size(2);
   in.Wd = cams_t.size(3);
-  in.maps = device_maps(matrix, in.Hs, in.Ws);
+  in.maps = device_maps(matrix, N, in.Hs, in.Ws);
   return in;
 }
 
@@ -77,6 +76,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
     const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
     const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
     double l2_eps, bool keep_for_backward) {
+  check_is_cuda(cams, "cams");
   const c10::cuda::CUDAGuard guard(cams.device());
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t planes = in.N * in.M, dst_tiles = tiles_of(in.Hd * in.Wd);
@@ -104,6 +104,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
     const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
     double l2_eps, bool need_cams, bool need_cams_t) {
+  check_is_cuda(cams, "cams");
   const c10::cuda::CUDAGuard guard(cams.device());
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t N = in.N, M = in.M;

@@ -95,12 +95,16 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t n = p / channels;
   const SampleMap map(inv + 6 * n);
   // A collapsed (singleton) source axis reads its one pixel from everywhere: scan the whole plane.
-  const bool full = src_rows == 1 || src_cols == 1 || !map.valid();
+  const bool full = src_rows == 1 || src_cols == 1;
   const G* gp = g + static_cast<int64_t>(p) * dst_rows * dst_cols;
   G* ap = acc + static_cast<int64_t>(p) * src_rows * src_cols;
   for (int i = 0; i < kItemsPerThread; ++i) {
     const I k = tile * static_cast<I>(kTile) + i * kThreads + threadIdx.x;
     if (k >= src_rows * src_cols) break;
+    if (!map.valid()) {  // a non-invertible matrix samples nothing (as the scatter path)
+      ap[k] = G(0);
+      continue;
+    }
     const I u = k % src_cols, v = k / src_cols;
     ScanRange xs, ys;
     scan_box(matrix + 6 * n, u, v, dst_rows, dst_cols, full, xs, ys);

@@ -17,7 +17,7 @@ namespace {
 
 void check_cam(const at::Tensor& t, const char* name) {
   check_cam_tensor(t, name);
-  TORCH_CHECK_VALUE(t.is_cuda(), "mmcam: ", name, " must be a CUDA tensor here, got ", t.device());
+  check_is_cuda(t, name);
   check_plane_count(t.size(0) * t.size(1), name);
 }
 
@@ -147,7 +147,7 @@ at::Tensor warp_normalized(const at::Tensor& src_in, const at::Tensor& matrix, a
   check_on(matrix, "matrix", src_in.device());
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
   return warp_with(src, minmax_of(src), maps, dsize[0], dsize[1], eps);
 }
 
@@ -156,10 +156,11 @@ at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& sr
   check_cam(src_in, "src");
   TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == src_in.size(0) && grad.size(1) == src_in.size(1),
                     "mmcam: grad must have shape (N, C, H_out, W_out) matching src, got ", grad.sizes());
+  check_on(grad, "grad", src_in.device());
   check_on(matrix, "matrix", src_in.device());
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
   return warp_backward_with(src, minmax_of(src), maps, grad, c10::nullopt, eps);
 }
 
@@ -178,7 +179,7 @@ at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix,
   const Reduction reduction = parse_reduction(reduction_name);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in), dst = with_unit_col_stride(dst_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
   const PairSides s = pair_sides(src, dst, maps, l2_normalize, eps, l2_eps);
   const at::Tensor diff = s.p.compared - s.q.compared;
   const at::Tensor d = distance == math::Distance::SqL2 ? diff * diff : diff.abs();
@@ -197,6 +198,10 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   check_cam(dst_in, "dst");
   check_on(dst_in, "dst", src_in.device());
   check_on(matrix, "matrix", src_in.device());
+  TORCH_CHECK_TYPE(src_in.scalar_type() == dst_in.scalar_type(), "mmcam: src and dst dtypes differ: ",
+                   src_in.scalar_type(), " vs ", dst_in.scalar_type());
+  TORCH_CHECK_VALUE(src_in.size(0) == dst_in.size(0) && src_in.size(1) == dst_in.size(1),
+                    "mmcam: src and dst must agree in N and C, got ", src_in.sizes(), " and ", dst_in.sizes());
   const math::Distance distance = parse_distance(distance_name);
   const Reduction reduction = parse_reduction(reduction_name);
   const int64_t N = src_in.size(0);
@@ -207,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   at::Tensor grad_src = at::empty({0}, contiguous), grad_dst = at::empty({0}, contiguous);
   if (!need_src && !need_dst) return {grad_src, grad_dst};
   const at::Tensor src = with_unit_col_stride(src_in), dst = with_unit_col_stride(dst_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(2), src.size(3));
+  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
   const PairSides s = pair_sides(src, dst, maps, l2_normalize, eps, l2_eps);
   const at::ScalarType w_dtype = work_dtype(src);
   const at::Tensor w = weights_of(weight, src, w_dtype);
