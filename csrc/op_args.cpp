@@ -59,4 +59,58 @@ void check_cam_tensor(const at::Tensor& t, const char* name) {
                     t.sizes());
 }
 
+void check_pair_args(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& matrix) {
+  check_cam_tensor(src, "src");
+  check_cam_tensor(dst, "dst");
+  TORCH_CHECK_TYPE(src.scalar_type() == dst.scalar_type(), "mmcam: src and dst dtypes differ: ",
+                   src.scalar_type(), " vs ", dst.scalar_type());
+  TORCH_CHECK_VALUE(src.size(0) == dst.size(0) && src.size(1) == dst.size(1),
+                    "mmcam: src and dst must agree in N and C, got ", src.sizes(), " and ", dst.sizes());
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src.size(0),
+                    "mmcam: matrix must have shape (N, 2, 3) with N = ", src.size(0), ", got ", matrix.sizes());
+}
+
+void check_loss_grad(const at::Tensor& grad, Reduction reduction, int64_t n) {
+  const int64_t expected = reduction == Reduction::None ? n : 1;
+  TORCH_CHECK_VALUE(grad.numel() == expected, "mmcam: grad has ", grad.numel(), " elements, expected ", expected);
+}
+
+double loss_denominator(Reduction reduction, int64_t n, int64_t c, int64_t hd, int64_t wd) {
+  if (reduction == Reduction::Sum) return 1.0;
+  const double plane = static_cast<double>(c) * static_cast<double>(hd) * static_cast<double>(wd);
+  return reduction == Reduction::Mean ? static_cast<double>(n) * plane : plane;
+}
+
+void check_terms_args(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+                      const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
+  check_cam_tensor(cams, "cams");
+  check_cam_tensor(cams_t, "cams_t");
+  TORCH_CHECK_TYPE(cams.scalar_type() == cams_t.scalar_type(), "mmcam: cams and cams_t dtypes differ: ",
+                   cams.scalar_type(), " vs ", cams_t.scalar_type());
+  const int64_t N = cams.size(0), M = cams.size(1);
+  TORCH_CHECK_VALUE(cams_t.size(0) == N && cams_t.size(1) == M, "mmcam: cams ", cams.sizes(), " and cams_t ",
+                    cams_t.sizes(), " must agree in N and M");
+  TORCH_CHECK_VALUE(M >= 2, "mmcam: equivariance_terms needs M >= 2 modalities, got ", M);
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == N, "mmcam: matrix must have shape (", N, ", 2, 3), got ",
+                    matrix.sizes());
+  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == N, "mmcam: labels must have shape (", N, ",)");
+  TORCH_CHECK_VALUE(pred_mask.dim() == 2 && pred_mask.size(0) == N && pred_mask.size(1) == M &&
+                        pred_t_mask.sizes() == pred_mask.sizes(),
+                    "mmcam: pred and pred_t must have shape (", N, ", ", M, ")");
+}
+
+void check_terms_backward_args(const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t,
+                               const at::Tensor& kept_warped, const at::Tensor& kept_stats) {
+  const int64_t N = cams.size(0), M = cams.size(1);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ",
+                    M, "), got ", grad.sizes());
+  TORCH_CHECK_VALUE(kept_warped.sizes() == at::IntArrayRef({N, M, cams_t.size(2), cams_t.size(3)}) &&
+                        kept_warped.scalar_type() == cams.scalar_type() &&
+                        kept_stats.sizes() == at::IntArrayRef({N, M, kKeptStatsPerPlane}) &&
+                        kept_stats.scalar_type() == at::kDouble && kept_warped.device() == cams.device() &&
+                        kept_stats.device() == cams.device(),
+                    "mmcam: equivariance_terms_backward needs the warped maps and plane statistics kept by the "
+                    "forward pass (call the forward with keep_for_backward=True)");
+}
+
 }  // namespace mmcam

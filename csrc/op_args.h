@@ -31,4 +31,29 @@ at::Tensor with_unit_col_stride(const at::Tensor& t);
 /// Checks shared by all mmcam ops on CAM tensors: rank 4, floating dtype, non-empty planes.
 void check_cam_tensor(const at::Tensor& t, const char* name);
 
+// Device-independent argument checks of the ops, shared by the CPU and CUDA back ends (each adds its own
+// device and dtype checks).
+
+/// equivariance_loss: src and dst CAM tensors of one dtype that agree in N and C; matrix (N, 2, 3).
+void check_pair_args(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& matrix);
+
+/// The upstream gradient of equivariance_loss: N values for reduction "none", else 1.
+void check_loss_grad(const at::Tensor& grad, Reduction reduction, int64_t n);
+
+/// Divisor of the summed weighted distances: N*C*Hd*Wd (mean), 1 (sum), C*Hd*Wd per sample (none).
+double loss_denominator(Reduction reduction, int64_t n, int64_t c, int64_t hd, int64_t wd);
+
+/// equivariance_terms: cams (N, M, Hs, Ws) and cams_t (N, M, Hd, Wd) of one dtype, M >= 2, matrix
+/// (N, 2, 3), labels (N,), pred and pred_t (N, M).
+void check_terms_args(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
+                      const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask);
+
+/// Values per (n, m) plane that the equivariance_terms forward keeps for its backward (both back ends).
+constexpr int64_t kKeptStatsPerPlane = 8;
+
+/// equivariance_terms_backward: grad (2, M) and what the forward kept: warped maps (N, M, Hd, Wd) in
+/// cams' dtype and per-plane statistics (N, M, kKeptStatsPerPlane) in float64.
+void check_terms_backward_args(const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t,
+                               const at::Tensor& kept_warped, const at::Tensor& kept_stats);
+
 }  // namespace mmcam

@@ -20,16 +20,9 @@ void check_cpu(const at::Tensor& t, const char* name) {
 }
 
 void check_pair(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& matrix) {
-  check_cam_tensor(src, "src");
-  check_cam_tensor(dst, "dst");
+  check_pair_args(src, dst, matrix);
   check_cpu(src, "src");
   check_cpu(dst, "dst");
-  TORCH_CHECK_TYPE(src.scalar_type() == dst.scalar_type(), "mmcam: src and dst dtypes differ: ",
-                   src.scalar_type(), " vs ", dst.scalar_type());
-  TORCH_CHECK_VALUE(src.size(0) == dst.size(0) && src.size(1) == dst.size(1),
-                    "mmcam: src and dst must agree in N and C, got ", src.sizes(), " and ", dst.sizes());
-  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src.size(0),
-                    "mmcam: matrix must have shape (N, 2, 3) with N = ", src.size(0), ", got ", matrix.sizes());
 }
 
 /// dL/d(per-plane sum of distances) for sample n, given the upstream gradient of the reduced loss.
@@ -42,11 +35,6 @@ struct PlaneGradScale {
   }
 };
 
-double loss_denominator(Reduction r, int64_t n, int64_t c, int64_t hd, int64_t wd) {
-  if (r == Reduction::Sum) return 1.0;
-  const double plane = static_cast<double>(c) * static_cast<double>(hd) * static_cast<double>(wd);
-  return r == Reduction::Mean ? static_cast<double>(n) * plane : plane;
-}
 
 }  // namespace
 
@@ -168,8 +156,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   const at::Tensor src = with_unit_col_stride(src_in), dst = with_unit_col_stride(dst_in);
   const int64_t N = src.size(0), C = src.size(1), Hs = src.size(2), Ws = src.size(3);
   const int64_t Hd = dst.size(2), Wd = dst.size(3);
-  TORCH_CHECK_VALUE(grad.numel() == (reduction == Reduction::None ? N : 1),
-                    "mmcam: grad has ", grad.numel(), " elements, expected ", (reduction == Reduction::None ? N : 1));
+  check_loss_grad(grad, reduction, N);
   const at::Tensor grad_d = grad.to(at::kCPU, at::kDouble).contiguous();
   const std::vector<double> inverses = inverse_affines(matrix);
   const std::vector<double> weights = sample_weights(weight, N);

@@ -33,25 +33,15 @@ std::vector<double> as_doubles(const at::Tensor& t) {
 TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
                            const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
   check_cam_tensor(cams, "cams");
-  check_cam_tensor(cams_t, "cams_t");
+  check_terms_args(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(), "mmcam: cams and cams_t must be CPU tensors here");
-  TORCH_CHECK_TYPE(cams.scalar_type() == cams_t.scalar_type() &&
-                       (cams.scalar_type() == at::kFloat || cams.scalar_type() == at::kDouble),
-                   "mmcam: cams and cams_t must both be float32 or float64 on the CPU, got ",
-                   cams.scalar_type(), " and ", cams_t.scalar_type());
+  TORCH_CHECK_TYPE(cams.scalar_type() == at::kFloat || cams.scalar_type() == at::kDouble,
+                   "mmcam: cams and cams_t must be float32 or float64 on the CPU, got ", cams.scalar_type());
   const int64_t N = cams.size(0), M = cams.size(1);
-  TORCH_CHECK_VALUE(cams_t.size(0) == N && cams_t.size(1) == M, "mmcam: cams ", cams.sizes(), " and cams_t ",
-                    cams_t.sizes(), " must agree in N and M");
-  TORCH_CHECK_VALUE(M >= 2, "mmcam: equivariance_terms needs M >= 2 modalities, got ", M);
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == N, "mmcam: labels must have shape (", N, ",)");
-  TORCH_CHECK_VALUE(pred_mask.dim() == 2 && pred_mask.size(0) == N && pred_mask.size(1) == M &&
-                        pred_t_mask.sizes() == pred_mask.sizes(),
-                    "mmcam: pred and pred_t must have shape (", N, ", ", M, ")");
   TermsInputs in;
   in.cams = with_unit_col_stride(cams);
   in.cams_t = with_unit_col_stride(cams_t);
   in.inverses = inverse_affines(matrix);
-  TORCH_CHECK_VALUE(static_cast<int64_t>(in.inverses.size()) == 6 * N, "mmcam: matrix must have N = ", N, " rows");
   in.labels = as_doubles(labels);
   in.pred = as_doubles(pred_mask);
   in.pred_t = as_doubles(pred_t_mask);
@@ -127,6 +117,7 @@ double cmer_scale(const TermsInputs& in) { return er_scale(in) / (2.0 * static_c
 /// Per-plane values the forward pass keeps for the backward pass, stored as doubles in
 /// plane_stats[n, m, :] (the min/max values are elements of the input, so exact in double).
 enum StatSlot : int { kSrcLo, kSrcHi, kSrcDen, kDstLo, kDstHi, kDstDen, kNormP, kNormQ, kStatSlots };
+static_assert(kStatSlots == kKeptStatsPerPlane);
 
 template <class T>
 void store_stats(double* slot, const WarpedSource<T>& source, const NormalizedTarget<T>& target) {
@@ -323,14 +314,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   const math::Distance distance = parse_distance(er_distance);
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t N = in.N, M = in.M, HW = in.Hd * in.Wd;
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ",
-                    M, "), got ", grad.sizes());
-  TORCH_CHECK_VALUE(kept_warped_in.sizes() == at::IntArrayRef({N, M, in.Hd, in.Wd}) &&
-                        kept_warped_in.scalar_type() == in.cams.scalar_type() &&
-                        kept_stats_in.sizes() == at::IntArrayRef({N, M, kStatSlots}) &&
-                        kept_stats_in.scalar_type() == at::kDouble,
-                    "mmcam: equivariance_terms_backward needs the warped maps and plane statistics kept by the "
-                    "forward pass (call the forward with keep_for_backward=True)");
+  check_terms_backward_args(grad, cams, cams_t, kept_warped_in, kept_stats_in);
   const at::Tensor kept_warped = kept_warped_in.contiguous(), kept_stats = kept_stats_in.contiguous();
   const std::vector<double> g = as_doubles(grad);  // g[m]: dL/dER_m, g[M + m]: dL/dCMER_m
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);

@@ -9,6 +9,8 @@
 namespace mmcam::cuda {
 namespace {
 
+static_assert(kTermsStatSlots == kKeptStatsPerPlane);
+
 /// Checked inputs of both passes, with device floats for the per-sample 0/1 values.
 struct TermsInputs {
   at::Tensor cams, cams_t, labels, pred, pred_t;
@@ -31,25 +33,14 @@ struct TermsInputs {
 
 TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
                            const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
-  check_cam_tensor(cams, "cams");
-  check_cam_tensor(cams_t, "cams_t");
+  check_terms_args(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const at::Device device = cams.device();
   check_on(cams_t, "cams_t", device);
   check_on(matrix, "matrix", device);
-  TORCH_CHECK_TYPE(cams.scalar_type() == cams_t.scalar_type(), "mmcam: cams and cams_t dtypes differ: ",
-                   cams.scalar_type(), " vs ", cams_t.scalar_type());
   const int64_t N = cams.size(0), M = cams.size(1);
-  TORCH_CHECK_VALUE(cams_t.size(0) == N && cams_t.size(1) == M, "mmcam: cams ", cams.sizes(), " and cams_t ",
-                    cams_t.sizes(), " must agree in N and M");
-  TORCH_CHECK_VALUE(M >= 2 && M <= kMaxModalities, "mmcam: equivariance_terms on CUDA needs 2 <= M <= ",
-                    kMaxModalities, " modalities, got ", M);
+  TORCH_CHECK_VALUE(M <= kMaxModalities, "mmcam: equivariance_terms on CUDA handles at most ", kMaxModalities,
+                    " modalities, got ", M);
   check_plane_count(N * M, "cams");
-  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == N, "mmcam: matrix must have shape (", N, ", 2, 3), got ",
-                    matrix.sizes());
-  TORCH_CHECK_VALUE(labels.dim() == 1 && labels.size(0) == N, "mmcam: labels must have shape (", N, ",)");
-  TORCH_CHECK_VALUE(pred_mask.dim() == 2 && pred_mask.size(0) == N && pred_mask.size(1) == M &&
-                        pred_t_mask.sizes() == pred_mask.sizes(),
-                    "mmcam: pred and pred_t must have shape (", N, ", ", M, ")");
   TermsInputs in;
   in.cams = with_unit_col_stride(cams);
   in.cams_t = with_unit_col_stride(cams_t);
@@ -108,17 +99,8 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   const c10::cuda::CUDAGuard guard(cams.device());
   const TermsInputs in = prepare_inputs(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
   const int64_t N = in.N, M = in.M;
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(0) == 2 && grad.size(1) == M, "mmcam: grad must have shape (2, ", M,
-                    "), got ", grad.sizes());
-  TORCH_CHECK_VALUE(kept_warped_in.sizes() == at::IntArrayRef({N, M, in.Hd, in.Wd}) &&
-                        kept_warped_in.scalar_type() == in.cams.scalar_type() &&
-                        kept_stats_in.sizes() == at::IntArrayRef({N, M, kTermsStatSlots}) &&
-                        kept_stats_in.scalar_type() == at::kDouble,
-                    "mmcam: equivariance_terms_backward needs the warped maps and plane statistics kept by the "
-                    "forward pass (call the forward with keep_for_backward=True)");
+  check_terms_backward_args(grad, cams, cams_t, kept_warped_in, kept_stats_in);
   const at::Device device = in.cams.device();
-  check_on(kept_warped_in, "kept_warped", device);
-  check_on(kept_stats_in, "kept_stats", device);
   const at::Tensor kept_warped = kept_warped_in.contiguous(), kept_stats = kept_stats_in.contiguous();
   const at::Tensor g = device_doubles(grad, device);
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);

@@ -21,6 +21,15 @@ void check_cam(const at::Tensor& t, const char* name) {
   check_plane_count(t.size(0) * t.size(1), name);
 }
 
+/// equivariance_loss arguments: shapes and dtypes (op_args) plus CUDA devices and plane count.
+void check_pair(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& matrix) {
+  check_pair_args(src, dst, matrix);
+  check_cam(src, "src");
+  check_cam(dst, "dst");
+  check_on(dst, "dst", src.device());
+  check_on(matrix, "matrix", src.device());
+}
+
 /// Min/max partials of every plane of x (a device workspace; see kernels.h).
 at::Tensor minmax_of(const at::Tensor& x) {
   at::Tensor partials = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kMinMaxSlots,
@@ -122,12 +131,6 @@ PairSides pair_sides(const at::Tensor& src, const at::Tensor& dst, const DeviceM
   return {partials, PairSide(p_value, l2, l2_eps, w), PairSide(minmax_normalize(dst, eps), l2, l2_eps, w)};
 }
 
-/// Per-sample divisor of the reduction (mean: N*C*Hd*Wd, sum: 1, none: C*Hd*Wd).
-double denominator(Reduction r, const at::Tensor& dst) {
-  const double plane = static_cast<double>(dst.size(1) * dst.size(2) * dst.size(3));
-  return r == Reduction::Sum ? 1.0 : (r == Reduction::Mean ? static_cast<double>(dst.size(0)) * plane : plane);
-}
-
 /// Per-sample weights (N,) in the work dtype on the device (ones when absent).
 at::Tensor weights_of(const c10::optional<at::Tensor>& weight, const at::Tensor& src, at::ScalarType w) {
   if (!weight) return at::ones({src.size(0)}, src.options().dtype(w));
@@ -167,14 +170,7 @@ at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& sr
 at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
                              const c10::optional<at::Tensor>& weight, const std::string& distance_name,
                              bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
-  check_cam(src_in, "src");
-  check_cam(dst_in, "dst");
-  check_on(dst_in, "dst", src_in.device());
-  check_on(matrix, "matrix", src_in.device());
-  TORCH_CHECK_TYPE(src_in.scalar_type() == dst_in.scalar_type(), "mmcam: src and dst dtypes differ: ",
-                   src_in.scalar_type(), " vs ", dst_in.scalar_type());
-  TORCH_CHECK_VALUE(src_in.size(0) == dst_in.size(0) && src_in.size(1) == dst_in.size(1),
-                    "mmcam: src and dst must agree in N and C, got ", src_in.sizes(), " and ", dst_in.sizes());
+  check_pair(src_in, dst_in, matrix);
   const math::Distance distance = parse_distance(distance_name);
   const Reduction reduction = parse_reduction(reduction_name);
   const c10::cuda::CUDAGuard guard(src_in.device());
@@ -185,7 +181,8 @@ at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix,
   const at::Tensor d = distance == math::Distance::SqL2 ? diff * diff : diff.abs();
   const at::Tensor w = weights_of(weight, src, diff.scalar_type());
   // A sample with weight 0 contributes exactly 0, even when its maps are not finite.
-  const at::Tensor per_sample = at::where(w != 0, w * d.sum({1, 2, 3}), at::zeros_like(w)) / denominator(reduction, dst);
+  const double denominator = loss_denominator(reduction, dst.size(0), dst.size(1), dst.size(2), dst.size(3));
+  const at::Tensor per_sample = at::where(w != 0, w * d.sum({1, 2, 3}), at::zeros_like(w)) / denominator;
   const at::Tensor out = reduction == Reduction::None ? per_sample : per_sample.sum();
   return out.to(src.scalar_type());
 }
@@ -194,19 +191,11 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
     const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
     const c10::optional<at::Tensor>& weight, const std::string& distance_name, bool l2_normalize, double eps,
     double l2_eps, const std::string& reduction_name, bool need_src, bool need_dst) {
-  check_cam(src_in, "src");
-  check_cam(dst_in, "dst");
-  check_on(dst_in, "dst", src_in.device());
-  check_on(matrix, "matrix", src_in.device());
-  TORCH_CHECK_TYPE(src_in.scalar_type() == dst_in.scalar_type(), "mmcam: src and dst dtypes differ: ",
-                   src_in.scalar_type(), " vs ", dst_in.scalar_type());
-  TORCH_CHECK_VALUE(src_in.size(0) == dst_in.size(0) && src_in.size(1) == dst_in.size(1),
-                    "mmcam: src and dst must agree in N and C, got ", src_in.sizes(), " and ", dst_in.sizes());
+  check_pair(src_in, dst_in, matrix);
   const math::Distance distance = parse_distance(distance_name);
   const Reduction reduction = parse_reduction(reduction_name);
   const int64_t N = src_in.size(0);
-  TORCH_CHECK_VALUE(grad.numel() == (reduction == Reduction::None ? N : 1), "mmcam: grad has ", grad.numel(),
-                    " elements, expected ", (reduction == Reduction::None ? N : 1));
+  check_loss_grad(grad, reduction, N);
   const c10::cuda::CUDAGuard guard(src_in.device());
   const auto contiguous = src_in.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor grad_src = at::empty({0}, contiguous), grad_dst = at::empty({0}, contiguous);
@@ -218,7 +207,8 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   const at::Tensor w = weights_of(weight, src, w_dtype);
   const at::Tensor upstream = grad.to(src.device(), w_dtype).reshape({-1});
   // coef[n] = dL/d(sum of sample n's distances); 0 marks a skipped sample.
-  const at::Tensor coef = (w * upstream / denominator(reduction, dst)).expand({N});
+  const double denominator = loss_denominator(reduction, N, dst.size(1), dst.size(2), dst.size(3));
+  const at::Tensor coef = (w * upstream / denominator).expand({N});
   const at::Tensor coef4 = coef.view({N, 1, 1, 1});
   const at::Tensor diff = s.p.compared - s.q.compared;
   const at::Tensor dd = distance == math::Distance::SqL2 ? 2.0 * diff : at::sign(diff);
