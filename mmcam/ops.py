@@ -33,6 +33,22 @@ from mmcam._extension import _C  # noqa: F401  (loading it registers torch.ops.m
 __all__ = ["warp_normalized", "equivariance_loss", "equivariance_terms"]
 
 _ops = torch.ops.mmcam
+_BUILD = _C.build_info()
+
+
+def _check_kernels_built(t: torch.Tensor, name: str) -> None:
+    """The fused operators run where the extension has kernels: the CPU always, CUDA when it was built
+    with its CUDA kernels. Read once at import, so the check is static under ``torch.compile``."""
+    kind = t.device.type
+    if kind == "cuda" and not _BUILD["cuda"]:
+        raise RuntimeError(
+            f"{name} is on {t.device}, but mmcam was built without CUDA kernels ({_BUILD['cuda_status']}). "
+            "Rebuild with the CUDA toolkit's nvcc on PATH: "
+            "MMCAM_CUDA=on pip install --no-build-isolation --force-reinstall --no-deps . "
+            "(see README.md, Install)"
+        )
+    if kind not in ("cpu", "cuda"):
+        raise RuntimeError(f"{name} is on {t.device}; mmcam's fused operators run on cpu and cuda")
 
 
 def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int], *, eps: float = 1e-8) -> torch.Tensor:
@@ -49,6 +65,7 @@ def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int
         ``kornia.geometry.transform.warp_affine(mn(src), matrix, dsize, align_corners=True)``.
     """
     h, w = _checks.check_warp_args(src, matrix, dsize, eps)
+    _check_kernels_built(src, "src")
     return _ops.warp_normalized(src, matrix, [int(h), int(w)], float(eps))
 
 
@@ -82,6 +99,7 @@ def equivariance_loss(
     spent on inputs that do not require grad). On the CPU: bitwise equal results for any thread count.
     """
     _checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
+    _check_kernels_built(src, "src")
     return _ops.equivariance_loss(src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction)
 
 
@@ -114,6 +132,7 @@ def equivariance_terms(
         pass, which then does not warp or reduce the source planes again. Inputs are validated by the
         caller (``mmcam.losses.equivariance_terms``).
     """
+    _check_kernels_built(cams, "cams")
     keep = torch.is_grad_enabled() and (cams.requires_grad or cams_t.requires_grad)
     terms, _warped, _stats = _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
                                                      float(eps), float(l2_eps), keep)

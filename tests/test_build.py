@@ -1,8 +1,10 @@
-"""The extension reports how it was built and refuses to load against another torch."""
+"""The extension reports how it was built and refuses to load against another torch; the dispatcher has
+a kernel for every mmcam op on every device the build reports."""
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 import torch
@@ -18,6 +20,43 @@ def test_build_info_reports_torch_openmp_and_cuda():
     assert info["cuda"] is (_build_info.WITH_CUDA)
     assert info["mmcam_version"] == mmcam.__version__
     assert "OpenMP" in info["parallel_backend"]
+
+
+MMCAM_OPS = ("equivariance_loss", "equivariance_loss_backward", "equivariance_terms",
+             "equivariance_terms_backward", "warp_normalized", "warp_normalized_backward")
+
+
+def test_build_info_says_what_cuda_build_was_made():
+    info = mmcam.build_info()
+    if info["cuda"]:
+        assert info["cuda_status"].startswith("CUDA kernels built with CUDA ")
+        assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
+        assert info["cuda_architectures"] and all(
+            a.endswith(("-real", "-virtual")) for a in info["cuda_architectures"].split(","))
+    else:
+        assert info["cuda_status"].startswith("CPU only: ")
+        assert info["cuda_version"] == "" and info["cuda_architectures"] == ""
+        if torch.version.cuda is None:
+            assert "CPU build" in info["cuda_status"]
+
+
+def test_build_matches_the_expected_row():
+    """CI builds each row of the install matrix and says what it expects (MMCAM_EXPECT_CUDA=1 or 0)."""
+    expected = os.environ.get("MMCAM_EXPECT_CUDA")
+    if expected is None:
+        pytest.skip("MMCAM_EXPECT_CUDA not set (only CI's build-matrix rows set it)")
+    assert mmcam.build_info()["cuda"] is (expected == "1"), mmcam.build_info()["cuda_status"]
+
+
+def test_dispatcher_has_a_kernel_for_every_op_on_every_built_device():
+    import mmcam.ops  # noqa: F401  (loads the extension, which registers the ops)
+
+    registered = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("mmcam::"))
+    assert registered == sorted(f"mmcam::{op}" for op in MMCAM_OPS)
+    with_cuda = mmcam.build_info()["cuda"]
+    for name in registered:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CPU"), name
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(name, "CUDA") is with_cuda, name
 
 
 def test_loading_against_another_torch_fails_with_rebuild_hint(monkeypatch):

@@ -107,3 +107,32 @@ def test_raw_operator_rejects_bad_input_without_crashing():
     cams = torch.randn(2, 1, 4, 4)
     with pytest.raises(ValueError, match="M >= 2"):
         raw.equivariance_terms(cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12, False)
+
+
+def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch):
+    """A CUDA torch with a CPU-only mmcam build (no nvcc at install time): CUDA inputs get one clear error
+    that says why the kernels are missing and how to rebuild, not the dispatcher's 'Could not run'."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    monkeypatch.setitem(ops._BUILD, "cuda", False)
+    monkeypatch.setitem(ops._BUILD, "cuda_status", "CPU only: no working CUDA compiler found")
+    with FakeTensorMode():  # CUDA tensors without a GPU
+        src, dst = torch.randn(2, 1, 5, 5, device="cuda"), torch.randn(2, 1, 4, 4, device="cuda")
+        matrix = torch.zeros(2, 2, 3, device="cuda")  # values are never read: the check comes first
+        ones = torch.ones(2, device="cuda")
+        calls = {
+            "warp_normalized": lambda: ops.warp_normalized(src, matrix, (4, 4)),
+            "equivariance_loss": lambda: ops.equivariance_loss(src, matrix, dst),
+            # the operator behind mmcam.losses.equivariance_terms (whose value checks need real tensors)
+            "equivariance_terms": lambda: ops.equivariance_terms(src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)),
+        }
+        for op, run in calls.items():
+            with pytest.raises(RuntimeError, match=r"built without CUDA kernels \(CPU only: no working CUDA "
+                                                   r"compiler found\)\. Rebuild with .*nvcc"):
+                run()
+
+
+def test_other_devices_are_refused_by_name():
+    src = torch.randn(2, 1, 5, 5, device="meta")
+    with pytest.raises(RuntimeError, match="src is on meta; mmcam's fused operators run on cpu and cuda"):
+        ops.warp_normalized(src, IDENT.to("meta"), (4, 4))
