@@ -8,7 +8,7 @@
 #   1. machine: nvidia-smi, python, torch, CUDA;
 #   2. packages the GPU image lacks, from wheels in .whl/ (kornia, kornia_rs, nibabel; see the device
 #      tool's README), installed into /tmp/site;
-#   3. build + install mmcam with TORCH_CUDA_ARCH_LIST=9.0 (--no-build-isolation, no network);
+#   3. build + install mmcam with TORCH_CUDA_ARCH_LIST=9.0 and MMCAM_CUDA=on (--no-build-isolation, no network);
 #   4. the CUDA tests (tests/test_ops_cuda.py) plus the dispatcher/build tests;
 #   5. benchmarks/bench_ops.py --device cuda, paper and large shapes (JSON, markdown, PNG);
 #   6. compute-sanitizer memcheck (PyTorch's caching allocator off, so an overrun of a tensor is seen) and
@@ -67,7 +67,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-export TORCH_CUDA_ARCH_LIST=9.0
+export TORCH_CUDA_ARCH_LIST=9.0 MMCAM_CUDA=on  # on: a build that cannot make the CUDA kernels fails, saying why
 step build 300 $PY -m pip install --no-build-isolation --no-deps --no-cache-dir -v .
 step build_info 60 $PY -c "import torch, mmcam, json; i = mmcam.build_info(); i.pop('parallel_backend'); print(json.dumps(i)); assert i['cuda'], 'built without CUDA kernels'"
 
