@@ -36,7 +36,7 @@ import yaml
 
 from mmcam import train
 from mmcam.objective import ABLATIONS
-from mmcam.run_dir import write_text_atomic
+from mmcam.training.run_dir import write_text_atomic
 
 #: Table rows, in this order, with their names in the table.
 VARIANT_LABELS = {
@@ -320,7 +320,7 @@ def environment() -> dict[str, Any]:
 
 def run_steps(run_dir: Path) -> Optional[int]:
     """Optimiser steps of a finished run (from ``last.pt``), or ``None`` when it is not there."""
-    from mmcam import checkpoint as ckpt
+    from mmcam.training import checkpoint as ckpt
 
     path = run_dir / "last.pt"
     return int(ckpt.load(path)["state"]["step"]) if path.is_file() else None

@@ -13,7 +13,7 @@ In one process, in a temporary directory:
                modality and the mask) -- the reason the cache exists
     loader     slices per second through a DataLoader (batch 16, shuffled) with 0 and
                ``--workers`` worker processes (spawn)
-    train      slices per second one CPU training step consumes (``mmcam.trainer``, batch 16), when
+    train      slices per second one CPU training step consumes (``mmcam.training.trainer``, batch 16), when
                training is installed; otherwise reported as not available
 
 The summary line puts prepare, loader and training rates side by side: the loader must deliver more
@@ -88,13 +88,13 @@ def slices_shape(dataset):
 def training_consumption(cache, repeats: int, batch_size: int = 16):
     """Slices per second one CPU training step consumes, or ``(None, reason)`` without training.
 
-    Uses :class:`mmcam.trainer.Trainer` (the paper's BraTS network widths divided by 4, the full loss)
+    Uses :class:`mmcam.training.trainer.Trainer` (the paper's BraTS network widths divided by 4, the full loss)
     on batches already in memory, so only the step itself is timed.
     """
     try:
-        from mmcam.config import TrainConfig
-        from mmcam.run_dir import RunDirectory
-        from mmcam.trainer import Trainer
+        from mmcam.training.config import TrainConfig
+        from mmcam.training.run_dir import RunDirectory
+        from mmcam.training.trainer import Trainer
     except ImportError as exc:
         return None, f"training not available: {exc}"
     try:

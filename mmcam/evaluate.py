@@ -6,17 +6,17 @@
                              [--oracle] [--checkpoint best|best_dice|last] [--data CACHE] [--device cpu|cuda]
 
 Protocol, per map type (``cam``: the CAM of each modality's network; ``gradcam`` / ``gradcampp``: Grad-CAM /
-Grad-CAM++ at its backbone layer, :mod:`mmcam.gradcam`) and channel (each modality's network on its own
+Grad-CAM++ at its backbone layer, :mod:`mmcam.cams.gradcam`) and channel (each modality's network on its own
 modality, and ``combined`` = the mean of the modality maps):
 
 1. maps of every stored slice of a patient, min-max normalised per slice and zeroed where the network
-   predicts "no target" (:mod:`mmcam.pseudo_masks`), restacked to the patient's original voxel grid (the
-   prepare-time crop / resize undone, dropped empty slices = 0; :mod:`mmcam.inference`);
+   predicts "no target" (:mod:`mmcam.cams.pseudo_masks`), restacked to the patient's original voxel grid (the
+   prepare-time crop / resize undone, dropped empty slices = 0; :mod:`mmcam.evaluation.runs`);
 2. pseudo-mask = map >= threshold, the threshold chosen without the evaluated split's labels
-   (:mod:`mmcam.thresholds`: on the validation split by default, or label-free Otsu / fixed). ``--oracle``
+   (:mod:`mmcam.evaluation.thresholds`: on the validation split by default, or label-free Otsu / fixed). ``--oracle``
    sweeps it on the evaluated split's labels instead: every output then says ORACLE;
 3. per patient: 3-D Dice, HD95 and ASSD in mm (voxel spacing of the NIfTI header) and the mean per-slice 2-D
-   Dice (:mod:`mmcam.surface_metrics`, which also states the empty-mask convention); mean ± std over the
+   Dice (:mod:`mmcam.evaluation.surface_metrics`, which also states the empty-mask convention); mean ± std over the
    patients (population std).
 
 Outputs in ``RUN_DIR/eval/`` (``<name>`` = the split, e.g. ``test``; for a threshold other than ``val`` it
@@ -52,12 +52,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from mmcam.data import DataError, SliceDataset
-from mmcam.inference import CHECKPOINTS, LoadedRun, UsageError, check_map_types, labelled_split, load_run, \
+from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, check_map_types, labelled_split, load_run, \
     patient_volumes
-from mmcam.pseudo_masks import MAP_TYPES
-from mmcam.run_dir import write_text_atomic
-from mmcam.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
-from mmcam.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
+from mmcam.cams.pseudo_masks import MAP_TYPES
+from mmcam.training.run_dir import write_text_atomic
+from mmcam.evaluation.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
+from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
 __all__ = ["SUMMARY_FORMAT", "METRICS", "evaluate_run", "format_table", "main", "parse_args"]
 
@@ -96,7 +96,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def _resolve_cache(run: LoadedRun, data: Optional[str]) -> Path:
     if data is not None:
         return Path(data)
-    from mmcam.train import resolve_cache
+    from mmcam.training.cache_location import resolve_cache
 
     try:
         return resolve_cache(run.config, lambda message: print(message, file=sys.stderr))
@@ -173,10 +173,10 @@ def evaluate_run(run_dir, *, split: str = "test", threshold: Optional[str] = Non
     Args:
         run_dir: the run directory.
         split: the split to evaluate (must have labels).
-        threshold: ``None`` / ``"val"``, ``"otsu"`` or a number as text (:func:`mmcam.thresholds.parse_threshold`).
-        maps: map types among :data:`~mmcam.pseudo_masks.MAP_TYPES`.
+        threshold: ``None`` / ``"val"``, ``"otsu"`` or a number as text (:func:`mmcam.evaluation.thresholds.parse_threshold`).
+        maps: map types among :data:`~mmcam.cams.pseudo_masks.MAP_TYPES`.
         oracle: sweep the threshold on ``split``'s labels (flagged); excludes ``threshold``.
-        checkpoint: ``best``, ``best_dice``, ``last`` or ``None`` (:func:`mmcam.inference.load_run`).
+        checkpoint: ``best``, ``best_dice``, ``last`` or ``None`` (:func:`mmcam.evaluation.runs.load_run`).
         data: the cache (default: the run's).
         out: output folder (default ``RUN_DIR/eval``).
 

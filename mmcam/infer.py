@@ -15,7 +15,7 @@ cache (intensity normalisation, ``--size``, fit; the defaults with the run's ``s
 gone), into ``--cache DIR`` (kept and reused) or a temporary folder removed at the end.
 
 Per subject, each modality's network runs on its own modality's slices; its map (``--map``, default the
-CAM: :mod:`mmcam.pseudo_masks`) is put back on the input's voxel grid (the prepare-time crop / pad /
+CAM: :mod:`mmcam.cams.pseudo_masks`) is put back on the input's voxel grid (the prepare-time crop / pad /
 resize undone, dropped empty slices = 0). Written, with the input's affine and header (qform / sform codes,
 units, description):
 
@@ -29,7 +29,7 @@ units, description):
 
 Threshold (``--threshold``): ``val`` (default) = per channel, the one chosen on the run's validation
 split: taken from ``RUN_DIR/results.json`` when the trainer chose it for the same checkpoint and map
-(``cam``), else recomputed on the validation split of the run's cache (:mod:`mmcam.thresholds`); ``otsu``
+(``cam``), else recomputed on the validation split of the run's cache (:mod:`mmcam.evaluation.thresholds`); ``otsu``
 = label-free, per subject and channel; or a number in (0, 1]. Bad input prints ``error: ...`` and exits
 with status 2.
 """
@@ -53,10 +53,10 @@ from mmcam.data.build import BuildOptions
 from mmcam.data.cache import INDEX_FILE
 from mmcam.data.discover import Dataset, ImageSource, Subject
 from mmcam.data.modalities import canonical_modality
-from mmcam.inference import CHECKPOINTS, LoadedRun, UsageError, load_run, subject_maps, training_cache
-from mmcam.pseudo_masks import MAP_TYPES
-from mmcam.run_dir import write_text_atomic
-from mmcam.thresholds import ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
+from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, load_run, subject_maps, training_cache
+from mmcam.cams.pseudo_masks import MAP_TYPES
+from mmcam.training.run_dir import write_text_atomic
+from mmcam.evaluation.thresholds import ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
 __all__ = ["MANIFEST", "main", "parse_args", "infer", "parse_files"]
 

@@ -27,10 +27,10 @@ from __future__ import annotations
 import warnings
 from typing import Optional, Sequence
 
-import kornia
 import torch
 import torch.nn.functional as F
 
+from mmcam.cams.normalize import l2_normalize_planes, minmax_normalize
 from mmcam._checks import check_equivariance_args, check_matrix, check_tensor, check_warp_args
 from mmcam.transforms import invert_matrix
 
@@ -43,45 +43,6 @@ __all__ = [
     "equivariance_loss_kornia",
     "equivariance_loss_torch",
 ]
-
-
-def minmax_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    r"""Min-max normalise every ``H x W`` plane of a CAM after a ReLU.
-
-    .. math::
-        r = \mathrm{relu}(x),\quad
-        \mathrm{mn}(x) = \frac{\mathrm{relu}((r - \min r) - \epsilon)}{(\max r - \min r) + \epsilon}
-
-    with min and max over the last two axes. The gradient of the min and max follows
-    :func:`torch.amin` / :func:`torch.amax`: tied extrema share it evenly. An all-negative or
-    constant plane maps to zeros. The operation order is the one the C++ kernel reproduces.
-
-    Args:
-        x: tensor of shape :math:`(*, H, W)`.
-        eps: :math:`\epsilon \ge 0`.
-
-    Returns:
-        tensor of the shape and dtype of ``x``, values in :math:`[0, 1)`.
-    """
-    r = torch.relu(x)
-    lo = r.amin(dim=(-2, -1), keepdim=True)
-    hi = r.amax(dim=(-2, -1), keepdim=True)
-    return torch.relu((r - lo) - eps) / ((hi - lo) + eps)
-
-
-def l2_normalize_planes(x: torch.Tensor, l2_eps: float = 1e-12) -> torch.Tensor:
-    r"""Divide every ``H x W`` plane by the Frobenius norm of (plane + ``l2_eps``).
-
-    .. math:: x / \sqrt{\textstyle\sum_{h,w} (x_{hw} + \epsilon_2)^2}
-
-    Args:
-        x: tensor of shape :math:`(*, H, W)`.
-        l2_eps: :math:`\epsilon_2`, keeps an all-zero plane finite (it maps to zeros).
-
-    Returns:
-        tensor of the shape and dtype of ``x``.
-    """
-    return x / torch.sqrt(((x + l2_eps) ** 2).sum(dim=(-2, -1), keepdim=True))
 
 
 def _normalization(size: int) -> tuple[float, float, float, float]:
@@ -129,7 +90,10 @@ def _work_dtype(src: torch.Tensor, matrix: torch.Tensor) -> torch.dtype:
 
 
 def _warp_kornia(src: torch.Tensor, matrix: torch.Tensor, dsize: tuple[int, int], eps: float) -> torch.Tensor:
-    """Normalise + warp in the working dtype (no argument checks)."""
+    """Normalise + warp in the working dtype (no argument checks). kornia is imported here, where a
+    reference runs, so that importing mmcam (e.g. for inference) does not import it."""
+    import kornia.geometry.transform
+
     dt = _work_dtype(src, matrix)
     return kornia.geometry.transform.warp_affine(
         minmax_normalize(src.to(dt), eps),

@@ -1,4 +1,4 @@
-"""``python -m mmcam.train``: train the cross-modality equivariant CAM method (DESIGN §1).
+"""``python -m mmcam.train``: train the cross-modality equivariant CAM method (docs/method.md).
 
 With no arguments it trains a CPU-sized model on the built-in synthetic phantoms (generated on first
 use and cached under ``$MMCAM_HOME``, default ``~/.cache/mmcam``), evaluates it on their test split and
@@ -15,16 +15,14 @@ Under ``torchrun --nproc_per_node K`` the run is distributed (DDP; gloo on CPU, 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from mmcam import config as cfg
 from mmcam.data import DataError
-from mmcam.data.cache import INDEX_FILE
+from mmcam.training import config as cfg
+from mmcam.training.cache_location import resolve_cache
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -65,50 +63,6 @@ def cli_options(args: argparse.Namespace) -> dict:
     }
 
 
-def mmcam_home() -> Path:
-    return Path(os.environ.get("MMCAM_HOME", "~/.cache/mmcam")).expanduser()
-
-
-def synthetic_workdir(config: cfg.TrainConfig) -> Path:
-    """Where the synthetic phantoms of a config live (raw/ and cache/ inside)."""
-    return mmcam_home() / f"synthetic-{config.synthetic_layout}-{config.synthetic_subjects}"
-
-
-def cache_location(config: cfg.TrainConfig) -> Path:
-    """Where the slice cache of a config is (or will be): the synthetic phantoms' cache (no ``data``),
-    ``data`` itself when it is a cache, else ``cache`` or ``<data>-mmcam-cache`` next to the raw folder."""
-    if config.data is None:
-        return synthetic_workdir(config) / "cache"
-    data = Path(config.data)
-    if (data / INDEX_FILE).is_file():
-        return data
-    return Path(config.cache) if config.cache else data.parent / f"{data.name}-mmcam-cache"
-
-
-def resolve_cache(config: cfg.TrainConfig, log) -> Path:
-    """The slice cache to train on (:func:`cache_location`), generated or prepared on first use."""
-    if config.data is None:
-        from mmcam.data.synthetic import prepare_synthetic
-
-        workdir = synthetic_workdir(config)
-        log(f"synthetic {config.synthetic_layout} phantoms: {workdir} (generated on first use)")
-        return prepare_synthetic(workdir, config.synthetic_layout, config.synthetic_subjects, seed=0)
-    data = Path(config.data)
-    if not data.exists():
-        raise DataError(f"--data {data}: no such folder")
-    cache = cache_location(config)
-    if not (cache / INDEX_FILE).is_file():
-        from mmcam import prepare
-
-        log(f"preparing {data} into {cache}")
-        argv = ["--data", str(data), "--out", str(cache), "--dataset", config.dataset]
-        if config.size is not None:
-            argv += ["--size", str(config.size)]
-        if prepare.main(argv) != 0:
-            raise DataError(f"preparing {data} failed (see the message above)")
-    return cache
-
-
 def new_run_dir(args: argparse.Namespace) -> Path:
     return Path(args.run_dir) if args.run_dir else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
 
@@ -120,7 +74,7 @@ def resolved_config(args: argparse.Namespace) -> tuple[cfg.TrainConfig, Path]:
     if args.resume is None:
         return cfg.resolve(preset_name=args.preset, config_file=args.config, options=options,
                            overrides=args.overrides), new_run_dir(args)
-    from mmcam.run_dir import RunDirectory
+    from mmcam.training.run_dir import RunDirectory
 
     run_dir = Path(args.resume)
     saved = cfg.apply(cfg.TrainConfig(), RunDirectory(run_dir, is_main=False).read_config(), f"{run_dir}/config.yaml")
@@ -149,8 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     import torch
 
-    from mmcam.run_dir import RunDirectory
-    from mmcam.trainer import Distributed, StopRequested, Trainer
+    from mmcam.training.run_dir import RunDirectory
+    from mmcam.training.trainer import Distributed, StopRequested, Trainer
 
     if config.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)

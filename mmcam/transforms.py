@@ -342,7 +342,7 @@ def affine_matrix(
         ctr = _check_real(center, "center", [(n, 2)], f"({n}, 2)")
 
     cos, sin = _cos_sin_degrees(a)
-    one, zero = torch.ones_like(cos), torch.zeros_like(cos)
+    one = torch.ones_like(cos)
     rot = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)
     scl = torch.diag_embed(s)
     shr = torch.stack([torch.stack([one, tan_x], -1), torch.stack([tan_y, tan_y * tan_x + one], -1)], -2)

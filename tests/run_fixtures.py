@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from mmcam import checkpoint as ckpt
-from mmcam.config import TrainConfig
+from mmcam.training import checkpoint as ckpt
+from mmcam.training.config import TrainConfig
 from mmcam.models import MultiModalCAM
-from mmcam.run_dir import RunDirectory
+from mmcam.training.run_dir import RunDirectory
 
 
 def untrained_run(run_dir: Path, cache: Path, modalities, *, width_divisor: int = 16, seed: int = 0,

@@ -21,10 +21,10 @@ import pytest
 from mmcam import evaluate, infer, train
 from mmcam.data import build_cache, discover, split_patients, write_splits
 from mmcam.data.synthetic import generate_synthetic
-from mmcam.inference import UsageError, load_run
-from mmcam.metrics import threshold_grid
-from mmcam.surface_metrics import case_metrics
-from mmcam.thresholds import choose_on_split, otsu_threshold, parse_threshold, sweep_thresholds
+from mmcam.evaluation.runs import UsageError, load_run
+from mmcam.evaluation.overlap import threshold_grid
+from mmcam.evaluation.surface_metrics import case_metrics
+from mmcam.evaluation.thresholds import choose_on_split, otsu_threshold, parse_threshold, sweep_thresholds
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
@@ -81,15 +81,15 @@ def summary_of(run: Path, name: str = "test") -> dict:
 
 def splits_swept(monkeypatch) -> list:
     """Record the splits on which thresholds are swept."""
-    import mmcam.thresholds
+    import mmcam.evaluation.thresholds
 
-    swept, original = [], mmcam.thresholds.labelled_split
+    swept, original = [], mmcam.evaluation.thresholds.labelled_split
 
     def spy(run, cache, split, option="--split"):
         swept.append(split)
         return original(run, cache, split, option)
 
-    monkeypatch.setattr(mmcam.thresholds, "labelled_split", spy)
+    monkeypatch.setattr(mmcam.evaluation.thresholds, "labelled_split", spy)
     return swept
 
 

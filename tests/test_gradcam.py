@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcam.gradcam import gradcam_maps, gradcam_weights
+from mmcam.cams.gradcam import gradcam_maps, gradcam_weights
 from mmcam.models import MultiModalCAM
-from mmcam.pseudo_masks import MAP_TYPES, class_maps, foreground_maps
+from mmcam.cams.pseudo_masks import MAP_TYPES, class_maps, foreground_maps
 
 
 def model_predicting(positive: bool) -> MultiModalCAM:

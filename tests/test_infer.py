@@ -19,7 +19,7 @@ from mmcam import infer, train
 from mmcam.data import BuildOptions, SliceDataset, build_cache, discover, read_subject_meta
 from mmcam.data.intensity import normalize_intensity
 from mmcam.data.synthetic import prepare_synthetic
-from mmcam.inference import truth_volume
+from mmcam.evaluation.runs import truth_volume
 
 sys.path.insert(0, os.path.dirname(__file__))
 import data_fixtures as fx  # noqa: E402
@@ -119,7 +119,7 @@ def test_output_voxel_is_the_input_voxel(tmp_path, monkeypatch):
     def intensities_as_maps(model, batch, map_type):
         return batch.clamp(0, 1), torch.ones(batch.shape[:2], dtype=torch.int64)
 
-    monkeypatch.setattr("mmcam.inference.class_maps", intensities_as_maps)
+    monkeypatch.setattr("mmcam.evaluation.runs.class_maps", intensities_as_maps)
     out = tmp_path / "out"
     assert infer.main(["--run", str(run_dir), "--data", str(tmp_path / "raw"), "--threshold", "0.5",
                        "--out", str(out), "--cache", str(tmp_path / "infer-cache")]) == 0

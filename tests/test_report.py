@@ -57,7 +57,7 @@ def positive_report(run_dir, tmp_path_factory) -> tuple[Path, Path]:
     classifier weights made -|w| for class 0 and +|w| for class 1) and whose thresholds are 0.5, so that
     the pseudo-masks are neither empty nor full; and its report."""
     pytest.importorskip("matplotlib")
-    from mmcam import checkpoint as ckpt
+    from mmcam.training import checkpoint as ckpt
     from mmcam.report import write_report
 
     run = tmp_path_factory.mktemp("positive") / "run"
@@ -232,9 +232,9 @@ def check_overlays(report: Path, run: Path, cache: Path) -> int:
     """Compare every modality panel of a report with an independent recomputation: the contour pixels
     are exactly the enlarged mask boundary; the pseudo-mask panel is the grey image outside ``map >= t``
     and red-tinted inside. Returns the number of slices whose pseudo-mask is neither empty nor full."""
-    from mmcam import checkpoint as ckpt
+    from mmcam.training import checkpoint as ckpt
     from mmcam.models import MultiModalCAM
-    from mmcam.pseudo_masks import foreground_maps
+    from mmcam.cams.pseudo_masks import foreground_maps
 
     manifest = json.loads((report / "report.json").read_text())
     dataset = SliceDataset(cache, "test", MODALITIES)

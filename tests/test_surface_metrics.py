@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mmcam.distance_transform import distance_transform
-from mmcam.surface_metrics import assd, case_metrics, dice, hd95, slice_dice, surface, surface_distances
+from mmcam.evaluation.distance_transform import distance_transform
+from mmcam.evaluation.surface_metrics import assd, case_metrics, dice, hd95, slice_dice, surface, surface_distances
 
 
 # ------------------------------------------------------------------------ independent reference

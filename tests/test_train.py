@@ -4,7 +4,6 @@ exist, bad input fails before training, SIGINT saves and exits cleanly."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcam import checkpoint as ckpt
+from mmcam.training import checkpoint as ckpt
 from mmcam import train
 from mmcam.data.synthetic import prepare_synthetic
 

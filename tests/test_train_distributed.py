@@ -4,7 +4,6 @@ reference computes the loss per shard and averages the gradients, exactly what D
 
 from __future__ import annotations
 
-import copy
 import os
 import socket
 from pathlib import Path
@@ -13,13 +12,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mmcam import checkpoint as ckpt
+from mmcam.training import checkpoint as ckpt
 from mmcam import train
 from mmcam.data import SliceDataset
 from mmcam.data.synthetic import prepare_synthetic
 from mmcam.models import MultiModalCAM
 from mmcam.objective import ObjectiveConfig, compute_objective
-from mmcam.trainer import EpochBatches
+from mmcam.training.trainer import EpochBatches
 
 MODALITIES = ["t1ce", "flair"]
 STEPS, PER_RANK, WORLD, SEED = 3, 2, 2, 5

@@ -30,7 +30,7 @@ import torch
 
 from mmcam.data._atomic import atomic_write_json, replace_directory, temporary_sibling
 from mmcam.objective import TERMS
-from mmcam.pseudo_masks import threshold_maps
+from mmcam.cams.pseudo_masks import threshold_maps
 from mmcam.report import html as H
 from mmcam.report.figures import curves_figure, heat_lut, overlay_figure, require_matplotlib, write_png
 from mmcam.report.overlays import PANEL_KINDS, display_scale, slice_dice, slice_panels
@@ -53,10 +53,10 @@ def _resolve_cache(run: RunOutputs, data: Optional[str]) -> Path:
     """The slice cache of the run (``--data`` overrides the one in config.yaml). The synthetic phantoms
     are regenerated when missing (seeded, seconds); a real dataset's cache must exist (the report never
     prepares a raw download)."""
-    from mmcam import config as cfg
+    from mmcam.training import config as cfg
     from mmcam.data import DataError
     from mmcam.data.cache import INDEX_FILE
-    from mmcam.train import cache_location, resolve_cache
+    from mmcam.training.cache_location import cache_location, resolve_cache
 
     try:
         config = cfg.apply(cfg.TrainConfig(), run.config, f"{run.path / 'config.yaml'}")

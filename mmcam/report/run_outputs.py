@@ -1,4 +1,4 @@
-"""What a finished training run directory holds, read for the report (see :mod:`mmcam.run_dir`).
+"""What a finished training run directory holds, read for the report (see :mod:`mmcam.training.run_dir`).
 
 Required: ``config.yaml``, ``results.json`` (written when training and its test evaluation finished) and
 the checkpoint the slices are drawn with. Optional: ``metrics.csv`` (training curves),

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmcam import checkpoint as ckpt
+from mmcam.training import checkpoint as ckpt
 from mmcam.data import DataError, SliceDataset
 from mmcam.models import MultiModalCAM
-from mmcam.pseudo_masks import foreground_maps
+from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.report.run_outputs import ReportError
 
 __all__ = ["SelectedSlice", "SliceMaps", "select_slices", "load_model", "compute_maps", "open_dataset"]

@@ -2,15 +2,15 @@
 the classifier predicts "no target", then thresholded.
 
 Map types (:data:`MAP_TYPES`, :func:`class_maps`): ``"cam"`` (:func:`foreground_maps`), ``"gradcam"`` and
-``"gradcampp"`` (:func:`mmcam.gradcam.gradcam_maps`, the same normalisation and zeroing)."""
+``"gradcampp"`` (:func:`mmcam.cams.gradcam.gradcam_maps`, the same normalisation and zeroing)."""
 
 from __future__ import annotations
 
 import torch
 
-from mmcam.gradcam import GRADCAM_METHODS, gradcam_maps
+from mmcam.cams.gradcam import GRADCAM_METHODS, gradcam_maps
 from mmcam.models import zscore_per_sample
-from mmcam.reference import minmax_normalize
+from mmcam.cams.normalize import minmax_normalize
 
 #: The map types of :func:`class_maps`.
 MAP_TYPES = ("cam",) + GRADCAM_METHODS

@@ -19,14 +19,14 @@ from typing import Any, Iterator, Optional
 import torch
 import torch.distributed as dist
 
-from mmcam import checkpoint as ckpt
-from mmcam.config import TrainConfig
+from mmcam.training import checkpoint as ckpt
+from mmcam.training.config import TrainConfig
 from mmcam.data import SliceDataset
-from mmcam.metrics import PatientDice, mean_std, threshold_grid
+from mmcam.evaluation.overlap import PatientDice, mean_std, threshold_grid
 from mmcam.models import MultiModalCAM, unwrap_model
 from mmcam.objective import ObjectiveConfig, compute_objective
-from mmcam.pseudo_masks import foreground_maps
-from mmcam.run_dir import RunDirectory
+from mmcam.cams.pseudo_masks import foreground_maps
+from mmcam.training.run_dir import RunDirectory
 
 
 @dataclass

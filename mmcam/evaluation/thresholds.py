@@ -1,10 +1,10 @@
 """How the pseudo-mask threshold is chosen (DESIGN §5): never from the labels of the data it is applied to.
 
-A pseudo-mask is ``map >= t`` with ``map`` a normalised map in [0, 1] (:mod:`mmcam.pseudo_masks`).
+A pseudo-mask is ``map >= t`` with ``map`` a normalised map in [0, 1] (:mod:`mmcam.cams.pseudo_masks`).
 :class:`ThresholdRule` modes:
 
 - ``val`` (default): per channel (each modality and the combined map), the threshold of the grid
-  0.05, 0.10, ..., 0.95 (:func:`mmcam.metrics.threshold_grid`) with the highest mean per-patient 3-D Dice
+  0.05, 0.10, ..., 0.95 (:func:`mmcam.evaluation.overlap.threshold_grid`) with the highest mean per-patient 3-D Dice
   on the validation split (ties: the smallest), :func:`sweep_thresholds`;
 - ``otsu``: label-free, per patient and channel: Otsu's threshold (:func:`otsu_threshold`) of the
   non-zero voxels of that patient's map volume (a map that is zero everywhere gives an empty mask);
@@ -22,8 +22,8 @@ from typing import Iterable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from mmcam.inference import LoadedRun, UsageError, labelled_split, patient_volumes
-from mmcam.metrics import PatientDice, threshold_grid
+from mmcam.evaluation.runs import LoadedRun, UsageError, labelled_split, patient_volumes
+from mmcam.evaluation.overlap import PatientDice, threshold_grid
 
 __all__ = ["THRESHOLD_MODES", "ORACLE_WARNING", "ThresholdRule", "parse_threshold", "otsu_threshold",
            "sweep_thresholds", "choose_on_split"]
@@ -113,7 +113,7 @@ def sweep_thresholds(cases: Iterable[tuple[str, Mapping[str, np.ndarray], np.nda
     Args:
         cases: ``(subject, {channel: (X, Y, Z) map}, truth (X, Y, Z) bool)`` per patient.
         channels: the channels to choose a threshold for.
-        grid: candidate thresholds (default :func:`~mmcam.metrics.threshold_grid`).
+        grid: candidate thresholds (default :func:`~mmcam.evaluation.overlap.threshold_grid`).
 
     Returns:
         ``(thresholds, mean_dice)``: channel -> chosen threshold, and the mean Dice it reached there.

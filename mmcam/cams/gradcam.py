@@ -11,8 +11,8 @@ its backbone layer (``model.backbone_name(m)``, the ``conv3x3 + BN + ReLU`` befo
 
 The map is brought to the input's ``(H, W)`` (the network zero-pads inputs to a multiple of 8 and its
 backbone output has the padded size: the padding is cropped off, split as the network splits it; a
-smaller map is upsampled bilinearly), then treated exactly like the CAM (:mod:`mmcam.pseudo_masks`):
-min-max normalised per slice (:func:`mmcam.reference.minmax_normalize`) and zeroed where the network
+smaller map is upsampled bilinearly), then treated exactly like the CAM (:mod:`mmcam.cams.pseudo_masks`):
+min-max normalised per slice (:func:`mmcam.cams.normalize.minmax_normalize`) and zeroed where the network
 predicts class 0.
 
 For this architecture the class score is the spatial mean of a 1x1 convolution of ``A``, so ``g`` is
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from mmcam.models import check_images, unwrap_model, zscore_per_sample
-from mmcam.reference import minmax_normalize
+from mmcam.cams.normalize import minmax_normalize
 
 __all__ = ["GRADCAM_METHODS", "gradcam_maps", "gradcam_weights"]
 
@@ -61,7 +61,7 @@ def _to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def gradcam_maps(model: torch.nn.Module, images: torch.Tensor, method: str = "gradcam",
                  target_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised Grad-CAM (``method="gradcam"``) or Grad-CAM++ (``"gradcampp"``) maps of every
-    modality's network, in the format of :func:`mmcam.pseudo_masks.foreground_maps`.
+    modality's network, in the format of :func:`mmcam.cams.pseudo_masks.foreground_maps`.
 
     Args:
         model: a :class:`~mmcam.models.MultiModalCAM` in eval mode (possibly wrapped). Its parameters'

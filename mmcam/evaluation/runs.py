@@ -4,7 +4,7 @@ put back on the subject's original voxel grid.
 - :func:`load_run`: ``RUN_DIR/config.yaml`` and one checkpoint (``best``, ``best_dice`` or ``last``) ->
   a :class:`LoadedRun` holding the :class:`~mmcam.models.MultiModalCAM` in eval mode.
 - :func:`training_cache`: where the run's slice cache is, without building anything;
-  :func:`mmcam.train.resolve_cache` finds or builds it.
+  :func:`mmcam.training.cache_location.resolve_cache` finds or builds it.
 - :func:`subject_maps`: one subject's normalised maps of every modality on the stored slices
   (:class:`SubjectMaps`); :meth:`SubjectMaps.volume` restacks a channel to the ``(X, Y, Z)`` grid of the
   input NIfTI (:meth:`~mmcam.data.cache.SubjectMeta.restack`: the prepare-time crop / pad / resize
@@ -27,17 +27,17 @@ import numpy as np
 import torch
 import yaml
 
-from mmcam import checkpoint as ckpt
-from mmcam import config as cfg
+from mmcam.training import checkpoint as ckpt
+from mmcam.training import config as cfg
 from mmcam.data import DataError, SliceDataset, SubjectMeta, get_label_spec, load_labels
 from mmcam.data.cache import INDEX_FILE
 from mmcam.models import MultiModalCAM
-from mmcam.pseudo_masks import MAP_TYPES, class_maps
+from mmcam.cams.pseudo_masks import MAP_TYPES, class_maps
 
 __all__ = ["CHECKPOINTS", "COMBINED", "UsageError", "LoadedRun", "load_run", "training_cache", "SubjectMaps",
            "subject_maps", "truth_volume", "check_map_types", "labelled_split", "patient_volumes"]
 
-#: Checkpoint names of a run directory (``RUN_DIR/<name>.pt``, written by :mod:`mmcam.trainer`).
+#: Checkpoint names of a run directory (``RUN_DIR/<name>.pt``, written by :mod:`mmcam.training.trainer`).
 CHECKPOINTS = ("best", "best_dice", "last")
 #: The channel of the combined map: the mean of the modality maps, thresholded like a modality's map.
 COMBINED = "combined"
@@ -53,7 +53,7 @@ class LoadedRun:
 
     Attributes:
         run_dir: the run directory.
-        config: its :class:`~mmcam.config.TrainConfig` (``config.yaml``).
+        config: its :class:`~mmcam.training.config.TrainConfig` (``config.yaml``).
         checkpoint: the checkpoint's name (one of :data:`CHECKPOINTS`).
         checkpoint_path: ``RUN_DIR/<checkpoint>.pt``.
         model: the :class:`~mmcam.models.MultiModalCAM` in eval mode on ``device``.
@@ -124,18 +124,18 @@ def load_run(run_dir, checkpoint: Optional[str] = None, device: str = "cpu") -> 
 def training_cache(config: cfg.TrainConfig) -> Optional[Path]:
     """The complete slice cache the run was trained on, or ``None`` when it is not (or no longer) there.
 
-    Looks where :func:`mmcam.train.resolve_cache` puts it and builds nothing: the synthetic phantoms'
+    Looks where :func:`mmcam.training.cache_location.resolve_cache` puts it and builds nothing: the synthetic phantoms'
     cache under ``$MMCAM_HOME`` (no ``data``), ``data`` itself when it is a cache, else ``cache`` or
     ``<data>-mmcam-cache`` next to the raw folder.
     """
-    from mmcam.train import cache_location
+    from mmcam.training.cache_location import cache_location
 
     found = cache_location(config)
     return found if (found / INDEX_FILE).is_file() else None
 
 
 def check_map_types(names: Sequence[str]) -> list[str]:
-    """``names`` if every one is a map type of :data:`~mmcam.pseudo_masks.MAP_TYPES`, else a UsageError."""
+    """``names`` if every one is a map type of :data:`~mmcam.cams.pseudo_masks.MAP_TYPES`, else a UsageError."""
     names = list(names)
     unknown = [n for n in names if n not in MAP_TYPES]
     if unknown or not names:
@@ -181,7 +181,7 @@ def subject_maps(run: LoadedRun, cache_dir, subject_id: str, map_type: str = "ca
     Args:
         run: the loaded run (its model's modalities must be in the cache).
         cache_dir: a slice cache holding ``subject_id`` (labelled or not).
-        map_type: one of :data:`~mmcam.pseudo_masks.MAP_TYPES`.
+        map_type: one of :data:`~mmcam.cams.pseudo_masks.MAP_TYPES`.
         batch_size: slices per forward pass.
     """
     try:
