@@ -36,7 +36,7 @@ import yaml
 
 from mmcam import train
 from mmcam.objective import ABLATIONS
-from mmcam.training.run_dir import write_text_atomic
+from mmcam.atomic_files import atomic_write_text
 
 #: Table rows, in this order, with their names in the table.
 VARIANT_LABELS = {
@@ -153,7 +153,7 @@ def ensure_run(args: argparse.Namespace, variant: str, seed: int) -> Path:
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"error: training {run_dir} exited with status {code}; rerun this script to continue")
-    write_text_atomic(run_dir / SIDE_FILE, json.dumps({"argv": argv, "seconds": seconds, "resumed": command != argv},
+    atomic_write_text(run_dir / SIDE_FILE, json.dumps({"argv": argv, "seconds": seconds, "resumed": command != argv},
                                                       indent=2))
     return run_dir
 
@@ -351,8 +351,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     runs = {v: runs[v] for v in args.variants}
     document, text = build_report(runs, args.seeds, environment(), command_line(args))
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / f"{TABLE_NAME}.json", json.dumps(document, indent=2, allow_nan=False))
-    write_text_atomic(args.out / f"{TABLE_NAME}.md", text)
+    atomic_write_text(args.out / f"{TABLE_NAME}.json", json.dumps(document, indent=2, allow_nan=False))
+    atomic_write_text(args.out / f"{TABLE_NAME}.md", text)
     print(text)
     print(f"[ablation] wrote {args.out / (TABLE_NAME + '.md')} and {args.out / (TABLE_NAME + '.json')}")
     return 0

@@ -46,7 +46,7 @@ import torch
 
 import mmcam
 from mmcam.data import SliceDataset, build_cache, discover, write_splits
-from mmcam.data._atomic import atomic_write_json
+from mmcam.atomic_files import atomic_write_json
 from mmcam.data.synthetic import generate_synthetic
 
 

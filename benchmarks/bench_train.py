@@ -26,10 +26,10 @@ from mmcam.models import MultiModalCAM
 from mmcam.objective import ObjectiveConfig, compute_objective
 
 VARIANTS = {  # name: ObjectiveConfig keyword arguments
-    "fused": dict(backend="fused"),
-    "torch": dict(backend="torch"),
-    "kornia": dict(backend="kornia"),
-    "no equivariance": dict(backend="fused", use_er=False, use_cmer=False),
+    "fused": dict(equivariance_backend="fused"),
+    "torch": dict(equivariance_backend="torch"),
+    "kornia": dict(equivariance_backend="kornia"),
+    "no equivariance": dict(equivariance_backend="fused", use_er=False, use_cmer=False),
 }
 
 

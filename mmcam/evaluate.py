@@ -55,7 +55,7 @@ from mmcam.data import DataError, SliceDataset
 from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, check_map_types, labelled_split, load_run, \
     patient_volumes
 from mmcam.cams.pseudo_masks import MAP_TYPES
-from mmcam.training.run_dir import write_text_atomic
+from mmcam.atomic_files import atomic_write_text
 from mmcam.evaluation.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
 from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
@@ -136,7 +136,7 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text_atomic(path, buffer.getvalue())
+    atomic_write_text(path, buffer.getvalue())
 
 
 # ------------------------------------------------------------------------------------ evaluation
@@ -238,7 +238,7 @@ def evaluate_run(run_dir, *, split: str = "test", threshold: Optional[str] = Non
         "channels": run.channels, "maps": results,
     }
     summary = _json_safe(summary)
-    write_text_atomic(out / f"{name}_summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / f"{name}_summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     log(format_table(summary))
     log(f"wrote {out / f'{name}_summary.json'} and {', '.join(r['cases_csv'] for r in results.values())}")
     return summary

@@ -55,7 +55,7 @@ from mmcam.data.discover import Dataset, ImageSource, Subject
 from mmcam.data.modalities import canonical_modality
 from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, load_run, subject_maps, training_cache
 from mmcam.cams.pseudo_masks import MAP_TYPES
-from mmcam.training.run_dir import write_text_atomic
+from mmcam.atomic_files import atomic_write_text
 from mmcam.evaluation.thresholds import ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
 __all__ = ["MANIFEST", "main", "parse_args", "infer", "parse_files"]
@@ -221,7 +221,7 @@ def infer(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         "input": {"data": args.data, "files": args.files}, "subjects": written,
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
     log(f"wrote {len(written)} subject(s) to {out}")
     return manifest
 

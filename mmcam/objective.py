@@ -71,7 +71,7 @@ class ObjectiveConfig:
         temperature: KD temperature ``T`` (10).
         transform: the π policy of :func:`mmcam.transforms.sample_transform` (``"all"``, ``"flip"``,
             ``"rot90"``, ``"translate"``, ``"resize"``, ``"affine"``).
-        backend: equivariance backend of :func:`mmcam.losses.equivariance_terms` (``"fused"``,
+        equivariance_backend: backend of :func:`mmcam.losses.equivariance_terms` (``"fused"``,
             ``"torch"``, ``"kornia"``).
         er_distance: ``"sq_l2"`` (the paper) or ``"l1"``: distance of the ER term.
         use_cls, use_kd, use_er, use_cmer: keep ``L_C``, ``L_KD``, ``L_ER``, ``L_CMER`` in ``L_i``
@@ -82,7 +82,7 @@ class ObjectiveConfig:
     lambda_kd: float = 0.5
     temperature: float = 10.0
     transform: str = "all"
-    backend: str = "fused"
+    equivariance_backend: str = "fused"
     er_distance: str = "sq_l2"
     use_cls: bool = True
     use_kd: bool = True
@@ -104,7 +104,7 @@ class ObjectiveConfig:
         if self.zscore_eps <= 0:
             raise ValueError(f"zscore_eps must be > 0, got {self.zscore_eps!r}")
         _checks.check_option(self.transform, "transform", transforms.POLICIES)
-        _checks.check_option(self.backend, "backend", losses.BACKENDS)
+        _checks.check_option(self.equivariance_backend, "equivariance_backend", losses.BACKENDS)
         _checks.check_option(self.er_distance, "er_distance", _checks.DISTANCES)
         for term in TERMS:
             if not isinstance(getattr(self, f"use_{term}"), bool):
@@ -268,7 +268,7 @@ def _equivariance(cams, cams_t, matrix, labels, pred, pred_t, config) -> tuple[t
         cams, cams_t = cams.expand(-1, 2, -1, -1), cams_t.expand(-1, 2, -1, -1)
         pred, pred_t = pred.expand(-1, 2), pred_t.expand(-1, 2)
     terms = losses.equivariance_terms(
-        cams, cams_t, matrix, labels, pred, pred_t, backend=config.backend, er_distance=config.er_distance
+        cams, cams_t, matrix, labels, pred, pred_t, backend=config.equivariance_backend, er_distance=config.er_distance
     )
     return terms[0, :m], terms[1, :m]
 

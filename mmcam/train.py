@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from mmcam import losses, transforms
 from mmcam.data import DataError
 from mmcam.training import config as cfg
 from mmcam.training.cache_location import resolve_cache
@@ -36,8 +37,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--config", metavar="YAML", help="a YAML file of config keys")
     p.add_argument("--run-dir", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
-    p.add_argument("--device", choices=["cpu", "cuda"])
-    p.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision (CUDA)")
+    p.add_argument("--device", choices=cfg.DEVICES)
+    p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (CUDA)")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--seed", type=int)
@@ -46,8 +47,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int)
     p.add_argument("--limit-subjects", type=int, help="train on the first K training subjects (smoke runs)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes")
-    p.add_argument("--equivariance-backend", choices=["fused", "torch", "kornia"])
-    p.add_argument("--transform", choices=["all", "flip", "rot90", "translate", "resize", "affine"])
+    p.add_argument("--equivariance-backend", choices=losses.BACKENDS)
+    p.add_argument("--transform", choices=transforms.POLICIES)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_intermixed_args(argv)
 

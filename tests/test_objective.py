@@ -62,7 +62,7 @@ def test_one_backward_equals_separate_per_network_backwards(backend, transform):
     """Backward of sum_i L_i gives network i exactly the gradient of L_i alone, and L_i alone gives
     every other network exactly zero gradient (all cross-network targets are detached)."""
     model = _model()
-    config = ObjectiveConfig(backend=backend, transform=transform)
+    config = ObjectiveConfig(equivariance_backend=backend, transform=transform)
     seed = 3  # draws a resize to 28 x 28: the transformed view has another size
     result = _run(model, config, seed=seed)
     assert transform != "resize" or result.dsize == (28, 28)
@@ -88,7 +88,7 @@ def test_one_backward_equals_separate_per_network_backwards(backend, transform):
 
 def test_per_network_and_total_are_consistent():
     model = _model()
-    r = _run(model, ObjectiveConfig(backend="torch"))
+    r = _run(model, ObjectiveConfig(equivariance_backend="torch"))
     expected = r.terms["cls"] + 0.5 * r.terms["kd"] + r.terms["er"] + r.terms["cmer"]
     assert torch.equal(r.per_network, expected)
     torch.testing.assert_close(r.total, r.per_network.sum())
@@ -142,7 +142,7 @@ def test_distillation_gradient_reaches_only_the_student():
 
 def test_objective_kd_term_is_the_mean_over_both_views():
     model = _model()
-    r = _run(model, ObjectiveConfig(backend="torch"))
+    r = _run(model, ObjectiveConfig(equivariance_backend="torch"))
     for logits in (r.logits, r.logits_t):
         assert (distillation_loss(logits, 10.0) > 0).all()
     hand = [0.5 * (a + b) for a, b in zip(_kd_by_hand(r.logits.double().tolist(), 10.0),
@@ -157,7 +157,7 @@ def test_objective_kd_is_zero_for_identical_networks():
     for m in MODALITIES[1:]:
         model.network(m).load_state_dict(state)
     images = _images(m=1).expand(-1, 3, -1, -1).contiguous()
-    r = _run(model, ObjectiveConfig(backend="torch"), images=images)
+    r = _run(model, ObjectiveConfig(equivariance_backend="torch"), images=images)
     assert torch.equal(r.logits[:, 0], r.logits[:, 1])
     assert torch.equal(r.terms["kd"], torch.zeros(3))
 
@@ -167,10 +167,10 @@ def test_objective_kd_is_zero_for_identical_networks():
 def test_ablation_switches_remove_exactly_their_terms(name, monkeypatch):
     model = _model()
     if name == "no_cls":
-        config = ObjectiveConfig(backend="torch", use_cls=False)
+        config = ObjectiveConfig(equivariance_backend="torch", use_cls=False)
     else:
-        config = ObjectiveConfig.ablation(name, backend="torch")
-    full = _run(model, ObjectiveConfig(backend="torch"))
+        config = ObjectiveConfig.ablation(name, equivariance_backend="torch")
+    full = _run(model, ObjectiveConfig(equivariance_backend="torch"))
     kept = [t for t in TERMS if config.enabled(t)]
     dropped = [t for t in TERMS if t not in kept]
     for t in TERMS:
@@ -231,7 +231,7 @@ def test_one_pi_per_batch_shared_by_all_modalities(transform, monkeypatch):
     inputs = {m: [] for m in MODALITIES}
     for m in MODALITIES:
         model.network(m).register_forward_pre_hook(lambda mod, args, m=m: inputs[m].append(args[0]))
-    r = _run(model, ObjectiveConfig(backend="kornia", transform=transform), images=images)
+    r = _run(model, ObjectiveConfig(equivariance_backend="kornia", transform=transform), images=images)
 
     matrix, dsize, family = transforms.sample_transform(4, (32, 32), policy=transform,
                                                         generator=torch.Generator().manual_seed(7))
@@ -252,7 +252,7 @@ def test_identical_modalities_get_identical_transformed_views():
     for m in MODALITIES:
         model.network(m).register_forward_pre_hook(lambda mod, args, m=m: inputs[m].append(args[0]))
     images = _images(m=1).expand(-1, 3, -1, -1).contiguous()
-    _run(model, ObjectiveConfig(backend="torch", transform="affine"), images=images)
+    _run(model, ObjectiveConfig(equivariance_backend="torch", transform="affine"), images=images)
     views = [inputs[m][1] for m in MODALITIES]
     assert not torch.equal(views[0], inputs["t1"][0])  # the view is transformed
     assert torch.equal(views[0], views[1]) and torch.equal(views[0], views[2])
@@ -280,7 +280,7 @@ def test_backends_agree_in_the_objective():
     results = {}
     for backend in BACKENDS:
         model = _model()
-        r = _run(model, ObjectiveConfig(backend=backend, transform="affine"))
+        r = _run(model, ObjectiveConfig(equivariance_backend=backend, transform="affine"))
         r.total.backward()
         results[backend] = (r.per_network.detach(), [p.grad for p in model.parameters()])
     for backend in ("torch", "kornia"):
@@ -308,14 +308,14 @@ def test_single_modality_er_only():
 
 def test_float64_images_and_model():
     model = _model().double()
-    r = _run(model, ObjectiveConfig(backend="fused"), images=_images(dtype=torch.float64))
+    r = _run(model, ObjectiveConfig(equivariance_backend="fused"), images=_images(dtype=torch.float64))
     assert r.total.dtype == torch.float64 and r.matrix.dtype == torch.float64
     r.total.backward()
 
 
 def test_accuracy_and_scalars():
     model = _model()
-    r = _run(model, ObjectiveConfig(backend="torch"))
+    r = _run(model, ObjectiveConfig(equivariance_backend="torch"))
     # networks 0 and 1 lean to "target": right exactly on the positive slices
     assert r.accuracy[:2].tolist() == [0.75, 0.75] and r.accuracy_t[:2].tolist() == [0.75, 0.75]
     s = r.scalars()
@@ -369,7 +369,7 @@ def test_rejects_bad_arguments():
         (dict(temperature=0.0), ValueError),
         (dict(zscore_eps=0.0), ValueError),
         (dict(transform="shear"), ValueError),
-        (dict(backend="cuda"), ValueError),
+        (dict(equivariance_backend="cuda"), ValueError),
         (dict(er_distance="l2"), ValueError),
         (dict(use_er=1), TypeError),
         (dict(use_cls=False, use_kd=False, use_er=False, use_cmer=False), ValueError),
@@ -382,7 +382,7 @@ def test_config_validation(kwargs, error):
 
 def test_ablation_presets():
     assert ObjectiveConfig.ablation("full") == ObjectiveConfig()
-    assert ObjectiveConfig.ablation("er_cmer", backend="torch").use_kd is False
+    assert ObjectiveConfig.ablation("er_cmer", equivariance_backend="torch").use_kd is False
     with pytest.raises(ValueError, match="ablation"):
         ObjectiveConfig.ablation("cmer_only")
     with pytest.raises(ValueError, match="use_kd"):

@@ -122,3 +122,21 @@ def test_raw_download_is_prepared_on_first_use(tmp_path):
     assert f"preparing {raw}" in log
     saved = ckpt.load(run_dir / "last.pt")
     assert saved["modalities"] == ["t2", "flair"] and saved["config"]["channels_last"] is True
+
+
+def test_loss_options_are_defined_once_and_reach_the_objective():
+    """TrainConfig takes its loss keys from ObjectiveConfig (one definition, one validation), so every one
+    of them, zscore_eps included, can be set and reaches the objective the trainer uses."""
+    import dataclasses
+
+    from mmcam.objective import ObjectiveConfig
+    from mmcam.training import config as cfg
+
+    loss_keys = {f.name for f in dataclasses.fields(ObjectiveConfig)}
+    assert loss_keys <= {f.name for f in dataclasses.fields(cfg.TrainConfig)}
+    config = cfg.apply(cfg.TrainConfig(), {"zscore_eps": "1e-3", "lambda_kd": 0.25, "use_cmer": "false"}, "test")
+    assert config.objective() == ObjectiveConfig(zscore_eps=1e-3, lambda_kd=0.25, use_cmer=False)
+    with pytest.raises(cfg.ConfigError, match=r"temperature must be > 0.*\(in test\)"):
+        cfg.apply(cfg.TrainConfig(), {"temperature": 0}, "test")
+    with pytest.raises(cfg.ConfigError, match="at least one of use_cls"):
+        cfg.apply(cfg.TrainConfig(), {f"use_{t}": False for t in ("cls", "kd", "er", "cmer")}, "test")

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from mmcam.data import cache as fmt
-from mmcam.data._atomic import TEMP_PREFIX, atomic_write_json, replace_directory, temporary_sibling
+from mmcam.atomic_files import TEMP_PREFIX, atomic_write_json, replace_directory, temporary_sibling
 from mmcam.data.discover import Dataset, Subject
 from mmcam.data.errors import DataError
 from mmcam.data.geometry import FITS, plan_geometry
@@ -33,6 +33,7 @@ from mmcam.data.labels import LabelSpec
 from mmcam.data.manifest import MANIFEST_FILE, write_manifest
 from mmcam.data.nifti import NONFINITE_POLICIES, Volume, header_to_text, load_image, load_labels
 from mmcam.data.splits import DEFAULT_FRACTIONS, check_fractions, kfold_patients, split_patients
+from mmcam.progress import progress_bar
 
 __all__ = ["IMAGE_DTYPES", "BuildOptions", "build_subject", "build_cache", "splits_record",
            "write_splits"]
@@ -252,14 +253,6 @@ def _prepare_directory(cache_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _progress(total: int, enabled: bool, description: str):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a missing one must not stop a build
-        return None
-    return tqdm(total=total, disable=not enabled, desc=description, unit="subject")
-
-
 def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOptions(),
                 workers: int = 1, overwrite: bool = False, progress: bool = False
                 ) -> fmt.CacheIndex:
@@ -296,15 +289,13 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
                         "pass overwrite=True (--overwrite) to rebuild it")
     _prepare_directory(cache_dir)
     todo = [s for s in dataset.subjects if not _reusable(s, dataset, cache_dir, options)]
-    bar = _progress(len(dataset.subjects), progress, f"prepare {dataset.name}")
-    if bar is not None:
-        bar.update(len(dataset.subjects) - len(todo))
+    bar = progress_bar(len(dataset.subjects), enabled=progress, description=f"prepare {dataset.name}",
+                       unit="subject", initial=len(dataset.subjects) - len(todo))
     try:
         if workers == 1 or len(todo) <= 1:
             for subject in todo:
                 build_subject(subject, dataset, cache_dir, options)
-                if bar is not None:
-                    bar.update()
+                bar.update()
         else:
             # spawn: workers start clean (no inherited threads), the same on every platform
             context = multiprocessing.get_context("spawn")
@@ -313,15 +304,13 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
                 try:
                     for future in concurrent.futures.as_completed(futures):
                         future.result()
-                        if bar is not None:
-                            bar.update()
+                        bar.update()
                 except BaseException:
                     for future in futures:
                         future.cancel()
                     raise
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
     write_manifest(cache_dir, index,
                    [fmt.read_subject_meta(cache_dir, s.id) for s in dataset.subjects])
     atomic_write_json(cache_dir / fmt.INDEX_FILE, index.to_json())

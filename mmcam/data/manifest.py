@@ -31,7 +31,7 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from mmcam.data._atomic import atomic_write
+from mmcam.atomic_files import atomic_write
 from mmcam.data.errors import DataError
 
 __all__ = ["MANIFEST_FILE", "MANIFEST_FORMAT", "manifest_record", "write_manifest", "read_manifest"]

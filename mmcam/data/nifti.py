@@ -33,7 +33,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 
-from mmcam.data._atomic import atomic_write
+from mmcam.atomic_files import atomic_write
 from mmcam.data.errors import DataError, DataWarning
 
 __all__ = ["NONFINITE_POLICIES", "Volume", "load_image", "load_labels", "save_nifti", "header_to_text",

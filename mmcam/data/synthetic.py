@@ -71,7 +71,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmcam.data._atomic import atomic_write_json, replace_directory, temporary_sibling
+from mmcam.atomic_files import atomic_write_json, replace_directory, temporary_sibling
+from mmcam.progress import progress_bar
 from mmcam.data.errors import DataError
 from mmcam.data.nifti import save_nifti
 
@@ -433,12 +434,10 @@ def generate_synthetic(root, layout: str = "brats", n_subjects: int = 20, seed: 
         (root / "labelsTr").mkdir(exist_ok=True)
     root.mkdir(parents=True, exist_ok=True)
     write = _write_brats_subject if layout == "brats" else _write_msd_subject
-    iterator = range(n_subjects)
-    if progress:
-        from tqdm.auto import tqdm
-        iterator = tqdm(iterator, desc=f"synthetic {layout}", unit="subject")
-    for i in iterator:
-        write(root, ids[i], make_subject(layout, seed, i, shape))
+    with progress_bar(n_subjects, enabled=progress, description=f"synthetic {layout}", unit="subject") as bar:
+        for i in range(n_subjects):
+            write(root, ids[i], make_subject(layout, seed, i, shape))
+            bar.update()
     if layout == "prostate":
         atomic_write_json(root / "dataset.json", _msd_dataset_json(ids))
     atomic_write_json(marker, params)

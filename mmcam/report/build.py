@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from mmcam.data._atomic import atomic_write_json, replace_directory, temporary_sibling
+from mmcam.atomic_files import atomic_write_json, replace_directory, temporary_sibling
 from mmcam.objective import TERMS
 from mmcam.cams.pseudo_masks import threshold_maps
 from mmcam.report import html as H

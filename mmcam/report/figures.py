@@ -11,7 +11,7 @@ from typing import Sequence
 
 import numpy as np
 
-from mmcam.data._atomic import atomic_write
+from mmcam.atomic_files import atomic_write
 from mmcam.report.overlays import CONTOUR_RGB, MASK_RGB
 from mmcam.report.run_outputs import ReportError
 

@@ -6,30 +6,22 @@ half-written checkpoint under the real name.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from mmcam.atomic_files import atomic_write
+
 
 def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save(obj, path)`` through a temporary file in the same folder and an atomic rename."""
+    """``torch.save(obj, path)`` through a flushed temporary file in the same folder and an atomic rename
+    (:func:`mmcam.atomic_files.atomic_write`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def capture_rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

@@ -16,19 +16,32 @@ from typing import Any, Optional
 
 import yaml
 
+from mmcam.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
+from mmcam.objective import ObjectiveConfig
+
 
 class ConfigError(ValueError):
     """A configuration key, value, preset or file is invalid."""
 
 
-@dataclass
-class TrainConfig:
-    """All settings of a training run (see README "Training" for their meaning).
+#: Devices a run can use, and its mixed-precision modes (CUDA only).
+DEVICES = ("cpu", "cuda")
+AMP_MODES = ("bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class TrainConfig(ObjectiveConfig):
+    """All settings of a training run (see README "Train" for their meaning): the loss options of
+    :class:`~mmcam.objective.ObjectiveConfig` (``lambda_kd``, ``temperature``, ``transform``,
+    ``equivariance_backend``, ``er_distance``, ``use_*``, ``zscore_eps``; defined and checked there only)
+    plus data, model, optimisation, validation and runtime settings.
 
     Data: ``data`` is a raw download or a prepared cache (``None``: the built-in synthetic phantoms),
     ``dataset`` its kind, ``modalities`` the subset to train on (one network each; ``None``: all),
     ``region`` the target region (``None``: the dataset's default), ``size`` the in-plane size of prepared
     slices (``None``: native).
+
+    Every instance is valid: construction checks every key and raises :class:`ConfigError`.
     """
 
     # data
@@ -50,16 +63,6 @@ class TrainConfig:
     batch_size: int = 16
     epochs: int = 30
     max_steps: Optional[int] = None
-    # loss (DESIGN §1)
-    lambda_kd: float = 0.5
-    temperature: float = 10.0
-    transform: str = "all"
-    equivariance_backend: str = "fused"
-    er_distance: str = "sq_l2"
-    use_cls: bool = True
-    use_er: bool = True
-    use_cmer: bool = True
-    use_kd: bool = True
     # validation (every eval_every epochs; the test threshold is always chosen on validation)
     eval_every: int = 1
     # runtime
@@ -71,11 +74,22 @@ class TrainConfig:
     log_every: int = 10
     preset: Optional[str] = None
 
+    def __post_init__(self):
+        try:
+            super().__post_init__()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"config: {exc}") from None
+        _validate_run_settings(self)
+
+    def objective(self) -> ObjectiveConfig:
+        """The loss options alone, for :func:`mmcam.objective.compute_objective`."""
+        return ObjectiveConfig(**{f.name: getattr(self, f.name) for f in fields(ObjectiveConfig)})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-#: Named presets: the paper's hyperparameters (DESIGN §1) and a CPU quick start on synthetic data.
+#: Named presets: the paper's hyperparameters (docs/method.md) and a CPU quick start on synthetic data.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper-brats": dict(lr=5e-5, weight_decay=0.5, batch_size=16, epochs=30, width_divisor=1),
     "paper-prostate": dict(lr=1e-4, weight_decay=0.5, batch_size=16, epochs=100, width_divisor=4),
@@ -89,14 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_KEYS = frozenset({"max_steps", "epochs", "workers", "device", "log_every", "eval_every", "data", "cache"})
 
-_CHOICES = {
-    "transform": ("all", "flip", "rot90", "translate", "resize", "affine"),
-    "equivariance_backend": ("fused", "torch", "kornia"),
-    "er_distance": ("sq_l2", "l1"),
-    "device": ("cpu", "cuda"),
-    "amp": (None, "bf16", "fp16"),
-    "synthetic_layout": ("brats", "prostate"),
-}
+_CHOICES = {"device": DEVICES, "amp": (None, *AMP_MODES), "synthetic_layout": SYNTHETIC_LAYOUTS}
 _POSITIVE = ("batch_size", "epochs", "width_divisor", "synthetic_subjects", "log_every", "eval_every")
 
 
@@ -155,27 +162,28 @@ def apply(config: TrainConfig, values: dict[str, Any], source: str) -> TrainConf
             changes[key] = _coerce(key, value, types[key])
         except ConfigError as exc:
             raise ConfigError(f"{exc} (in {source})") from None
-    out = dataclasses.replace(config, **changes)
-    validate(out)
-    return out
+    try:
+        return dataclasses.replace(config, **changes)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {source})") from None
 
 
-def validate(config: TrainConfig) -> None:
-    """Range and choice checks of a complete configuration."""
+def _validate_run_settings(config: TrainConfig) -> None:
+    """Range and choice checks of the settings that are not loss options (those are checked by
+    :class:`~mmcam.objective.ObjectiveConfig`)."""
     for key, choices in _CHOICES.items():
         if getattr(config, key) not in choices:
             raise ConfigError(f"config key {key!r} must be one of {choices}, got {getattr(config, key)!r}")
     for key in _POSITIVE:
         if getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)!r}")
-    if config.lr <= 0 or config.weight_decay < 0 or config.temperature <= 0 or config.lambda_kd < 0:
-        raise ConfigError("lr and temperature must be > 0, weight_decay and lambda_kd >= 0")
+    if config.lr <= 0 or config.weight_decay < 0:
+        raise ConfigError(f"config keys: lr must be > 0 and weight_decay >= 0, got lr={config.lr!r}, "
+                          f"weight_decay={config.weight_decay!r}")
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"config key 'max_steps' must be >= 1, got {config.max_steps}")
     if config.amp is not None and config.device != "cuda":
         raise ConfigError(f"--amp {config.amp} needs --device cuda (mixed precision is a CUDA feature here)")
-    if not (config.use_cls or config.use_er or config.use_cmer or config.use_kd):
-        raise ConfigError("every loss term is switched off (use_cls, use_er, use_cmer, use_kd)")
 
 
 def preset(name: str) -> dict[str, Any]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 import csv
 import importlib.metadata
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
@@ -29,18 +27,7 @@ from typing import Any, Optional
 import yaml
 
 import mmcam
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+from mmcam.atomic_files import atomic_write_text
 
 
 def package_versions() -> dict[str, Optional[str]]:
@@ -73,11 +60,11 @@ class RunDirectory:
     def write_config(self, config: dict[str, Any], seed: int) -> None:
         if not self.is_main:
             return
-        write_text_atomic(self.config_file, yaml.safe_dump(config, sort_keys=True))
+        atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=True))
         env = {"versions": package_versions(), "build": mmcam.build_info(), "seed": seed,
                "argv": sys.argv, "platform": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         env["build"].pop("parallel_backend", None)
-        write_text_atomic(self.path / "environment.json", json.dumps(env, indent=2, default=str))
+        atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2, default=str))
 
     def read_config(self) -> dict[str, Any]:
         if not self.config_file.is_file():
@@ -123,4 +110,4 @@ class RunDirectory:
 
     def write_results(self, results: dict[str, Any]) -> None:
         if self.is_main:
-            write_text_atomic(self.path / "results.json", json.dumps(results, indent=2))
+            atomic_write_text(self.path / "results.json", json.dumps(results, indent=2))

@@ -24,7 +24,8 @@ from mmcam.training.config import TrainConfig
 from mmcam.data import SliceDataset
 from mmcam.evaluation.overlap import PatientDice, mean_std, threshold_grid
 from mmcam.models import MultiModalCAM, unwrap_model
-from mmcam.objective import ObjectiveConfig, compute_objective
+from mmcam.objective import compute_objective
+from mmcam.progress import progress_bar
 from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.training.run_dir import RunDirectory
 
@@ -125,10 +126,7 @@ class Trainer:
             model = torch.nn.parallel.DistributedDataParallel(model, static_graph=True)
         self.model = model
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-        self.objective = ObjectiveConfig(
-            lambda_kd=config.lambda_kd, temperature=config.temperature, transform=config.transform,
-            backend=config.equivariance_backend, er_distance=config.er_distance, use_cls=config.use_cls,
-            use_kd=config.use_kd, use_er=config.use_er, use_cmer=config.use_cmer)
+        self.objective = config.objective()
         self.transform_generator = torch.Generator().manual_seed(config.seed + 1)
         self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
         self.state = TrainState()
@@ -212,7 +210,7 @@ class Trainer:
 
     def _fit(self, progress: bool) -> None:
         total = self.total_steps()
-        bar = _progress(total, self.state.step, enabled=progress and self.dist.is_main)
+        bar = progress_bar(total, initial=self.state.step, enabled=progress and self.dist.is_main, unit="step")
         try:
             while self.state.step < total and self.state.epoch < self.config.epochs:
                 self.model.train()
@@ -320,24 +318,3 @@ class Trainer:
             results["dice"][name] = {"threshold": t, "mean": mean, "std": std,
                                      "per_patient": test_dice[name].per_patient(t)}
         return results
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        enabled = False
-    if not enabled:
-        return _NoProgress()
-    return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-
-class _NoProgress:
-    def update(self, n: int) -> None:
-        pass
-
-    def set_postfix(self, **kwargs) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -1,4 +1,5 @@
-"""Write files and directories so that a reader never sees a half-written one.
+"""Write files and directories so that a reader never sees a half-written one (caches, checkpoints, run
+outputs, reports: every file mmcam writes goes through here).
 
 Everything is first written under a temporary name in the destination's own directory (same file
 system, so the final :func:`os.replace` is atomic), flushed to disk, then renamed. Temporary names
@@ -15,8 +16,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["TEMP_PREFIX", "temporary_sibling", "atomic_write", "atomic_write_json", "fsync_tree",
-           "replace_directory"]
+__all__ = ["TEMP_PREFIX", "temporary_sibling", "atomic_write", "atomic_write_text", "atomic_write_json",
+           "fsync_tree", "replace_directory"]
 
 #: Prefix of every temporary file or directory this package creates.
 TEMP_PREFIX = ".tmp-mmcam-"
@@ -53,10 +54,14 @@ def atomic_write(path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def atomic_write_json(path, obj) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    text = json.dumps(obj, indent=1) + "\n"
+def atomic_write_text(path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path, obj, indent: int = 1) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 
 
 def fsync_tree(directory: Path) -> None:
