@@ -107,6 +107,13 @@ def equivariance_terms(
         pred_mask, pred_t_mask: ``(N, M)`` floats, 1 where network m predicts class 1 on the original /
             transformed view.
 
+    Pairs of weight 0 are skipped on both devices: in ``CMER_i`` the pair ``(A_i, B_j)`` of sample ``n`` is
+    added only when ``labels[n] * pred_t_mask[n, j] != 0`` and ``(B_i, A_j)`` only when
+    ``labels[n] * pred_mask[n, j] != 0`` (a sample with label 0 is skipped entirely). So a non-finite map of
+    network ``j`` (a NaN in its CAM, or ``l2_eps = 0`` with a plane that is all <= 0, whose unit map is
+    0 / 0) reaches network ``i``'s terms and gradients only through a pair that counts; the forward and
+    backward passes agree on this.
+
     Returns:
         ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (DESIGN §1). Each plane is
         normalised, warped and L2-normalised once and reused by every term; when a gradient is needed the

@@ -7,8 +7,6 @@ fails ``test_build_has_cuda_kernels`` instead of silently skipping everything.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -16,6 +14,7 @@ import mmcam
 from mmcam import ops, reference
 from mmcam.losses import equivariance_terms
 from op_cases import FAMILIES, cams, family_matrix, random_affine
+from op_cases import deterministic_algorithms as _deterministic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,17 +45,6 @@ def _assert_close(actual, expected, dtype, what):
     error = (a - e).abs()
     bad = ~(error <= rtol * e.abs() + scale_tol * scale + 1e-300)
     assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} off, worst {float(error.max()):.3g} (scale {scale:.3g})"
-
-
-@contextlib.contextmanager
-def _deterministic(flag: bool):
-    """torch.use_deterministic_algorithms(flag) inside a with block."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def _terms_case(family, n, m, size, dtype, seed):

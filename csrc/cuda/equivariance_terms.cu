@@ -5,7 +5,10 @@
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)
 //
 // with P_i = warp(mn(cams[:, i])), Q_i = mn(cams_t[:, i]) and A_i, B_i their per-plane L2-normalised
-// versions. Forward: min/max partials of both views, one pass per (plane, tile) that warps P, normalises Q
+// versions. A CMER pair whose weight (y pt_j or y p_j) is 0 is skipped, not added as 0 times its distance:
+// a non-finite map of network j (a NaN in its CAM, or l2_eps = 0 with an all-zero map) then stays out of
+// the terms of the networks that do not weigh it, as in the CPU op and in the backward pass.
+// Forward: min/max partials of both views, one pass per (plane, tile) that warps P, normalises Q
 // and sums the norms and the ER distance, one pass per (sample, tile) over all modalities for the CMER
 // pairs, and a final reduction with one block per term. Backward: one pass for the L2-normalisation dot
 // products, one that forms dL/dP (scattered to the source grid, or stored for the deterministic gather) and dL/dQ with
@@ -104,7 +107,8 @@ struct PixelMaps {
 };
 
 /// F3, grid (destination tiles, N): per-tile CMER sums of every network (pair_sums[(n * tiles + tile) * M
-/// + i]); the first tile of each sample also writes the kept statistics of its planes.
+/// + i]), pairs of weight 0 skipped; the first tile of each sample also writes the kept statistics of its
+/// planes.
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
     pairs_kernel(PlaneSet<T, I> cams_t, StatsSource src_stats, StatsSource dst_stats, const float* labels,
@@ -153,7 +157,8 @@ __global__ void __launch_bounds__(kThreads)
           if (j == i) continue;
           const double w_a = y * pred_t[n * M + j], w_b = y * pred[n * M + j];
           const V da = px.A[i] - px.B[j], db = px.B[i] - px.A[j];
-          cm[i] += w_a * static_cast<double>(da * da) + w_b * static_cast<double>(db * db);
+          if (w_a != 0.0) cm[i] += w_a * static_cast<double>(da * da);  // skipped, not 0 * NaN
+          if (w_b != 0.0) cm[i] += w_b * static_cast<double>(db * db);
         }
       }
     }
