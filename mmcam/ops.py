@@ -16,9 +16,21 @@ Conventions:
 Devices: CPU (float32/float64; parallel over planes, bitwise deterministic for any thread count) and CUDA
 when the extension was built with its kernels (``mmcam.build_info()["cuda"]``; float32/float64 and
 float16/bfloat16 computed in float32). On CUDA the backward scatters with atomics by default and gathers
-deterministically (bitwise reproducible) under ``torch.use_deterministic_algorithms(True)``; no call
-synchronises with the host, so a non-finite or singular ``matrix`` is not raised there: that sample's
-outputs are NaN (``mmcam.losses.equivariance_terms`` checks matrices before calling the operator).
+deterministically (bitwise reproducible) under ``torch.use_deterministic_algorithms(True)``.
+
+A non-invertible ``matrix`` (a non-finite entry or a zero determinant) is an error, never turned into
+finite numbers. On the CPU every operator, forward and backward, raises ``ValueError`` naming the sample.
+On CUDA no call synchronises with the host, so nothing is raised: instead every output of that sample
+that is not skipped is NaN, so that a non-finite check (e.g. the trainer's) catches it:
+
+    * ``warp_normalized``: the sample's planes of ``P`` and of the gradient to ``src``;
+    * ``equivariance_loss``: its per-sample loss (so the reduced loss too) and its gradients to ``src`` and
+      ``dst``, unless its weight is 0 (then exact zeros, as for any skipped sample);
+    * ``equivariance_terms``: every ER term and every CMER term of non-zero weight it enters, and its
+      gradients to ``cams`` and ``cams_t``, unless its label is 0 (then exact zeros).
+
+``mmcam.losses.equivariance_terms`` checks matrices (one host sync) before calling the operator, so it
+raises ``ValueError`` on both devices.
 """
 
 from __future__ import annotations
