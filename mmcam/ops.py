@@ -59,6 +59,10 @@ def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int
     Returns:
         ``P`` ``(N, C, Hd, Wd)``, contiguous, same dtype as ``src``; equal to
         ``kornia.geometry.transform.warp_affine(mn(src), matrix, dsize, align_corners=True)``.
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's outputs and gradients are NaN instead (see the module docstring).
     """
     h, w = _checks.check_warp_args(src, matrix, dsize, eps)
     return _ops.warp_normalized(src, matrix, [int(h), int(w)], float(eps))
@@ -92,6 +96,11 @@ def equivariance_loss(
 
     Gradients flow to ``src`` and ``dst`` (pass a detached tensor for a stop-gradient target; no work is
     spent on inputs that do not require grad). On the CPU: bitwise equal results for any thread count.
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's loss and gradients are NaN instead, exact zeros when its weight is 0 (see the
+            module docstring).
     """
     _checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
     return _ops.equivariance_loss(src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction)
@@ -132,6 +141,11 @@ def equivariance_terms(
         forward pass keeps the warped maps ``(N, M, Hd, Wd)`` and per-plane statistics for the backward
         pass, which then does not warp or reduce the source planes again. Inputs are validated by the
         caller (``mmcam.losses.equivariance_terms``).
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's terms and gradients are NaN instead, exact zeros when its label is 0 (see the
+            module docstring).
     """
     keep = torch.is_grad_enabled() and (cams.requires_grad or cams_t.requires_grad)
     terms, _warped, _stats = _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
