@@ -47,7 +47,7 @@ Usage (``--help`` lists the options)::
 
     python benchmarks/bench_ops.py --json benchmarks/results/cpu-2vcpu-equivariance_ops.json
     python benchmarks/bench_ops.py --device cuda --json "$OUT/cuda-equivariance_ops.json"
-    python benchmarks/bench_ops.py --device cuda --shapes paper large planes2048 --json "$OUT/cuda-equivariance_ops.json"
+    python benchmarks/bench_ops.py --device cuda --shapes paper large planes2048 --json "$OUT/cuda-ops.json"
 """
 
 from __future__ import annotations

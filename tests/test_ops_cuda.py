@@ -245,7 +245,10 @@ def test_singleton_source_axis_gather_matches_scatter_and_cpu(src_size, kind):
     src = cams((3, 2) + src_size, gen, torch.float64)
     dst = cams((3, 2, 17, 21), gen, torch.float64)
     fixed = _SINGLETON_MATRICES[kind]
-    matrix = random_affine(3, src_size, (17, 21), gen) if fixed is None else torch.tensor([fixed] * 3, dtype=torch.float64)
+    if fixed is None:
+        matrix = random_affine(3, src_size, (17, 21), gen)
+    else:
+        matrix = torch.tensor([fixed] * 3, dtype=torch.float64)
     upstream = torch.randn(3, 2, 17, 21, generator=gen, dtype=torch.float64)
 
     def grads(device):

@@ -170,8 +170,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 /// F4, grid (2M): block (row, m) writes terms[row, m], ER_m (row 0, from the per-plane side_totals; F2
-/// writes zeros for the samples with y = 0) or CMER_m (row 1, from the per-(sample, tile) pair_sums), with a fixed thread
-/// assignment and a fixed-order block sum.
+/// writes zeros for the samples with y = 0) or CMER_m (row 1, from the per-(sample, tile) pair_sums), with
+/// a fixed thread assignment and a fixed-order block sum.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const float* labels, const double* side_totals,
