@@ -17,7 +17,7 @@ this script times the forward pass and the forward+backward pass of
 
 Before timing a case it checks that every method gives the same values and gradients as the fused
 operator (see :func:`compare`; a mismatch aborts the run). Each number is the median over ``--repeats`` timed runs after
-warm-up (``--large-repeats`` and one warm-up call for the large shape, whose eager calls take seconds);
+warm-up (``--large-repeats`` and one warm-up call for the large shapes, whose eager calls take seconds);
 one timed run loops the call enough times to last ~``--min-time`` seconds, and the methods' runs are
 interleaved round-robin so that load from other processes hits them alike. Ratios are
 ``time(method) / time(fused)`` (> 1: fused is faster). Timed inputs: all labels, predictions and weights 1
@@ -47,6 +47,7 @@ Usage (``--help`` lists the options)::
 
     python benchmarks/bench_ops.py --json benchmarks/results/cpu-2vcpu-equivariance_ops.json
     python benchmarks/bench_ops.py --device cuda --json "$OUT/cuda-equivariance_ops.json"
+    python benchmarks/bench_ops.py --device cuda --shapes paper large planes2048 --json "$OUT/cuda-ops.json"
 """
 
 from __future__ import annotations
@@ -73,8 +74,17 @@ SHAPES = {  # name: (N, M, H, W); "tiny" is for the tests
     "paper": (16, 2, 240, 240),
     "small": (8, 2, 64, 64),
     "large": (64, 4, 256, 256),
+    # few, large planes: 4096 tiles of 1024 pixels per plane on CUDA, where per-tile partial results must
+    # be reduced once per plane (a cost quadratic in the tile count would show here); opt-in, not a default
+    "planes2048": (2, 2, 2048, 2048),
     "tiny": (2, 2, 16, 16),
 }
+#: Shapes timed with ``--large-repeats`` runs after a single warm-up call.
+LARGE_SHAPES = ("large", "planes2048")
+#: ``atol`` of the agreement check (see :func:`compare`) where the float32 eager references are less
+#: accurate than the default allows: with 4M pixels per plane their l2-normalised pair-loss gradients are
+#: off by 1.1 % of the largest one against float64 (measured on the CPU; the fused operator: 3e-7).
+AGREEMENT_ATOL = {"planes2048": 3e-2}
 PAPER_FAMILIES = ("flip", "rot90", "translate", "resize")
 BACKENDS = bench_report.METHODS
 OPS = ("equivariance_terms", "equivariance_loss")
@@ -182,8 +192,9 @@ def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) 
             return msg
         if name == "compile":
             compile_status["seconds"] = compile_status.get("seconds", 0.0) + time.perf_counter() - t0
-        compare(name, ref_name, out, ref, labels, where)
-        compare(name + " (forward only)", ref_name, (fwd,), ref[:1], labels, where)
+        atol = AGREEMENT_ATOL.get(case.shape, 1e-2)
+        compare(name, ref_name, out, ref, labels, where, atol=atol)
+        compare(name + " (forward only)", ref_name, (fwd,), ref[:1], labels, where, atol=atol)
     return None
 
 
@@ -324,7 +335,7 @@ def run_case(case: Case, fns: dict[str, Callable], a: argparse.Namespace, device
     err = check_agreement(fns, case, compile_status)
     if err is not None:
         print(f"   (torch.compile failed, dropped: {err})")
-    repeats, warmup = (a.large_repeats, 1) if case.shape == "large" else (a.repeats, a.warmup)
+    repeats, warmup = (a.large_repeats, 1) if case.shape in LARGE_SHAPES else (a.repeats, a.warmup)
     cuda = device.type == "cuda"
     fwd_calls = {name: functools.partial(forward, fn, case.args) for name, fn in fns.items()}
     fb_calls = {name: functools.partial(forward_backward, fn, case.args, case.grad_idx) for name, fn in fns.items()}
@@ -341,8 +352,8 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--threads", type=int, nargs="+", default=None,
                    help="CPU: torch.set_num_threads values to run (default: 1 and all cores); ignored on CUDA")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
-    p.add_argument("--large-repeats", type=int, default=3, help="timed runs for the large shape")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (large shape: 1)")
+    p.add_argument("--large-repeats", type=int, default=3, help="timed runs for the large shapes")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (large shapes: 1)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed run (the call is looped)")
     p.add_argument("--shapes", nargs="+", default=["paper", "small", "large"], choices=list(SHAPES))
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))

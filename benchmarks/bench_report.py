@@ -105,7 +105,7 @@ def result_row(case, name: str, threads: int, timings: dict, peaks: dict, copy_b
 # ------------------------------------------------------------------------------------------ console
 def console_header() -> str:
     """Column titles (and a rule) of :func:`console_line`."""
-    header = (f"{'op':<6} {'shape':<6} {'family':<9} {'N,M,src->dst':<24} {'method':<8} {'fwd ms':>9} "
+    header = (f"{'op':<6} {'shape':<10} {'family':<9} {'N,M,src->dst':<26} {'method':<8} {'fwd ms':>9} "
               f"{'/fused':>9} {'f+b ms':>9} {'/fused':>9} {'f+bGB/s':>7} {'peakMiB':>8}")
     return header + "\n" + "-" * len(header)
 
@@ -116,7 +116,7 @@ def console_line(row: dict) -> str:
         return format(v * scale, spec) if v is not None else "-"
 
     geom = f"{row['n']},{row['m']},{row['src'][0]}x{row['src'][1]}->{row['dst'][0]}x{row['dst'][1]}"
-    return (f"{row['op'].replace('equivariance_', ''):<6} {row['shape']:<6} {row['family']:<9} {geom:<24} "
+    return (f"{row['op'].replace('equivariance_', ''):<6} {row['shape']:<10} {row['family']:<9} {geom:<26} "
             f"{row['backend']:<8} {fmt(row['forward_s'], '9.2f', 1e3):>9} "
             f"{fmt(row['forward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_s'], '9.2f', 1e3):>9} "
             f"{fmt(row['forward_backward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_GBps'], '7.2f'):>7} "
@@ -167,7 +167,7 @@ def _header_lines(payload: dict) -> list[str]:
         "# mmcam equivariance operators: fused vs eager torch vs eager kornia vs torch.compile", "",
         f"Machine: {where}; torch {m['torch']}, kornia {m['kornia']}, mmcam {m['mmcam']} ({commit}); "
         f"{m['date']}; {a['dtype']}.",
-        f"Median of {a['repeats']} timed runs after warm-up (large shape: {a['large_repeats']}). "
+        f"Median of {a['repeats']} timed runs after warm-up (large shapes: {a['large_repeats']}). "
         "`x fused` = time(method) / time(fused): above 1, the fused operator is faster.",
         "GB/s: the minimum bytes a pass must move (forward reads both CAM tensors; forward+backward reads "
         "them twice and writes both gradients) over its time, and its share of the memory-copy bandwidth "

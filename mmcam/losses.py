@@ -239,8 +239,10 @@ def equivariance_terms(
     Note:
         The value checks (0/1 labels and predictions, finite invertible ``matrix``) cost one host sync;
         they are skipped while ``torch.compile`` traces. Known backend differences outside the normal
-        domain: the fused operator skips samples with ``y = 0`` entirely, so non-finite CAMs of a negative
-        slice give 0 there and NaN with the eager backends.
+        domain: the fused operator (on every device) skips samples with ``y = 0`` entirely and CMER pairs
+        whose weight is 0, so non-finite CAMs of a negative slice, or of a network whose pair with network
+        ``i`` has weight 0, give 0 in the terms of network ``i`` there and NaN with the eager backends
+        (which multiply by the weight: ``0 * NaN``).
 
     Raises:
         TypeError: an argument is not a tensor, or has a wrong dtype (``cams`` vs ``cams_t``).

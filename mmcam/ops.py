@@ -16,9 +16,21 @@ Conventions:
 Devices: CPU (float32/float64; parallel over planes, bitwise deterministic for any thread count) and CUDA
 when the extension was built with its kernels (``mmcam.build_info()["cuda"]``; float32/float64 and
 float16/bfloat16 computed in float32). On CUDA the backward scatters with atomics by default and gathers
-deterministically (bitwise reproducible) under ``torch.use_deterministic_algorithms(True)``; no call
-synchronises with the host, so a non-finite or singular ``matrix`` is not raised there: that sample's
-outputs are NaN (``mmcam.losses.equivariance_terms`` checks matrices before calling the operator).
+deterministically (bitwise reproducible) under ``torch.use_deterministic_algorithms(True)``.
+
+A non-invertible ``matrix`` (a non-finite entry or a zero determinant) is an error, never turned into
+finite numbers. On the CPU every operator, forward and backward, raises ``ValueError`` naming the sample.
+On CUDA no call synchronises with the host, so nothing is raised: instead every output of that sample
+that is not skipped is NaN, so that a non-finite check (e.g. the trainer's) catches it:
+
+    * ``warp_normalized``: the sample's planes of ``P`` and of the gradient to ``src``;
+    * ``equivariance_loss``: its per-sample loss (so the reduced loss too) and its gradients to ``src`` and
+      ``dst``, unless its weight is 0 (then exact zeros, as for any skipped sample);
+    * ``equivariance_terms``: every ER term and every CMER term of non-zero weight it enters, and its
+      gradients to ``cams`` and ``cams_t``, unless its label is 0 (then exact zeros).
+
+``mmcam.losses.equivariance_terms`` checks matrices (one host sync) before calling the operator, so it
+raises ``ValueError`` on both devices.
 """
 
 from __future__ import annotations
@@ -63,6 +75,10 @@ def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int
     Returns:
         ``P`` ``(N, C, Hd, Wd)``, contiguous, same dtype as ``src``; equal to
         ``kornia.geometry.transform.warp_affine(mn(src), matrix, dsize, align_corners=True)``.
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's outputs and gradients are NaN instead (see the module docstring).
     """
     h, w = _checks.check_warp_args(src, matrix, dsize, eps)
     _check_kernels_built(src, "src")
@@ -97,6 +113,11 @@ def equivariance_loss(
 
     Gradients flow to ``src`` and ``dst`` (pass a detached tensor for a stop-gradient target; no work is
     spent on inputs that do not require grad). On the CPU: bitwise equal results for any thread count.
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's loss and gradients are NaN instead, exact zeros when its weight is 0 (see the
+            module docstring).
     """
     _checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
     _check_kernels_built(src, "src")
@@ -125,12 +146,24 @@ def equivariance_terms(
         pred_mask, pred_t_mask: ``(N, M)`` floats, 1 where network m predicts class 1 on the original /
             transformed view.
 
+    Pairs of weight 0 are skipped on both devices: in ``CMER_i`` the pair ``(A_i, B_j)`` of sample ``n`` is
+    added only when ``labels[n] * pred_t_mask[n, j] != 0`` and ``(B_i, A_j)`` only when
+    ``labels[n] * pred_mask[n, j] != 0`` (a sample with label 0 is skipped entirely). So a non-finite map of
+    network ``j`` (a NaN in its CAM, or ``l2_eps = 0`` with a plane that is all <= 0, whose unit map is
+    0 / 0) reaches network ``i``'s terms and gradients only through a pair that counts; the forward and
+    backward passes agree on this.
+
     Returns:
         ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (DESIGN §1). Each plane is
         normalised, warped and L2-normalised once and reused by every term; when a gradient is needed the
         forward pass keeps the warped maps ``(N, M, Hd, Wd)`` and per-plane statistics for the backward
         pass, which then does not warp or reduce the source planes again. Inputs are validated by the
         caller (``mmcam.losses.equivariance_terms``).
+
+    Raises:
+        ValueError: on the CPU, a non-invertible (singular or non-finite) ``matrix``, naming the sample; on
+            CUDA that sample's terms and gradients are NaN instead, exact zeros when its label is 0 (see the
+            module docstring).
     """
     _check_kernels_built(cams, "cams")
     keep = torch.is_grad_enabled() and (cams.requires_grad or cams_t.requires_grad)

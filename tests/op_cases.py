@@ -1,7 +1,9 @@
-"""Random inputs for the operator tests: CAM batches, non-degenerate pixel affines and π families."""
+"""Random inputs for the operator tests: CAM batches, non-degenerate pixel affines and π families; and the
+deterministic-algorithms switch the CUDA backward paths are selected by."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -53,3 +55,15 @@ def cams(shape, gen: torch.Generator, dtype, *, non_contiguous: bool = False) ->
 sizes = st.integers(min_value=1, max_value=64)
 small_nc = st.integers(min_value=1, max_value=4)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)
+
+
+@contextlib.contextmanager
+def deterministic_algorithms(flag: bool):
+    """torch.use_deterministic_algorithms(flag) inside a with block (CUDA: gather instead of atomic scatter
+    in the backward pass), restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(flag)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before)

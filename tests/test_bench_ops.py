@@ -98,3 +98,13 @@ def test_peak_memory_sees_torch_cpu_allocations(bench):
     one_at_a_time = bench.peak_memory(lambda: [torch.ones(mib).sum() for _ in range(2)], torch.device("cpu"))
     assert 8 * mib <= both_alive < 9 * mib
     assert 4 * mib <= one_at_a_time < 5 * mib
+
+
+def test_large_planes_shape_is_opt_in(bench):
+    """The 2048x2048 planes (issue 12: per-plane reductions over 4096 tiles on CUDA) are a --shapes choice,
+    timed like the large shape, with the agreement tolerance their float32 references need, and not part
+    of the default run (which stays fast on the CPU)."""
+    assert bench.SHAPES["planes2048"] == (2, 2, 2048, 2048)
+    assert "planes2048" in bench.LARGE_SHAPES and bench.AGREEMENT_ATOL["planes2048"] > 1e-2
+    assert "planes2048" not in bench.parse_args([]).shapes
+    assert bench.parse_args(["--shapes", "planes2048"]).shapes == ["planes2048"]

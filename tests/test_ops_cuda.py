@@ -7,8 +7,6 @@ fails ``test_build_has_cuda_kernels`` instead of silently skipping everything.
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 import torch
 
@@ -16,6 +14,7 @@ import mmcam
 from mmcam import ops, reference
 from mmcam.losses import equivariance_terms
 from op_cases import FAMILIES, cams, family_matrix, random_affine
+from op_cases import deterministic_algorithms as _deterministic
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -46,17 +45,6 @@ def _assert_close(actual, expected, dtype, what):
     error = (a - e).abs()
     bad = ~(error <= rtol * e.abs() + scale_tol * scale + 1e-300)
     assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} off, worst {float(error.max()):.3g} (scale {scale:.3g})"
-
-
-@contextlib.contextmanager
-def _deterministic(flag: bool):
-    """torch.use_deterministic_algorithms(flag) inside a with block."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(before)
 
 
 def _terms_case(family, n, m, size, dtype, seed):
@@ -234,6 +222,63 @@ def test_gradcheck_float64(deterministic):
             own = (src.detach()[:, i:i + 1].clone().requires_grad_(True),
                    dst.detach()[:, i:i + 1].clone().requires_grad_(True))
             assert torch.autograd.gradcheck(column_i, own, eps=1e-7, atol=1e-7, rtol=1e-5, nondet_tol=nondet_tol)
+
+
+# Source->destination matrices for a source with a size-1 axis (a 19x1 column
+# or a 1x23 row) into a 17x21 destination: a general affine, a 90-degree rotation (the kept source
+# coordinate depends on the destination column only) and an axis-aligned resize (on the row only).
+_SINGLETON_MATRICES = {
+    "affine": None,
+    "rot90": [[0.0, -1.0, 10.0], [1.0, 0.0, 2.0]],
+    "resize": [[1.3, 0.0, 1.0], [0.0, 0.8, 1.5]],
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("src_size", [(19, 1), (1, 23)])
+@pytest.mark.parametrize("kind", list(_SINGLETON_MATRICES))
+def test_singleton_source_axis_gather_matches_scatter_and_cpu(src_size, kind):
+    """A source axis of size 1 is read at its one pixel from everywhere; the deterministic gather scans, for
+    each source pixel, only the destination columns of each row that can sample near it (not the whole
+    destination) and must still find every contribution: gather, atomic scatter and CPU agree."""
+    gen = torch.Generator().manual_seed(17)
+    src = cams((3, 2) + src_size, gen, torch.float64)
+    dst = cams((3, 2, 17, 21), gen, torch.float64)
+    fixed = _SINGLETON_MATRICES[kind]
+    if fixed is None:
+        matrix = random_affine(3, src_size, (17, 21), gen)
+    else:
+        matrix = torch.tensor([fixed] * 3, dtype=torch.float64)
+    upstream = torch.randn(3, 2, 17, 21, generator=gen, dtype=torch.float64)
+
+    def grads(device):
+        s = src.to(device).requires_grad_(True)
+        ops.warp_normalized(s, matrix.to(device), (17, 21)).backward(upstream.to(device))
+        return (s.grad.cpu(), *_pair_with_grads(src, matrix, dst, None, device, l2_normalize=True))
+
+    expected = grads("cpu")
+    assert float(expected[0].abs().max()) > 0 and float(expected[2].abs().max()) > 0  # not a vacuous comparison
+    for deterministic in (False, True):
+        with _deterministic(deterministic):
+            on_cuda = grads(CUDA)
+        for name, a, e in zip(("warp grad", "loss", "loss grad of src", "loss grad of dst"), on_cuda, expected):
+            _assert_close(a, e, torch.float64, f"{kind} {src_size} deterministic={deterministic}: {name}")
+
+
+@needs_kernels
+def test_many_tiles_per_plane_match_cpu():
+    """600x700 planes: 411 tiles of 1024 pixels each, more than one per thread of the per-plane reductions
+    of the min/max statistics and of the tile sums (issue 12); both backward paths agree with the CPU."""
+    args = _terms_case("affine", 2, 2, (600, 700), torch.float32, seed=8)
+    expected = _terms_with_grads(args, "cpu")
+    src, dst, matrix = args[0], args[1], args[2]
+    expected_pair = _pair_with_grads(src, matrix, dst, None, "cpu", l2_normalize=True)
+    for deterministic in (False, True):
+        with _deterministic(deterministic):
+            _assert_all_close(_terms_with_grads(args, CUDA), expected, torch.float32,
+                              f"terms, deterministic={deterministic}")
+            _assert_all_close(_pair_with_grads(src, matrix, dst, None, CUDA, l2_normalize=True), expected_pair,
+                              torch.float32, f"equivariance_loss, deterministic={deterministic}")
 
 
 @needs_kernels

@@ -114,28 +114,6 @@ __device__ void block_sum(double (&v)[K]) {
   }
 }
 
-/// Fixed-order sum of K interleaved per-tile partial values (partials[t * stride + k], t < tiles),
-/// computed by warp 0 and broadcast to the whole block through out.
-template <int K>
-__device__ void block_combine_tiles(const double* partials, int64_t tiles, int64_t stride, double (&out)[K]) {
-  __shared__ double total[K];
-  if (threadIdx.x < 32) {
-    double v[K] = {};
-    for (int64_t t = threadIdx.x; t < tiles; t += 32) {
-      for (int k = 0; k < K; ++k) v[k] += partials[t * stride + k];
-    }
-    for (int k = 0; k < K; ++k) {
-      for (int offset = 16; offset > 0; offset /= 2) v[k] += __shfl_down_sync(0xffffffffu, v[k], offset);
-    }
-    if (threadIdx.x == 0) {
-      for (int k = 0; k < K; ++k) total[k] = v[k];
-    }
-  }
-  __syncthreads();
-  for (int k = 0; k < K; ++k) out[k] = total[k];
-  __syncthreads();
-}
-
 // --- min-max statistics -------------------------------------------------------------------------------
 
 template <class V>
@@ -189,37 +167,11 @@ __device__ MinMax<V> block_minmax(MinMax<V> m) {
   return out;
 }
 
-/// The statistics of plane p, in every thread of the block (see StatsSource).
+/// The statistics of plane p (see StatsSource); the values are V values stored exactly as doubles.
 template <class V>
-__device__ Stats<V> load_stats(const StatsSource& s, int64_t p, V eps) {
-  if (s.tiles == 0) {
-    const double* d = s.data + p * s.stride;
-    return {static_cast<V>(d[0]), static_cast<V>(d[1]), static_cast<V>(d[2])};
-  }
-  __shared__ double lo_s, hi_s;
-  __shared__ int nan_s;
-  if (threadIdx.x < 32) {
-    MinMax<double> m;
-    const double* part = s.data + p * s.tiles * kMinMaxSlots;
-    for (int64_t t = threadIdx.x; t < s.tiles; t += 32) {
-      m.merge(part[t * kMinMaxSlots], part[t * kMinMaxSlots + 1], part[t * kMinMaxSlots + 2] != 0.0);
-    }
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const double lo = __shfl_down_sync(0xffffffffu, m.lo, offset), hi = __shfl_down_sync(0xffffffffu, m.hi, offset);
-      const bool nan = __shfl_down_sync(0xffffffffu, static_cast<int>(m.nan), offset) != 0;
-      m.merge(lo, hi, nan);
-    }
-    if (threadIdx.x == 0) {
-      lo_s = m.lo;
-      hi_s = m.hi;
-      nan_s = m.nan;
-    }
-  }
-  __syncthreads();
-  MinMax<V> m;
-  m.merge(static_cast<V>(lo_s), static_cast<V>(hi_s), nan_s != 0);
-  __syncthreads();
-  return m.stats(eps);
+__device__ Stats<V> load_stats(const StatsSource& s, int64_t p) {
+  const double* d = s.data + p * s.stride;
+  return {static_cast<V>(d[0]), static_cast<V>(d[1]), static_cast<V>(d[2])};
 }
 
 // --- sampling -----------------------------------------------------------------------------------------

@@ -5,12 +5,16 @@
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)
 //
 // with P_i = warp(mn(cams[:, i])), Q_i = mn(cams_t[:, i]) and A_i, B_i their per-plane L2-normalised
-// versions. Forward: min/max partials of both views, one pass per (plane, tile) that warps P, normalises Q
+// versions. A CMER pair whose weight (y pt_j or y p_j) is 0 is skipped, not added as 0 times its distance:
+// a non-finite map of network j (a NaN in its CAM, or l2_eps = 0 with an all-zero map) then stays out of
+// the terms of the networks that do not weigh it, as in the CPU op and in the backward pass.
+// Forward: min/max statistics of both views, one pass per (plane, tile) that warps P, normalises Q
 // and sums the norms and the ER distance, one pass per (sample, tile) over all modalities for the CMER
 // pairs, and a final reduction with one block per term. Backward: one pass for the L2-normalisation dot
 // products, one that forms dL/dP (scattered to the source grid, or stored for the deterministic gather) and dL/dQ with
 // the sums of the min-max backward, then the adjoint warp and the element-wise min-max gradients.
-// Every reduction is per tile and combined in a fixed order: bitwise reproducible.
+// Every reduction is per tile, then reduced once per plane or sample in a fixed order (sum_tiles) before
+// the next pass reads it: bitwise reproducible, linear in the tile count.
 #include <cmath>
 
 #include "cuda/device_common.cuh"
@@ -21,7 +25,7 @@ namespace {
 // Slots of the kept statistics (as StatSlot in the CPU op).
 enum : int { kSrcLo = 0, kDstLo = 3, kNormP = 6, kNormQ = 7 };
 // Slots of the per-tile side sums.
-enum : int { kSumSqP = 0, kSumSqQ = 1, kSumEr = 2, kSideSlots = 3 };
+enum : int { kSumSqP = 0, kSumSqQ = 1, kSumEr = 2, kSideSlots = kTermsSideSlots };
 
 struct Scales {
   double er, cmer;
@@ -46,7 +50,7 @@ __global__ void __launch_bounds__(kThreads)
   T* out = warped + static_cast<int64_t>(p) * hw;
   double sums[kSideSlots] = {};
   const V e = static_cast<V>(eps), le = static_cast<V>(l2_eps);
-  const Stats<V> s_src = load_stats<V>(src_stats, p, e), s_dst = load_stats<V>(dst_stats, p, e);
+  const Stats<V> s_src = load_stats<V>(src_stats, p), s_dst = load_stats<V>(dst_stats, p);
   const bool active = labels[n] != 0.0;
   const SampleMap map(inv + 6 * n);
   const T* src = cams.plane(p);
@@ -104,12 +108,13 @@ struct PixelMaps {
 };
 
 /// F3, grid (destination tiles, N): per-tile CMER sums of every network (pair_sums[(n * tiles + tile) * M
-/// + i]); the first tile of each sample also writes the kept statistics of its planes.
+/// + i]), pairs of weight 0 skipped; the first tile of each sample also writes the kept statistics of its
+/// planes. side_totals: the per-plane sums of F2 (N*M x kSideSlots).
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
     pairs_kernel(PlaneSet<T, I> cams_t, StatsSource src_stats, StatsSource dst_stats, const float* labels,
                  const float* pred, const float* pred_t, double eps, int64_t tiles, const T* warped,
-                 const double* side_sums, double* pair_sums, double* kept_stats) {
+                 const double* side_totals, double* pair_sums, double* kept_stats) {
   using V = typename Types<T>::V;
   const int M = static_cast<int>(cams_t.c);
   const int64_t n = blockIdx.y;
@@ -117,14 +122,13 @@ __global__ void __launch_bounds__(kThreads)
   const V e = static_cast<V>(eps);
   const double y = labels[n];
   __shared__ SampleConstants<V> c;
-  for (int m = 0; m < M; ++m) {
-    const int64_t p = n * M + m;
-    double sums[kSideSlots];
-    block_combine_tiles(side_sums + p * tiles * kSideSlots, tiles, kSideSlots, sums);
-    const Stats<V> s_dst = load_stats<V>(dst_stats, p, e);
-    const Stats<V> s_src = load_stats<V>(src_stats, p, e);
-    const double norm_p = sqrt(sums[kSumSqP]), norm_q = sqrt(sums[kSumSqQ]);
-    if (threadIdx.x == 0) {
+  if (threadIdx.x == 0) {
+    for (int m = 0; m < M; ++m) {
+      const int64_t p = n * M + m;
+      const double* sums = side_totals + p * kSideSlots;
+      const Stats<V> s_dst = load_stats<V>(dst_stats, p);
+      const Stats<V> s_src = load_stats<V>(src_stats, p);
+      const double norm_p = sqrt(sums[kSumSqP]), norm_q = sqrt(sums[kSumSqQ]);
       c.inv_norm_p[m] = 1.0 / norm_p;
       c.inv_norm_q[m] = 1.0 / norm_q;
       c.dst_lo[m] = s_dst.lo;
@@ -153,7 +157,8 @@ __global__ void __launch_bounds__(kThreads)
           if (j == i) continue;
           const double w_a = y * pred_t[n * M + j], w_b = y * pred[n * M + j];
           const V da = px.A[i] - px.B[j], db = px.B[i] - px.A[j];
-          cm[i] += w_a * static_cast<double>(da * da) + w_b * static_cast<double>(db * db);
+          if (w_a != 0.0) cm[i] += w_a * static_cast<double>(da * da);  // skipped, not 0 * NaN
+          if (w_b != 0.0) cm[i] += w_b * static_cast<double>(db * db);
         }
       }
     }
@@ -164,18 +169,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// F4, grid (2M): block (row, m) writes terms[row, m], ER_m (row 0) or CMER_m (row 1), reducing its
-/// per-(sample, tile) partial sums with a fixed thread assignment and a fixed-order block sum.
+/// F4, grid (2M): block (row, m) writes terms[row, m], ER_m (row 0, from the per-plane side_totals; F2
+/// writes zeros for the samples with y = 0) or CMER_m (row 1, from the per-(sample, tile) pair_sums), with
+/// a fixed thread assignment and a fixed-order block sum.
 template <class T>
 __global__ void __launch_bounds__(kThreads)
-    finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const float* labels, const double* side_sums,
+    finalize_kernel(int64_t N, int M, int64_t tiles, Scales scale, const float* labels, const double* side_totals,
                     const double* pair_sums, T* terms) {
   const int row = blockIdx.x / M, m = blockIdx.x % M;
   double total[1] = {0.0};
-  for (int64_t j = threadIdx.x; j < N * tiles; j += kThreads) {
-    const int64_t n = j / tiles, t = j % tiles;
-    total[0] += row == 0 ? labels[n] * side_sums[((n * M + m) * tiles + t) * kSideSlots + kSumEr]
-                         : pair_sums[(n * tiles + t) * M + m];
+  if (row == 0) {
+    for (int64_t n = threadIdx.x; n < N; n += kThreads) {
+      total[0] += labels[n] * side_totals[(n * M + m) * kSideSlots + kSumEr];
+    }
+  } else {
+    for (int64_t j = threadIdx.x; j < N * tiles; j += kThreads) total[0] += pair_sums[j * M + m];
   }
   block_sum(total);
   if (threadIdx.x == 0) terms[row * M + m] = from_double<T>(total[0] * (row == 0 ? scale.er : scale.cmer));
@@ -269,12 +277,13 @@ __global__ void __launch_bounds__(kThreads)
 ///   dL/dP_i = gA_i / |P| - dotA_i (P_i + l2_eps) / |P|^3 + c_er_i d'(P_i - Q_i)
 ///   dL/dQ_i = gB_i / |Q| - dotB_i (Q_i + l2_eps) / |Q|^3 - c_er_i d'(P_i - Q_i);
 /// dL/dP goes to the source grid (atomic scatter into acc) or to grad_warped (deterministic path);
-/// dL/dQ to grad_target, with the per-tile sums of the min-max backward of cams_t (dst_sums).
+/// dL/dQ to grad_target, with the per-tile sums of the min-max backward of cams_t (dst_sums). dot_totals:
+/// B1's dot products summed over the tiles (N x 2M).
 template <class T, class G, class I>
 __global__ void __launch_bounds__(kThreads)
     grads_kernel(PlaneSet<T, I> cams, PlaneSet<T, I> cams_t, const double* inv, const float* labels,
                  const float* pred, const float* pred_t, const double* grad, Scales scale, int distance, double eps,
-                 double l2_eps, int64_t tiles, const T* warped, const double* kept_stats, const double* dot_sums,
+                 double l2_eps, int64_t tiles, const T* warped, const double* kept_stats, const double* dot_totals,
                  bool need_cams, bool need_cams_t, bool deterministic, G* grad_warped, G* acc, G* grad_target,
                  double* dst_sums) {
   using V = typename Types<T>::V;
@@ -285,14 +294,8 @@ __global__ void __launch_bounds__(kThreads)
   const V e = static_cast<V>(eps), le = static_cast<V>(l2_eps);
   __shared__ SampleConstants<V> c;
   load_kept_constants(kept_stats, n, M, c);
-  double dot_a[kMaxModalities], dot_b[kMaxModalities];
-  for (int i = 0; i < M; ++i) {
-    double d[1];
-    block_combine_tiles(dot_sums + n * tiles * 2 * M + i, tiles, 2 * M, d);
-    dot_a[i] = d[0];
-    block_combine_tiles(dot_sums + n * tiles * 2 * M + M + i, tiles, 2 * M, d);
-    dot_b[i] = d[0];
-  }
+  const double* dot_a = dot_totals + n * 2 * M;
+  const double* dot_b = dot_a + M;
   const I hw = cams_t.size();
   double sums[kMaxModalities * kBackwardSumSlots] = {};
   const SampleMap map(inv + 6 * n);
@@ -370,11 +373,15 @@ cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForward
                                        void* warped, double* stats, cudaStream_t stream) {
   const int64_t N = p.cams.n, M = p.cams.c, Hd = p.cams_t.rows, Wd = p.cams_t.cols;
   if (M < 2 || M > kMaxModalities) return cudaErrorInvalidValue;
-  if (cudaError_t err = minmax_partials(p.cams, ws.src_partials, stream); err != cudaSuccess) return err;
-  if (cudaError_t err = minmax_partials(p.cams_t, ws.dst_partials, stream); err != cudaSuccess) return err;
+  if (cudaError_t err = plane_minmax(p.cams, p.eps, ws.src_partials, ws.src_stats, stream); err != cudaSuccess) {
+    return err;
+  }
+  if (cudaError_t err = plane_minmax(p.cams_t, p.eps, ws.dst_partials, ws.dst_stats, stream); err != cudaSuccess) {
+    return err;
+  }
   const int64_t tiles = tiles_of(Hd * Wd);
-  const StatsSource src_stats{ws.src_partials, tiles_of(p.cams.rows * p.cams.cols), 0};
-  const StatsSource dst_stats{ws.dst_partials, tiles, 0};
+  const StatsSource src_stats{ws.src_stats, kPlaneStatSlots};
+  const StatsSource dst_stats{ws.dst_stats, kPlaneStatSlots};
   return dispatch_terms(p, [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
@@ -383,12 +390,17 @@ cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForward
       sides_kernel<T, I><<<TileGrid{tiles, N * M}.grid(), kThreads, 0, stream>>>(
           cams, cams_t, src_stats, dst_stats, p.inv, p.labels, p.distance, p.eps, p.l2_eps, tiles,
           static_cast<T*>(warped), ws.side_sums);
+      if (cudaError_t err = launched(); err != cudaSuccess) return err;
+      if (cudaError_t err = sum_tiles(ws.side_sums, N * M, tiles, kSideSlots, ws.side_totals, stream);
+          err != cudaSuccess) {
+        return err;
+      }
       pairs_kernel<T, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(
           cams_t, src_stats, dst_stats, p.labels, p.pred, p.pred_t, p.eps, tiles, static_cast<const T*>(warped),
-          ws.side_sums, ws.pair_sums, stats);
+          ws.side_totals, ws.pair_sums, stats);
     }
     finalize_kernel<T><<<static_cast<unsigned>(2 * M), kThreads, 0, stream>>>(
-        N, static_cast<int>(M), tiles, scales_of(N, M, Hd, Wd), p.labels, ws.side_sums, ws.pair_sums,
+        N, static_cast<int>(M), tiles, scales_of(N, M, Hd, Wd), p.labels, ws.side_totals, ws.pair_sums,
         static_cast<T*>(terms));
     return launched();
   });
@@ -416,10 +428,12 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
     const T* kept = static_cast<const T*>(warped);
     dots_kernel<T, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(
         cams_t, p.labels, p.pred, p.pred_t, grad, scale, p.eps, tiles, kept, stats, ws.dot_sums);
+    if (cudaError_t e = launched(); e != cudaSuccess) return e;
+    if (cudaError_t e = sum_tiles(ws.dot_sums, N, tiles, 2 * M, ws.dot_totals, stream); e != cudaSuccess) return e;
     grads_kernel<T, G, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(
         cams, cams_t, p.inv, p.labels, p.pred, p.pred_t, grad, scale, p.distance, p.eps, p.l2_eps, tiles, kept, stats,
-        ws.dot_sums, need_cams, need_cams_t, deterministic, static_cast<G*>(ws.grad_warped), static_cast<G*>(ws.acc),
-        static_cast<G*>(ws.grad_target), ws.dst_sums);
+        ws.dot_totals, need_cams, need_cams_t, deterministic, static_cast<G*>(ws.grad_warped),
+        static_cast<G*>(ws.acc), static_cast<G*>(ws.grad_target), ws.dst_sums);
     return launched();
   });
   if (err != cudaSuccess) return err;
@@ -429,15 +443,18 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
       err = warp_adjoint(ws.grad_warped, g_dtype, N * M, M, Hd, Wd, p.inv, p.matrix, Hs, Ws, true, ws.acc, stream);
       if (err != cudaSuccess) return err;
     }
-    const StatsSource src_stats{stats + kSrcLo, 0, kTermsStatSlots};
-    err = minmax_backward_sums(p.cams, src_stats, ws.acc, p.eps, ws.src_sums, stream);
+    const StatsSource src_stats{stats + kSrcLo, kTermsStatSlots};
+    err = minmax_backward_sums(p.cams, src_stats, ws.acc, p.eps, ws.src_sums, ws.src_totals, stream);
     if (err != cudaSuccess) return err;
-    err = minmax_backward_apply(p.cams, src_stats, ws.acc, ws.src_sums, p.labels, p.eps, grad_cams, stream);
+    err = minmax_backward_apply(p.cams, src_stats, ws.acc, ws.src_totals, p.labels, p.inv, p.eps, grad_cams, stream);
     if (err != cudaSuccess) return err;
   }
   if (need_cams_t) {
-    const StatsSource dst_stats{stats + kDstLo, 0, kTermsStatSlots};
-    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_sums, p.labels, p.eps, grad_cams_t, stream);
+    err = sum_tiles(ws.dst_sums, N * M, tiles, kBackwardSumSlots, ws.dst_totals, stream);
+    if (err != cudaSuccess) return err;
+    const StatsSource dst_stats{stats + kDstLo, kTermsStatSlots};
+    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps,
+                                grad_cams_t, stream);
   }
   return err;
 }

@@ -6,10 +6,17 @@
 // Conventions (DESIGN §2, csrc/mmcam_math.h):
 //   * A plane set is a 4-D (N, C, H, W) tensor whose last dimension has unit stride; plane p = n * C + c.
 //   * inv is an (N, 6) row-major array of destination->source pixel maps in double, computed on the
-//     device by invert_affines(); a sample whose matrix is non-finite or singular gets NaN entries,
-//     and every output of that sample is NaN (the check needs no host synchronisation).
-//   * Per-plane reductions are written as per-tile partial results and combined in a fixed order by
-//     the next kernel: no atomics in any reduction, so the forward pass is bitwise reproducible and the
+//     device by invert_affines(); a sample whose matrix is non-finite or singular gets NaN entries (the
+//     check needs no host synchronisation, so nothing is raised; the CPU op raises ValueError instead).
+//     Such a sample reads as NaN everywhere it is not skipped: its warped maps are NaN (so are the loss
+//     values it enters) and minmax_backward_apply, given inv, writes NaN over its whole gradient (of the
+//     warped side and of the target side), which neither the gather nor the scatter adjoint, whose NaN
+//     taps sample nothing, would do. A skipped sample (weight 0, label 0: sample_mask 0) still gets
+//     exact zeros.
+//   * Per-plane reductions are written as per-tile partial results, then reduced once per plane (or per
+//     sample) in a fixed order by a small kernel (plane_minmax, sum_tiles) before the kernels that read
+//     them: no atomics in any reduction, and no block re-reads the partials of the other tiles of its
+//     plane (the work stays linear in the tile count). The forward pass is bitwise reproducible, and the
 //     backward pass too when its warp adjoint gathers (deterministic mode) instead of scattering.
 //   * Gradient maps ("G" below) are float for float32/float16/bfloat16 inputs and double for float64.
 #pragma once
@@ -38,12 +45,16 @@ constexpr int64_t tiles_of(int64_t elements) { return (elements + kTile - 1) / k
 
 /// Doubles per (plane, tile) written by the min/max statistics pass: lo, hi, has_nan.
 constexpr int kMinMaxSlots = 3;
+/// Doubles per plane of its min-max statistics: lo, hi of relu(plane) and den = (hi - lo) + eps.
+constexpr int kPlaneStatSlots = 3;
 /// Doubles per (plane, tile) of the min-max backward sums: sum g*mn, sum_active g, count_hi, count_lo.
 constexpr int kBackwardSumSlots = 4;
 /// Largest M the fused equivariance_terms kernels handle (per-thread register arrays).
 constexpr int kMaxModalities = 8;
 /// Doubles per (n, m) of the statistics equivariance_terms keeps for its backward pass (as on the CPU).
 constexpr int kTermsStatSlots = 8;
+/// Doubles per (plane, tile) of the equivariance_terms side sums: sum (P+l2_eps)^2, sum (Q+l2_eps)^2, sum d(P-Q).
+constexpr int kTermsSideSlots = 3;
 
 /// matrix_out[n] = matrix[n] in double and inv[n] = its inverse, with singleton source axes collapsed
 /// (a source axis of size 1 is read at its one pixel, as grid_sample does); NaN when not invertible.
@@ -51,15 +62,22 @@ constexpr int kTermsStatSlots = 8;
 cudaError_t invert_affines(const void* matrix, DType matrix_dtype, int64_t n, int64_t src_rows, int64_t src_cols,
                            double* matrix_out, double* inv, cudaStream_t stream);
 
-/// partials (planes x tiles_of(rows*cols) x kMinMaxSlots) = per-tile min/max of relu(plane) and a NaN flag.
-cudaError_t minmax_partials(const Planes& x, double* partials, cudaStream_t stream);
+/// stats (planes x kPlaneStatSlots) = lo, hi, den of every plane of x, computed in x's value type (as the
+/// CPU op and torch's amin / amax: a NaN in the plane makes lo, hi, den NaN); partials (planes x
+/// tiles_of(rows*cols) x kMinMaxSlots) is the workspace of the per-tile pass.
+cudaError_t plane_minmax(const Planes& x, double eps, double* partials, double* stats, cudaStream_t stream);
 
-/// Where a kernel finds a plane's min-max statistics (lo, hi of relu(plane), den = hi - lo + eps):
-///   tiles > 0: the per-tile partials of minmax_partials (tiles per plane), combined on the fly;
-///   tiles == 0: lo, hi, den stored at data[plane * stride + 0, 1, 2] (the kept statistics).
+/// totals[g * width + k] = sum over t < tiles of partials[(g * tiles + t) * width + k], for g < groups and
+/// k < width, in a fixed order (bitwise reproducible): one small pass that reduces per-tile partial sums
+/// once per plane or sample.
+cudaError_t sum_tiles(const double* partials, int64_t groups, int64_t tiles, int64_t width, double* totals,
+                      cudaStream_t stream);
+
+/// Where a kernel finds a plane's min-max statistics: lo, hi, den at data[plane * stride + 0, 1, 2]
+/// (stride kPlaneStatSlots for plane_minmax's output, kTermsStatSlots for the statistics that
+/// equivariance_terms keeps).
 struct StatsSource {
   const double* data;
-  int64_t tiles;
   int64_t stride;
 };
 
@@ -68,20 +86,25 @@ cudaError_t warp_normalized(const Planes& src, StatsSource src_stats, const doub
                             int64_t dst_cols, double eps, void* out, cudaStream_t stream);
 
 /// acc (planes x Hs*Ws, G, zeroed by the caller) += W^T g, g (planes x Hd*Wd, G): the adjoint of the warp.
-/// deterministic: each source pixel gathers the destination pixels whose taps include it (fixed order);
-/// otherwise a scatter with atomicAdd.
+/// deterministic: each source pixel gathers the destination pixels whose taps include it (fixed order;
+/// each destination row is scanned only over the columns where both source coordinates can be within a
+/// pixel of it, which also bounds the scan when a source axis of size 1 is collapsed); otherwise a
+/// scatter with atomicAdd. A sample with a non-invertible matrix adds nothing (see inv above).
 cudaError_t warp_adjoint(const void* g, DType g_dtype, int64_t planes, int64_t channels, int64_t dst_rows,
                          int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows,
                          int64_t src_cols, bool deterministic, void* acc, cudaStream_t stream);
 
-/// Backward of mn, pass 1: sums (planes x tiles x kBackwardSumSlots) of g (planes x rows*cols, G).
+/// Backward of mn, pass 1: totals (planes x kBackwardSumSlots) of g (planes x rows*cols, G); partials
+/// (planes x tiles_of(rows*cols) x kBackwardSumSlots) is the workspace of the per-tile pass.
 cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps,
-                                 double* sums, cudaStream_t stream);
+                                 double* partials, double* totals, cudaStream_t stream);
 
-/// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the sums.
-/// sample_mask (N, optional): a sample whose entry is 0 gets an exact zero gradient.
-cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* sums,
-                                  const float* sample_mask, double eps, void* grad, cudaStream_t stream);
+/// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the totals.
+/// sample_mask (N, optional): a sample whose entry is 0 gets an exact zero gradient. inv (N x 6, optional):
+/// any other sample whose map is NaN (a non-invertible matrix, see invert_affines) gets NaN everywhere.
+cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* totals,
+                                  const float* sample_mask, const double* inv, double eps, void* grad,
+                                  cudaStream_t stream);
 
 /// Inputs of the fused equivariance terms (DESIGN §1-2): cams (N, M, Hs, Ws), cams_t (N, M, Hd, Wd),
 /// per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
@@ -100,7 +123,10 @@ struct TermsProblem {
 struct TermsForwardWorkspace {
   double* src_partials;  // N*M x tiles_of(Hs*Ws) x kMinMaxSlots
   double* dst_partials;  // N*M x tiles_of(Hd*Wd) x kMinMaxSlots
-  double* side_sums;     // N*M x tiles_of(Hd*Wd) x 3: sum (P+l2_eps)^2, sum (Q+l2_eps)^2, sum d(P - Q)
+  double* src_stats;     // N*M x kPlaneStatSlots
+  double* dst_stats;     // N*M x kPlaneStatSlots
+  double* side_sums;     // N*M x tiles_of(Hd*Wd) x kTermsSideSlots
+  double* side_totals;   // N*M x kTermsSideSlots: the same summed over the tiles
   double* pair_sums;     // N x tiles_of(Hd*Wd) x M: CMER partial sums of each network
 };
 
@@ -111,11 +137,14 @@ cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForward
 
 struct TermsBackwardWorkspace {
   double* dot_sums;      // N x tiles_of(Hd*Wd) x 2M
+  double* dot_totals;    // N x 2M: the same summed over the tiles
   void* grad_warped;     // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
   void* grad_target;     // N*M x Hd*Wd (G), dL/dQ
   void* acc;             // N*M x Hs*Ws (G), zeroed here
   double* src_sums;      // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
+  double* src_totals;    // N*M x kBackwardSumSlots
   double* dst_sums;      // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
+  double* dst_totals;    // N*M x kBackwardSumSlots
 };
 
 /// Backward: grad (2, M) device doubles; warped and stats as kept by the forward pass. Writes

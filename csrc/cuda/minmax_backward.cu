@@ -1,6 +1,7 @@
 // CUDA kernels of the backward pass of the min-max normalisation mn (DESIGN §1), in two passes over a
 // plane set: per-tile sums (sum g*mn, sum over the active set of g, number of elements tied at hi / lo),
-// then the element-wise gradient, in which the ties share dL/dhi and dL/dlo equally (amax / amin).
+// reduced once per plane (sum_tiles), then the element-wise gradient, in which the ties share dL/dhi and
+// dL/dlo equally (amax / amin).
 #include "cuda/device_common.cuh"
 
 namespace mmcam::cuda {
@@ -12,7 +13,7 @@ __global__ void __launch_bounds__(kThreads)
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   const V e = static_cast<V>(eps);
-  const Stats<V> s = load_stats<V>(stats, p, e);
+  const Stats<V> s = load_stats<V>(stats, p);
   const T* plane = x.plane(p);
   const G* gp = g + static_cast<int64_t>(p) * x.size();
   double acc[kBackwardSumSlots] = {};
@@ -33,18 +34,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+/// grid (tiles, planes): the element-wise gradient from the plane's totals; a masked sample gets exact
+/// zeros, any other sample with a NaN map (inv) NaN everywhere (kernels.h).
 template <class T, class G, class I>
 __global__ void __launch_bounds__(kThreads)
-    backward_apply_kernel(PlaneSet<T, I> x, StatsSource stats, const G* g, const double* sums, int64_t tiles,
-                          const float* sample_mask, double eps, T* grad) {
+    backward_apply_kernel(PlaneSet<T, I> x, StatsSource stats, const G* g, const double* totals,
+                          const float* sample_mask, const double* inv, double eps, T* grad) {
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   T* out = grad + static_cast<int64_t>(p) * x.size();
-  const bool skipped = sample_mask != nullptr && sample_mask[p / x.c] == 0.0f;
+  const int64_t n = p / x.c;
+  const bool skipped = sample_mask != nullptr && sample_mask[n] == 0.0f;
+  const bool invalid = inv != nullptr && !math::is_finite(inv[6 * n]);  // invert_affines wrote NaN
   const V e = static_cast<V>(eps);
-  const Stats<V> s = load_stats<V>(stats, p, e);
-  double total[kBackwardSumSlots];
-  block_combine_tiles(sums + static_cast<int64_t>(p) * tiles * kBackwardSumSlots, tiles, kBackwardSumSlots, total);
+  const Stats<V> s = load_stats<V>(stats, p);
+  const double* total = totals + static_cast<int64_t>(p) * kBackwardSumSlots;
   const double den = static_cast<double>(s.den);
   const double hi_tie = total[2] > 0.0 ? -total[0] / den / total[2] : 0.0;
   const double lo_tie = total[3] > 0.0 ? (total[0] - total[1]) / den / total[3] : 0.0;
@@ -53,9 +57,10 @@ __global__ void __launch_bounds__(kThreads)
   for (int i = 0; i < kItemsPerThread; ++i) {
     const I k = tile * static_cast<I>(kTile) + i * kThreads + threadIdx.x;
     if (k >= x.size()) break;
-    const double d = skipped ? 0.0
-                             : math::minmax_input_grad<V, double>(x.at(plane, k), s.lo, s.hi, s.den, e,
-                                                                  static_cast<double>(gp[k]), lo_tie, hi_tie);
+    const double d = skipped   ? 0.0
+                     : invalid ? NAN
+                               : math::minmax_input_grad<V, double>(x.at(plane, k), s.lo, s.hi, s.den, e,
+                                                                    static_cast<double>(gp[k]), lo_tie, hi_tie);
     out[k] = from_double<T>(d);
   }
 }
@@ -70,22 +75,25 @@ cudaError_t dispatch_with_grad(const Planes& x, F&& f) {
 
 }  // namespace
 
-cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps, double* sums,
-                                 cudaStream_t stream) {
+cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps, double* partials,
+                                 double* totals, cudaStream_t stream) {
   const TileGrid grid{tiles_of(x.rows * x.cols), x.n * x.c};
   if (grid.planes == 0) return cudaSuccess;
-  return dispatch_with_grad(x, [&](auto t, auto gt, auto i) {
+  const cudaError_t err = dispatch_with_grad(x, [&](auto t, auto gt, auto i) {
     using T = decltype(t);
     using G = decltype(gt);
     using I = decltype(i);
-    backward_sums_kernel<T, G, I><<<grid.grid(), kThreads, 0, stream>>>(PlaneSet<T, I>(x), x_stats,
-                                                                        static_cast<const G*>(g), eps, grid.tiles, sums);
+    backward_sums_kernel<T, G, I><<<grid.grid(), kThreads, 0, stream>>>(
+        PlaneSet<T, I>(x), x_stats, static_cast<const G*>(g), eps, grid.tiles, partials);
     return launched();
   });
+  if (err != cudaSuccess) return err;
+  return sum_tiles(partials, grid.planes, grid.tiles, kBackwardSumSlots, totals, stream);
 }
 
-cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* sums,
-                                  const float* sample_mask, double eps, void* grad, cudaStream_t stream) {
+cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const void* g, const double* totals,
+                                  const float* sample_mask, const double* inv, double eps, void* grad,
+                                  cudaStream_t stream) {
   const TileGrid grid{tiles_of(x.rows * x.cols), x.n * x.c};
   if (grid.planes == 0) return cudaSuccess;
   return dispatch_with_grad(x, [&](auto t, auto gt, auto i) {
@@ -93,7 +101,7 @@ cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const vo
     using G = decltype(gt);
     using I = decltype(i);
     backward_apply_kernel<T, G, I><<<grid.grid(), kThreads, 0, stream>>>(
-        PlaneSet<T, I>(x), x_stats, static_cast<const G*>(g), sums, grid.tiles, sample_mask, eps, static_cast<T*>(grad));
+        PlaneSet<T, I>(x), x_stats, static_cast<const G*>(g), totals, sample_mask, inv, eps, static_cast<T*>(grad));
     return launched();
   });
 }

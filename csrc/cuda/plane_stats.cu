@@ -1,4 +1,5 @@
-// CUDA kernels: destination->source maps of the samples and per-tile min/max statistics of planes.
+// CUDA kernels: destination->source maps of the samples, the min-max statistics of planes (per-tile
+// partials, then one reduction per plane) and the fixed-order reduction of per-tile partial sums.
 #include "cuda/device_common.cuh"
 
 namespace mmcam::cuda {
@@ -39,6 +40,41 @@ __global__ void __launch_bounds__(kThreads) minmax_partials_kernel(PlaneSet<T, I
   }
 }
 
+/// grid (planes): stats[plane * kPlaneStatSlots + {lo, hi, den}] from the plane's per-tile partials, den
+/// computed in the value type V (as the CPU op). Min and max are exact: any order gives the same bits.
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    minmax_stats_kernel(const double* partials, int64_t tiles, double eps, double* stats) {
+  using V = typename Types<T>::V;
+  const int64_t p = blockIdx.x;
+  const double* part = partials + p * tiles * kMinMaxSlots;
+  MinMax<V> m;
+  for (int64_t t = threadIdx.x; t < tiles; t += kThreads) {
+    m.merge(static_cast<V>(part[t * kMinMaxSlots]), static_cast<V>(part[t * kMinMaxSlots + 1]),
+            part[t * kMinMaxSlots + 2] != 0.0);
+  }
+  m = block_minmax(m);
+  if (threadIdx.x == 0) {
+    const Stats<V> s = m.stats(static_cast<V>(eps));
+    double* out = stats + p * kPlaneStatSlots;
+    out[0] = static_cast<double>(s.lo);
+    out[1] = static_cast<double>(s.hi);
+    out[2] = static_cast<double>(s.den);
+  }
+}
+
+/// grid (width, groups): totals[group * width + k], the sum of the group's per-tile partials of slot k with a
+/// fixed assignment of tiles to threads and a fixed-order block sum.
+__global__ void __launch_bounds__(kThreads)
+    sum_tiles_kernel(const double* partials, int64_t tiles, int64_t width, double* totals) {
+  const int64_t k = blockIdx.x, group = blockIdx.y;
+  const double* part = partials + group * tiles * width + k;
+  double total[1] = {0.0};
+  for (int64_t t = threadIdx.x; t < tiles; t += kThreads) total[0] += part[t * width];
+  block_sum(total);
+  if (threadIdx.x == 0) totals[group * width + k] = total[0];
+}
+
 }  // namespace
 
 cudaError_t invert_affines(const void* matrix, DType matrix_dtype, int64_t n, int64_t src_rows, int64_t src_cols,
@@ -58,15 +94,24 @@ cudaError_t invert_affines(const void* matrix, DType matrix_dtype, int64_t n, in
   return launched();
 }
 
-cudaError_t minmax_partials(const Planes& x, double* partials, cudaStream_t stream) {
+cudaError_t plane_minmax(const Planes& x, double eps, double* partials, double* stats, cudaStream_t stream) {
   const TileGrid g{tiles_of(x.rows * x.cols), x.n * x.c};
   if (g.planes == 0) return cudaSuccess;
   return dispatch(x.dtype, fits_int32(extent(x), g.planes * g.tiles * kTile), [&](auto t, auto i) {
     using T = decltype(t);
     using I = decltype(i);
     minmax_partials_kernel<T, I><<<g.grid(), kThreads, 0, stream>>>(PlaneSet<T, I>(x), g.tiles, partials);
+    minmax_stats_kernel<T><<<static_cast<unsigned>(g.planes), kThreads, 0, stream>>>(partials, g.tiles, eps, stats);
     return launched();
   });
+}
+
+cudaError_t sum_tiles(const double* partials, int64_t groups, int64_t tiles, int64_t width, double* totals,
+                      cudaStream_t stream) {
+  if (groups == 0 || width == 0) return cudaSuccess;
+  sum_tiles_kernel<<<dim3(static_cast<unsigned>(width), static_cast<unsigned>(groups)), kThreads, 0, stream>>>(
+      partials, tiles, width, totals);
+  return launched();
 }
 
 }  // namespace mmcam::cuda

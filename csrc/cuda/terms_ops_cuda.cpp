@@ -74,7 +74,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   const at::Device device = in.cams.device();
   const at::Tensor src_partials = double_workspace(planes * tiles_of(in.Hs * in.Ws) * kMinMaxSlots, device);
   const at::Tensor dst_partials = double_workspace(planes * dst_tiles * kMinMaxSlots, device);
-  const at::Tensor side_sums = double_workspace(planes * dst_tiles * 3, device);
+  const at::Tensor src_stats = double_workspace(planes * kPlaneStatSlots, device);
+  const at::Tensor dst_stats = double_workspace(planes * kPlaneStatSlots, device);
+  const at::Tensor side_sums = double_workspace(planes * dst_tiles * kTermsSideSlots, device);
+  const at::Tensor side_totals = double_workspace(planes * kTermsSideSlots, device);
   const at::Tensor pair_sums = double_workspace(in.N * dst_tiles * in.M, device);
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor terms = at::empty({2, in.M}, contiguous);
@@ -82,7 +85,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   at::Tensor warped = at::empty({in.N, in.M, in.Hd, in.Wd}, contiguous);
   at::Tensor stats = at::empty({in.N, in.M, kTermsStatSlots}, contiguous.dtype(at::kDouble));
   const TermsForwardWorkspace ws{src_partials.mutable_data_ptr<double>(), dst_partials.mutable_data_ptr<double>(),
-                                 side_sums.mutable_data_ptr<double>(), pair_sums.mutable_data_ptr<double>()};
+                                 src_stats.mutable_data_ptr<double>(),    dst_stats.mutable_data_ptr<double>(),
+                                 side_sums.mutable_data_ptr<double>(),    side_totals.mutable_data_ptr<double>(),
+                                 pair_sums.mutable_data_ptr<double>()};
   C10_CUDA_CHECK(equivariance_terms_forward(in.problem(er_distance, eps, l2_eps), ws, terms.mutable_data_ptr(),
                                             warped.mutable_data_ptr(), stats.mutable_data_ptr<double>(),
                                             current_stream()));
@@ -111,16 +116,20 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   const bool deterministic = deterministic_mode();
   const int64_t planes = N * M, dst_tiles = tiles_of(in.Hd * in.Wd);
   const at::Tensor dot_sums = double_workspace(N * dst_tiles * 2 * M, device);
+  const at::Tensor dot_totals = double_workspace(N * 2 * M, device);
   const at::Tensor grad_warped = need_cams && deterministic ? grad_map_workspace(in, in.Hd, in.Wd) : at::Tensor();
   const at::Tensor grad_target = need_cams_t ? grad_map_workspace(in, in.Hd, in.Wd) : at::Tensor();
   const at::Tensor acc = need_cams ? grad_map_workspace(in, in.Hs, in.Ws) : at::Tensor();
   const at::Tensor src_sums = double_workspace(planes * tiles_of(in.Hs * in.Ws) * kBackwardSumSlots, device);
+  const at::Tensor src_totals = double_workspace(planes * kBackwardSumSlots, device);
   const at::Tensor dst_sums = double_workspace(planes * dst_tiles * kBackwardSumSlots, device);
-  auto ptr = [](const at::Tensor& t) { return t.defined() ? const_cast<void*>(t.const_data_ptr()) : nullptr; };
-  const TermsBackwardWorkspace ws{const_cast<double*>(dot_sums.const_data_ptr<double>()), ptr(grad_warped),
-                                  ptr(grad_target), ptr(acc),
-                                  const_cast<double*>(src_sums.const_data_ptr<double>()),
-                                  const_cast<double*>(dst_sums.const_data_ptr<double>())};
+  const at::Tensor dst_totals = double_workspace(planes * kBackwardSumSlots, device);
+  auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; };
+  const TermsBackwardWorkspace ws{dot_sums.mutable_data_ptr<double>(),   dot_totals.mutable_data_ptr<double>(),
+                                  ptr(grad_warped),                      ptr(grad_target),
+                                  ptr(acc),                              src_sums.mutable_data_ptr<double>(),
+                                  src_totals.mutable_data_ptr<double>(), dst_sums.mutable_data_ptr<double>(),
+                                  dst_totals.mutable_data_ptr<double>()};
   C10_CUDA_CHECK(equivariance_terms_backward(in.problem(er_distance, eps, l2_eps), g.const_data_ptr<double>(),
                                              kept_warped.const_data_ptr(), kept_stats.const_data_ptr<double>(),
                                              deterministic, ws, need_cams ? grad_cams.mutable_data_ptr() : nullptr,

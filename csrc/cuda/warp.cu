@@ -2,7 +2,8 @@
 //   warp_normalized  P = bilinear warp (zero padding) of mn(src), one thread per destination pixel;
 //   warp_adjoint     acc += W^T g, either scattered with atomics (fast) or gathered per source pixel
 //                    (deterministic: the map is affine, so the destination pixels whose bilinear taps
-//                    touch a source pixel lie in the image of a 2x2-pixel square, scanned in a fixed order).
+//                    touch a source pixel lie in the image of a 2x2-pixel square, scanned in a fixed order,
+//                    row by row over the columns where both source coordinates are within a pixel of it).
 #include <cmath>
 
 #include "cuda/device_common.cuh"
@@ -16,7 +17,7 @@ __global__ void __launch_bounds__(kThreads)
                            double eps, T* out) {
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
-  const Stats<V> s = load_stats<V>(stats, p, static_cast<V>(eps));
+  const Stats<V> s = load_stats<V>(stats, p);
   const SampleMap map(inv + 6 * static_cast<int64_t>(p / src.c));
   const T* plane = src.plane(p);
   T* o = out + static_cast<int64_t>(p) * dst_rows * dst_cols;
@@ -57,16 +58,27 @@ struct ScanRange {
   int64_t lo, hi;
 };
 
-/// Destination columns and rows whose source position can lie within one pixel of source pixel (u, v):
-/// the bounding box of the forward image of the square (u +- 1, v +- 1), widened by a pixel against
-/// rounding (each candidate is then tested with the exact tap of the forward pass).
-__device__ void scan_box(const double* fwd, int64_t u, int64_t v, int64_t dst_rows, int64_t dst_cols, bool full,
-                         ScanRange& xs, ScanRange& ys) {
-  if (full) {
-    xs = {0, dst_cols - 1};
-    ys = {0, dst_rows - 1};
-    return;
-  }
+/// Clamps the real interval [lo, hi] of destination positions, widened by a pixel against rounding, to the
+/// indices [0, size - 1] (empty when it misses them; infinite ends are fine).
+__device__ ScanRange clamp_range(double lo, double hi, int64_t size) {
+  const double l = fmax(floor(lo) - 1.0, 0.0), h = fmin(ceil(hi) + 1.0, static_cast<double>(size - 1));
+  return l > h ? ScanRange{1, 0} : ScanRange{static_cast<int64_t>(l), static_cast<int64_t>(h)};
+}
+
+__device__ ScanRange intersect(ScanRange a, ScanRange b) {
+  return {a.lo > b.lo ? a.lo : b.lo, a.hi < b.hi ? a.hi : b.hi};
+}
+
+/// Destination rows (ys) and columns (xs) whose source position can lie within one pixel of source pixel
+/// (u, v): the bounding box of the forward image of the square (u +- 1, v +- 1), widened by a pixel against
+/// rounding (each candidate is then tested with the exact tap of the forward pass). With a collapsed
+/// (size-1) source axis the forward matrix does not describe the sampling: the whole destination, which
+/// the per-row bound of row_columns then narrows.
+__device__ void scan_box(const double* fwd, int64_t u, int64_t v, int64_t dst_rows, int64_t dst_cols,
+                         bool collapsed, ScanRange& xs, ScanRange& ys) {
+  xs = {0, dst_cols - 1};
+  ys = {0, dst_rows - 1};
+  if (collapsed) return;
   double x_min = INFINITY, x_max = -INFINITY, y_min = INFINITY, y_max = -INFINITY;
   for (int corner = 0; corner < 4; ++corner) {
     const double sx = static_cast<double>(u) + ((corner & 1) ? 1.0 : -1.0);
@@ -77,16 +89,27 @@ __device__ void scan_box(const double* fwd, int64_t u, int64_t v, int64_t dst_ro
     y_min = fmin(y_min, dy);
     y_max = fmax(y_max, dy);
   }
-  auto clamp_range = [](double lo, double hi, int64_t size) {
-    const double l = fmax(floor(lo) - 1.0, 0.0), h = fmin(ceil(hi) + 1.0, static_cast<double>(size - 1));
-    return l > h ? ScanRange{1, 0} : ScanRange{static_cast<int64_t>(l), static_cast<int64_t>(h)};
-  };
   xs = clamp_range(x_min, x_max, dst_cols);
   ys = clamp_range(y_min, y_max, dst_rows);
 }
 
+/// Columns x of destination row y at which the source coordinate s = c[0] x + c[1] y + c[2] (one row of the
+/// destination->source map) can lie in [target - 1, target + 1), i.e. at which a bilinear tap can include
+/// source index target on that axis; widened by a pixel against rounding. When s does not depend on x
+/// (c[0] = 0, e.g. a collapsed axis, whose row is 0) the row is kept whole or dropped.
+__device__ ScanRange row_columns(const double* c, int64_t target, int64_t y, int64_t dst_cols) {
+  const double rest = c[1] * static_cast<double>(y) + c[2];
+  const double lo = static_cast<double>(target) - 1.0 - rest, hi = static_cast<double>(target) + 1.0 - rest;
+  if (c[0] == 0.0) return (lo <= 1.0 && hi >= -1.0) ? ScanRange{0, dst_cols - 1} : ScanRange{1, 0};
+  const double a = lo / c[0], b = hi / c[0];
+  return a < b ? clamp_range(a, b, dst_cols) : clamp_range(b, a, dst_cols);
+}
+
 /// grid (source tiles, planes): acc[p][u, v] = sum over the destination pixels whose taps include (u, v)
-/// of g * tap weight, in row-major destination order (bitwise reproducible).
+/// of g * tap weight, in row-major destination order (bitwise reproducible). Each row of the scan box is
+/// cut to the columns where both source coordinates can be within a pixel of (u, v): with a collapsed
+/// source axis (size 1, read at its one pixel from everywhere) the scan is the strip of destination pixels
+/// that sample near row v (or column u), not the whole destination.
 template <class G, class I>
 __global__ void __launch_bounds__(kThreads)
     adjoint_gather_kernel(const G* g, I channels, I dst_rows, I dst_cols, const double* inv, const double* matrix,
@@ -94,22 +117,23 @@ __global__ void __launch_bounds__(kThreads)
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   const int64_t n = p / channels;
   const SampleMap map(inv + 6 * n);
-  // A collapsed (singleton) source axis reads its one pixel from everywhere: scan the whole plane.
-  const bool full = src_rows == 1 || src_cols == 1;
+  const bool collapsed = src_rows == 1 || src_cols == 1;
   const G* gp = g + static_cast<int64_t>(p) * dst_rows * dst_cols;
   G* ap = acc + static_cast<int64_t>(p) * src_rows * src_cols;
   for (int i = 0; i < kItemsPerThread; ++i) {
     const I k = tile * static_cast<I>(kTile) + i * kThreads + threadIdx.x;
     if (k >= src_rows * src_cols) break;
-    if (!map.valid()) {  // a non-invertible matrix samples nothing (as the scatter path)
+    if (!map.valid()) {  // a non-invertible matrix samples nothing (as the scatter path); kernels.h
       ap[k] = G(0);
       continue;
     }
     const I u = k % src_cols, v = k / src_cols;
-    ScanRange xs, ys;
-    scan_box(matrix + 6 * n, u, v, dst_rows, dst_cols, full, xs, ys);
+    ScanRange box_xs, ys;
+    scan_box(matrix + 6 * n, u, v, dst_rows, dst_cols, collapsed, box_xs, ys);
     double sum = 0.0;
     for (int64_t y = ys.lo; y <= ys.hi; ++y) {
+      const ScanRange xs =
+          intersect(box_xs, intersect(row_columns(map.m, u, y, dst_cols), row_columns(map.m + 3, v, y, dst_cols)));
       for (int64_t x = xs.lo; x <= xs.hi; ++x) {
         const math::BilinearTap<double> t = map.tap(x, y, src_cols, src_rows);
         if (!t.inside || (t.x0 != u && t.x0 + 1 != u) || (t.y0 != v && t.y0 + 1 != v)) continue;

@@ -30,44 +30,48 @@ void check_pair(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& 
   check_on(matrix, "matrix", src.device());
 }
 
-/// Min/max partials of every plane of x (a device workspace; see kernels.h).
-at::Tensor minmax_of(const at::Tensor& x) {
-  at::Tensor partials = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kMinMaxSlots,
-                                         x.device());
-  C10_CUDA_CHECK(minmax_partials(planes_of(x), partials.mutable_data_ptr<double>(), current_stream()));
-  return partials;
+/// Min-max statistics (lo, hi, den) of every plane of x, (planes x kPlaneStatSlots) doubles on the device.
+at::Tensor minmax_of(const at::Tensor& x, double eps) {
+  const int64_t planes = x.size(0) * x.size(1);
+  const at::Tensor partials = double_workspace(planes * tiles_of(x.size(2) * x.size(3)) * kMinMaxSlots, x.device());
+  at::Tensor stats = double_workspace(planes * kPlaneStatSlots, x.device());
+  C10_CUDA_CHECK(plane_minmax(planes_of(x), eps, partials.mutable_data_ptr<double>(), stats.mutable_data_ptr<double>(),
+                              current_stream()));
+  return stats;
 }
 
-StatsSource stats_of(const at::Tensor& partials, const at::Tensor& x) {
-  return {partials.const_data_ptr<double>(), tiles_of(x.size(2) * x.size(3)), 0};
-}
+StatsSource stats_of(const at::Tensor& stats) { return {stats.const_data_ptr<double>(), kPlaneStatSlots}; }
 
-at::Tensor warp_with(const at::Tensor& src, const at::Tensor& partials, const DeviceMaps& maps, int64_t rows,
+at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows,
                      int64_t cols, double eps) {
   at::Tensor out = at::empty({src.size(0), src.size(1), rows, cols}, src.options().memory_format(at::MemoryFormat::Contiguous));
-  C10_CUDA_CHECK(warp_normalized(planes_of(src), stats_of(partials, src), maps.inv.const_data_ptr<double>(), rows,
-                                 cols, eps, out.mutable_data_ptr(), current_stream()));
+  C10_CUDA_CHECK(warp_normalized(planes_of(src), stats_of(stats), maps.inv.const_data_ptr<double>(), rows, cols, eps,
+                                 out.mutable_data_ptr(), current_stream()));
   return out;
 }
 
-/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x); samples whose sample_mask entry is 0 get exact zeros.
-at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& partials, const at::Tensor& g,
-                           const c10::optional<at::Tensor>& sample_mask, double eps) {
+/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x) and x's statistics (minmax_of); samples whose
+/// sample_mask entry is 0 get exact zeros, any other sample with a non-invertible matrix NaN (maps.inv).
+at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& stats, const at::Tensor& g,
+                           const c10::optional<at::Tensor>& sample_mask, const DeviceMaps& maps, double eps) {
   const at::Tensor gm = g.to(grad_map_dtype(x)).contiguous();
-  at::Tensor sums = double_workspace(x.size(0) * x.size(1) * tiles_of(x.size(2) * x.size(3)) * kBackwardSumSlots,
-                                     x.device());
+  const int64_t planes = x.size(0) * x.size(1);
+  const at::Tensor sums = double_workspace(planes * tiles_of(x.size(2) * x.size(3)) * kBackwardSumSlots, x.device());
+  const at::Tensor totals = double_workspace(planes * kBackwardSumSlots, x.device());
   at::Tensor grad = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  const Planes planes = planes_of(x);
-  C10_CUDA_CHECK(minmax_backward_sums(planes, stats_of(partials, x), gm.const_data_ptr(), eps,
-                                      sums.mutable_data_ptr<double>(), current_stream()));
-  C10_CUDA_CHECK(minmax_backward_apply(planes, stats_of(partials, x), gm.const_data_ptr(), sums.const_data_ptr<double>(),
-                                       sample_mask ? sample_mask->const_data_ptr<float>() : nullptr, eps,
-                                       grad.mutable_data_ptr(), current_stream()));
+  const Planes view = planes_of(x);
+  C10_CUDA_CHECK(minmax_backward_sums(view, stats_of(stats), gm.const_data_ptr(), eps,
+                                      sums.mutable_data_ptr<double>(), totals.mutable_data_ptr<double>(),
+                                      current_stream()));
+  C10_CUDA_CHECK(minmax_backward_apply(view, stats_of(stats), gm.const_data_ptr(), totals.const_data_ptr<double>(),
+                                       sample_mask ? sample_mask->const_data_ptr<float>() : nullptr,
+                                       maps.inv.const_data_ptr<double>(), eps, grad.mutable_data_ptr(),
+                                       current_stream()));
   return grad;
 }
 
-/// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd).
-at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& partials, const DeviceMaps& maps,
+/// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd) and src's statistics (minmax_of).
+at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps,
                               const at::Tensor& g, const c10::optional<at::Tensor>& sample_mask, double eps) {
   const at::Tensor gm = g.to(grad_map_dtype(src)).contiguous();
   at::Tensor acc = at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
@@ -75,7 +79,7 @@ at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& partials,
                               g.size(3), maps.inv.const_data_ptr<double>(), maps.matrix.const_data_ptr<double>(),
                               src.size(2), src.size(3), deterministic_mode(), acc.mutable_data_ptr(),
                               current_stream()));
-  return minmax_backward(src, partials, acc, sample_mask, eps);
+  return minmax_backward(src, stats, acc, sample_mask, maps, eps);
 }
 
 /// Value dtype V of a CAM dtype (float32 for the 16-bit types) and work dtype W of the pair loss's
@@ -119,16 +123,16 @@ struct PairSide {
 };
 
 struct PairSides {
-  at::Tensor src_partials;
+  at::Tensor src_stats;
   PairSide p, q;
 };
 
 PairSides pair_sides(const at::Tensor& src, const at::Tensor& dst, const DeviceMaps& maps, bool l2, double eps,
                      double l2_eps) {
   const at::ScalarType w = work_dtype(src);
-  at::Tensor partials = minmax_of(src);
-  const at::Tensor p_value = warp_with(src, partials, maps, dst.size(2), dst.size(3), eps).to(value_dtype(src));
-  return {partials, PairSide(p_value, l2, l2_eps, w), PairSide(minmax_normalize(dst, eps), l2, l2_eps, w)};
+  at::Tensor stats = minmax_of(src, eps);
+  const at::Tensor p_value = warp_with(src, stats, maps, dst.size(2), dst.size(3), eps).to(value_dtype(src));
+  return {stats, PairSide(p_value, l2, l2_eps, w), PairSide(minmax_normalize(dst, eps), l2, l2_eps, w)};
 }
 
 /// Per-sample weights (N,) in the work dtype on the device (ones when absent).
@@ -151,7 +155,7 @@ at::Tensor warp_normalized(const at::Tensor& src_in, const at::Tensor& matrix, a
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in);
   const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
-  return warp_with(src, minmax_of(src), maps, dsize[0], dsize[1], eps);
+  return warp_with(src, minmax_of(src, eps), maps, dsize[0], dsize[1], eps);
 }
 
 at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix,
@@ -164,7 +168,7 @@ at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& sr
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in);
   const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
-  return warp_backward_with(src, minmax_of(src), maps, grad, c10::nullopt, eps);
+  return warp_backward_with(src, minmax_of(src, eps), maps, grad, c10::nullopt, eps);
 }
 
 at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
@@ -216,11 +220,12 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   const at::Tensor active = (coef != 0).to(at::kFloat).contiguous();  // 0: exact zero gradient
   if (need_src) {
     const at::Tensor g_p = s.p.backward(g, l2_normalize, l2_eps);
-    grad_src = warp_backward_with(src, s.src_partials, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), active, eps);
+    grad_src = warp_backward_with(src, s.src_stats, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), active, eps);
   }
   if (need_dst) {
     const at::Tensor g_q = s.q.backward(-g, l2_normalize, l2_eps);
-    grad_dst = minmax_backward(dst, minmax_of(dst), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), active, eps);
+    grad_dst = minmax_backward(dst, minmax_of(dst, eps), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), active, maps,
+                               eps);
   }
   return {grad_src, grad_dst};
 }
