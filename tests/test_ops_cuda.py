@@ -26,7 +26,8 @@ def test_build_has_cuda_kernels():
 
 
 needs_kernels = pytest.mark.skipif(
-    not (torch.cuda.is_available() and mmcam.build_info()["cuda"]), reason="mmcam built without CUDA kernels"
+    not (torch.cuda.is_available() and mmcam.build_info()["cuda"]),
+    reason="needs a CUDA device and mmcam built with its CUDA kernels",
 )
 
 
