@@ -11,8 +11,8 @@ In one process, for every case (shape x transform family), every thread count an
 this script times the forward pass and the forward+backward pass of
 
     fused    the C++ operator
-    torch    eager PyTorch, F.affine_grid + F.grid_sample warp (``mmcam.reference`` / ``backend="torch"``)
-    kornia   eager PyTorch, kornia warp_affine (``mmcam.reference`` / ``backend="kornia"``)
+    torch    eager PyTorch, F.affine_grid + F.grid_sample warp (``mmcam.ops.reference`` / ``backend="torch"``)
+    kornia   eager PyTorch, kornia warp_affine (``mmcam.ops.reference`` / ``backend="kornia"``)
     compile  torch.compile of the torch reference (inductor; skipped with ``--no-compile``)
 
 Before timing a case it checks that every method gives the same values and gradients as the fused
@@ -66,7 +66,8 @@ from typing import Callable, Optional
 import torch
 
 import bench_report
-from mmcam import ops, reference
+from mmcam import ops
+from mmcam.ops import reference
 from mmcam.losses import equivariance_terms
 from mmcam.transforms import sample_transform
 

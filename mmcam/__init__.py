@@ -5,7 +5,7 @@ Patel & Dolz, Medical Image Analysis 77 (2022). The performance core is a fused 
 (``mmcam.ops``) computing affine warp + CAM min-max normalisation + equivariance distance.
 """
 
-from mmcam._extension import build_info
+from mmcam.ops.extension import build_info
 
 __version__ = "0.1.0"
 

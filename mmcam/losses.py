@@ -4,12 +4,12 @@
 a ``(2, M)`` tensor: row 0 the within-modality equivariance loss ``L_ER`` of each network, row 1 its
 cross-modality loss ``L_CMER``. Three interchangeable backends compute it:
 
-- ``"fused"`` (default): the C++ operator :func:`mmcam.ops.equivariance_terms` (every plane is read,
+- ``"fused"`` (default): the C++ operator :func:`mmcam.ops.fused.fused_equivariance_terms` (every plane is read,
   normalised, warped and L2-normalised once; forward and backward in C++).
 - ``"torch"``: eager PyTorch, warp by ``F.affine_grid`` + ``F.grid_sample``
-  (:func:`mmcam.reference.warp_normalized_torch`).
+  (:func:`mmcam.ops.reference.warp_normalized_torch`).
 - ``"kornia"``: eager PyTorch, warp by ``kornia.geometry.transform.warp_affine``
-  (:func:`mmcam.reference.warp_normalized_kornia`).
+  (:func:`mmcam.ops.reference.warp_normalized_kornia`).
 
 Notation (shapes): ``N`` samples, ``M >= 2`` modalities, ``(Hs, Ws)`` the size of the original view and
 ``(Hd, Wd)`` the size of the transformed view. For network ``i``::
@@ -32,7 +32,8 @@ from typing import Callable, Sequence, Union
 
 import torch
 
-from mmcam import _checks, ops, reference
+from mmcam.ops import checks, reference
+from mmcam.ops.fused import fused_equivariance_terms
 
 __all__ = ["BACKENDS", "equivariance_terms", "predicted_classes"]
 
@@ -54,14 +55,14 @@ def predicted_classes(logits: Union[torch.Tensor, Sequence[torch.Tensor]]) -> to
         ``(N, M)`` int64 tensor, ``argmax`` over the two classes (a tie gives class 0); no gradient.
     """
     if isinstance(logits, torch.Tensor):
-        _checks.check_tensor(logits, "logits", 3, "(N, M, 2)")
+        checks.check_tensor(logits, "logits", 3, "(N, M, 2)")
         stacked = logits
     else:
         logits = list(logits)
         if not logits:
             raise ValueError("logits must hold one (N, 2) tensor per modality, got an empty sequence")
         for m, z in enumerate(logits):
-            _checks.check_tensor(z, f"logits[{m}]", 2, "(N, 2)")
+            checks.check_tensor(z, f"logits[{m}]", 2, "(N, 2)")
             if z.shape != logits[0].shape:
                 raise ValueError(f"logits[{m}] has shape {tuple(z.shape)} but logits[0] has {tuple(logits[0].shape)}")
         stacked = torch.stack([z.detach() for z in logits], dim=1)
@@ -72,7 +73,7 @@ def predicted_classes(logits: Union[torch.Tensor, Sequence[torch.Tensor]]) -> to
 
 def _check_mask_like(t, name: str, shape: tuple[int, ...], layout: str, device: torch.device) -> None:
     """``t``: bool, integer or floating tensor of exactly ``shape`` on ``device``."""
-    _checks.check_tensor(t, name, len(shape), layout)
+    checks.check_tensor(t, name, len(shape), layout)
     if tuple(t.shape) != shape:
         want = "(" + ", ".join(str(s) for s in shape) + ")"
         raise ValueError(f"{name} must have shape {want} to match cams, got {tuple(t.shape)}")
@@ -105,14 +106,14 @@ def _check_values(matrix: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor
 
 
 def _validate(cams, cams_t, matrix, labels, pred, pred_t, backend, er_distance, eps, l2_eps) -> None:
-    _checks.check_option(backend, "backend", BACKENDS)
-    _checks.check_option(er_distance, "er_distance", _checks.DISTANCES)
-    _checks.check_eps(eps, "eps")
-    _checks.check_eps(l2_eps, "l2_eps")
-    _checks.check_tensor(cams, "cams", 4, "(N, M, Hs, Ws)")
-    _checks.check_tensor(cams_t, "cams_t", 4, "(N, M, Hd, Wd)")
-    _checks.check_cam_dtype(cams, "cams")
-    _checks.check_same(cams, "cams", cams_t, "cams_t")
+    checks.check_option(backend, "backend", BACKENDS)
+    checks.check_option(er_distance, "er_distance", checks.DISTANCES)
+    checks.check_eps(eps, "eps")
+    checks.check_eps(l2_eps, "l2_eps")
+    checks.check_tensor(cams, "cams", 4, "(N, M, Hs, Ws)")
+    checks.check_tensor(cams_t, "cams_t", 4, "(N, M, Hd, Wd)")
+    checks.check_cam_dtype(cams, "cams")
+    checks.check_same(cams, "cams", cams_t, "cams_t")
     n, m = cams.shape[:2]
     if tuple(cams_t.shape[:2]) != (n, m):
         raise ValueError(
@@ -125,9 +126,9 @@ def _validate(cams, cams_t, matrix, labels, pred, pred_t, backend, er_distance, 
             f"equivariance_terms needs M >= 2 modalities (cams has M={m} in shape {tuple(cams.shape)}): "
             "the cross-modality term is undefined for a single network"
         )
-    _checks.check_nonempty_spatial(cams, "cams")
-    _checks.check_nonempty_spatial(cams_t, "cams_t")
-    _checks.check_matrix(matrix, n, cams.device)
+    checks.check_nonempty_spatial(cams, "cams")
+    checks.check_nonempty_spatial(cams_t, "cams_t")
+    checks.check_matrix(matrix, n, cams.device)
     _check_mask_like(labels, "labels", (n,), "(N,)", cams.device)
     _check_mask_like(pred, "pred", (n, m), "(N, M)", cams.device)
     _check_mask_like(pred_t, "pred_t", (n, m), "(N, M)", cams.device)
@@ -152,7 +153,7 @@ def _eager_terms(
     eps: float,
     l2_eps: float,
 ) -> torch.Tensor:
-    """ER and CMER in eager PyTorch from ``warp`` (a ``mmcam.reference.warp_normalized_*`` function).
+    """ER and CMER in eager PyTorch from ``warp`` (a ``mmcam.ops.reference.warp_normalized_*`` function).
 
     Args:
         cams: ``(N, M, Hs, Ws)``; cams_t: ``(N, M, Hd, Wd)``; matrix: ``(N, 2, 3)``.
@@ -256,7 +257,7 @@ def equivariance_terms(
     pred_mask = _as_mask(pred, dtype)
     pred_t_mask = _as_mask(pred_t, dtype)
     if backend == "fused":
-        return ops.equivariance_terms(
+        return fused_equivariance_terms(
             cams, cams_t, matrix.detach(), y, pred_mask, pred_t_mask, er_distance=er_distance, eps=eps, l2_eps=l2_eps
         )
     return _eager_terms(

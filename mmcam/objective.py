@@ -35,7 +35,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmcam import _checks, losses, transforms
+from mmcam import losses, transforms
+from mmcam.ops import checks
 from mmcam.models import check_images, unwrap_model, zscore_per_sample
 
 __all__ = [
@@ -103,9 +104,9 @@ class ObjectiveConfig:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.zscore_eps <= 0:
             raise ValueError(f"zscore_eps must be > 0, got {self.zscore_eps!r}")
-        _checks.check_option(self.transform, "transform", transforms.POLICIES)
-        _checks.check_option(self.equivariance_backend, "equivariance_backend", losses.BACKENDS)
-        _checks.check_option(self.er_distance, "er_distance", _checks.DISTANCES)
+        checks.check_option(self.transform, "transform", transforms.POLICIES)
+        checks.check_option(self.equivariance_backend, "equivariance_backend", losses.BACKENDS)
+        checks.check_option(self.er_distance, "er_distance", checks.DISTANCES)
         for term in TERMS:
             if not isinstance(getattr(self, f"use_{term}"), bool):
                 raise TypeError(f"use_{term} must be a bool, got {getattr(self, f'use_{term}')!r}")
@@ -114,14 +115,14 @@ class ObjectiveConfig:
 
     def enabled(self, term: str) -> bool:
         """Whether ``term`` (one of :data:`TERMS`) enters ``L_i``."""
-        _checks.check_option(term, "term", TERMS)
+        checks.check_option(term, "term", TERMS)
         return getattr(self, f"use_{term}")
 
     @classmethod
     def ablation(cls, name: str, **overrides) -> "ObjectiveConfig":
         """The config of ablation variant ``name`` (a key of :data:`ABLATIONS`), other fields from
         ``overrides``."""
-        _checks.check_option(name, "ablation", tuple(ABLATIONS))
+        checks.check_option(name, "ablation", tuple(ABLATIONS))
         clash = set(overrides) & set(ABLATIONS[name])
         if clash:
             raise ValueError(f"ablation {name!r} fixes {sorted(clash)}; do not override them")

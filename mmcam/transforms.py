@@ -3,7 +3,7 @@
 Every builder returns ``(matrix, dsize)``:
 
 - ``matrix`` of shape :math:`(N, 2, 3)`: the source->destination **pixel** affine of kornia 0.9, the
-  convention of :mod:`mmcam.ops` and :mod:`mmcam.reference`. Integer coordinates ``(x, y)`` are pixel
+  convention of :mod:`mmcam.ops` and :mod:`mmcam.ops.reference`. Integer coordinates ``(x, y)`` are pixel
   centres, ``x`` indexes columns (width) and ``y`` rows (height), and the warped image is
   ``dst(x, y) = src(M^-1 (x, y, 1))``. Built in float64 and returned in ``dtype`` (float32 by default)
   on ``device``.

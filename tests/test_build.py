@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import mmcam
-from mmcam import _build_info, _extension
+from mmcam import _build_info
+from mmcam.ops import extension as _extension
 
 
 def test_build_info_reports_torch_openmp_and_cuda():

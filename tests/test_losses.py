@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcam import losses, reference
+from mmcam import losses
+from mmcam.ops import reference
 from mmcam.losses import BACKENDS, equivariance_terms, predicted_classes
 from op_cases import cams as make_cams
 from op_cases import family_matrix, random_affine

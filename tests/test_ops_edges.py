@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mmcam import ops, reference
+from mmcam import ops
+from mmcam.ops import reference
 from op_cases import cams, random_affine
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)

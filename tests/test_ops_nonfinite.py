@@ -19,6 +19,7 @@ import torch
 
 import mmcam
 from mmcam import ops
+from mmcam.ops.fused import fused_equivariance_terms
 from mmcam.losses import equivariance_terms
 from op_cases import cams, random_affine
 from op_cases import deterministic_algorithms as _deterministic
@@ -120,7 +121,7 @@ def test_non_invertible_matrix_is_never_silently_finite(device):
     if device == "cpu":  # forward and backward operators raise, through the Python API and raw
         _raises_naming_sample_0(lambda: ops.warp_normalized(src, matrix, (5, 8)))
         _raises_naming_sample_0(lambda: ops.equivariance_loss(src, matrix, dst, active))
-        _raises_naming_sample_0(lambda: ops.equivariance_terms(src, dst, matrix, active, pred, pred))
+        _raises_naming_sample_0(lambda: fused_equivariance_terms(src, dst, matrix, active, pred, pred))
         grad_p = torch.ones(3, 2, 5, 8, dtype=torch.float64)
         _raises_naming_sample_0(lambda: raw.warp_normalized_backward(grad_p, src, matrix, 1e-8))
         _raises_naming_sample_0(lambda: raw.equivariance_loss_backward(
@@ -152,7 +153,7 @@ def _check_cuda_flags(src, dst, matrix, active, pred):
     _assert_flagged({"loss": loss.detach(), "grad of src": s.grad, "grad of dst": d.grad}, "equivariance_loss")
 
     s, d = src.clone().requires_grad_(True), dst.clone().requires_grad_(True)
-    terms = ops.equivariance_terms(s, d, matrix, active, pred, pred)
+    terms = fused_equivariance_terms(s, d, matrix, active, pred, pred)
     assert bool(terms.isnan().all()), f"every term of an active singular sample is NaN, got {terms}"
     terms.sum().backward()
     _assert_flagged({"grad of cams": s.grad, "grad of cams_t": d.grad}, "equivariance_terms")

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from mmcam import ops
+from mmcam.ops import fused
+from mmcam.ops.fused import fused_equivariance_terms
 
 IDENT = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]]).expand(2, 2, 3).clone()
 
@@ -114,8 +116,8 @@ def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch
     that says why the kernels are missing and how to rebuild, not the dispatcher's 'Could not run'."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    monkeypatch.setitem(ops._BUILD, "cuda", False)
-    monkeypatch.setitem(ops._BUILD, "cuda_status", "CPU only: no working CUDA compiler found")
+    monkeypatch.setitem(fused._BUILD, "cuda", False)
+    monkeypatch.setitem(fused._BUILD, "cuda_status", "CPU only: no working CUDA compiler found")
     with FakeTensorMode():  # CUDA tensors without a GPU
         src, dst = torch.randn(2, 1, 5, 5, device="cuda"), torch.randn(2, 1, 4, 4, device="cuda")
         matrix = torch.zeros(2, 2, 3, device="cuda")  # values are never read: the check comes first
@@ -124,7 +126,7 @@ def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch
             "warp_normalized": lambda: ops.warp_normalized(src, matrix, (4, 4)),
             "equivariance_loss": lambda: ops.equivariance_loss(src, matrix, dst),
             # the operator behind mmcam.losses.equivariance_terms (whose value checks need real tensors)
-            "equivariance_terms": lambda: ops.equivariance_terms(src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)),
+            "equivariance_terms": lambda: fused_equivariance_terms(src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)),
         }
         for op, run in calls.items():
             with pytest.raises(RuntimeError, match=r"built without CUDA kernels \(CPU only: no working CUDA "

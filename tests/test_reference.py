@@ -1,4 +1,4 @@
-"""The eager references of mmcam.reference: kornia and torch warps agree, hand-checked normalisation."""
+"""The eager references of mmcam.ops.reference: kornia and torch warps agree, hand-checked normalisation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmcam import reference as R
+from mmcam.ops import reference as R
 from mmcam.transforms import affine_matrix, resize_matrix
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-12), torch.float32: dict(rtol=1e-6, atol=1e-5)}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcam import transforms as T
-from mmcam.reference import minmax_normalize, warp_normalized_kornia, warp_normalized_torch
+from mmcam.ops.reference import minmax_normalize, warp_normalized_kornia, warp_normalized_torch
 
 SETTINGS = settings(max_examples=25, deadline=None)
 sizes = st.integers(2, 64)

@@ -39,7 +39,7 @@ def _use_installed_build() -> bool:
     import mmcam
 
     installed = _installed_package_dir()
-    if installed is None or installed.resolve() == Path(__file__).resolve().parent:
+    if installed is None or installed.resolve() == Path(mmcam.__file__).resolve().parent:
         return False
     mmcam.__path__.append(str(installed))
     return True

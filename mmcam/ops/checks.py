@@ -1,5 +1,5 @@
 """Argument validation shared by the fused operators (``mmcam.ops``) and the references
-(``mmcam.reference``), so both reject the same bad inputs with the same clear messages.
+(``mmcam.ops.reference``), so both reject the same bad inputs with the same clear messages.
 
 Only metadata (ranks, sizes, dtypes, devices, option strings) is checked here: these checks are static
 and trace under ``torch.compile``. Checks that need tensor *values* (a non-finite or singular matrix)
