@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The ablation of the method on the built-in synthetic phantoms (DESIGN §5, issue 5 item 4).
+"""The ablation of the method on the built-in synthetic phantoms (docs/evaluation.md).
 
 Trains every variant of :data:`mmcam.objective.ABLATIONS` -- CAM only (classification), ER only
 (SEAM-style, per modality), ER + KD, ER + CMER and the full method -- with the same preset, budget and

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Side-by-side timing of the fused equivariance operators against their references (DESIGN §6).
+"""Side-by-side timing of the fused equivariance operators against their references (docs/benchmarks.md).
 
 In one process, for every case (shape x transform family), every thread count and both operators
 

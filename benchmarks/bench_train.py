@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Time of one training iteration (forward of both views, loss, backward, AdamW step) per equivariance
-backend, and the share of the iteration spent in the equivariance part (DESIGN §6).
+backend, and the share of the iteration spent in the equivariance part (docs/benchmarks.md).
 
 The equivariance share is measured as the difference to the same iteration with ER and CMER switched
 off (classification + KD only), so it includes the warp, normalisation, distances and their backward.

@@ -1,4 +1,4 @@
-"""``python -m mmcam.evaluate --run RUN_DIR``: the evaluation protocol of DESIGN §5, stated in its outputs.
+"""``python -m mmcam.evaluate --run RUN_DIR``: the evaluation protocol of docs/evaluation.md, stated in its outputs.
 
 ::
 

@@ -1,4 +1,4 @@
-"""The equivariance part of the training loss: ER and CMER of every modality's network (DESIGN §1-2).
+"""The equivariance part of the training loss: ER and CMER of every modality's network (docs/method.md, docs/operator.md).
 
 :func:`equivariance_terms` is the single entry point used by training, tests and benchmarks. It returns
 a ``(2, M)`` tensor: row 0 the within-modality equivariance loss ``L_ER`` of each network, row 1 its
@@ -212,7 +212,7 @@ def equivariance_terms(
     eps: float = 1e-8,
     l2_eps: float = 1e-12,
 ) -> torch.Tensor:
-    r"""ER and CMER losses of all ``M`` networks for one iteration (DESIGN §1).
+    r"""ER and CMER losses of all ``M`` networks for one iteration (docs/method.md).
 
     Args:
         cams: ``(N, M, Hs, Ws)`` raw foreground CAMs (channel 1 of ``A^m``) of the original view, one

@@ -1,4 +1,4 @@
-"""The per-modality U-Net CAM network of the method and the multi-modal container (DESIGN §1).
+"""The per-modality U-Net CAM network of the method and the multi-modal container (docs/method.md).
 
 One :class:`CAMUNet` per MRI modality, trained from scratch, no weight sharing:
 
@@ -56,7 +56,7 @@ _DOWNSAMPLING = 2 ** 3  # three max-pools
 
 # ----------------------------------------------------------------------------------- input norm
 def zscore_per_sample(images: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    r"""Per-sample, per-channel z-score over ``H x W`` (DESIGN §1: "applied after π").
+    r"""Per-sample, per-channel z-score over ``H x W`` (docs/method.md: "applied after π").
 
     .. math:: \hat x_{n,c} = \frac{x_{n,c} - \mathrm{mean}_{h,w}\, x_{n,c}}
                                   {\max(\mathrm{std}_{h,w}\, x_{n,c},\ \epsilon)}
@@ -152,7 +152,7 @@ def _padding_to_multiple(size: int, multiple: int) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------------ network
 class CAMUNet(nn.Module):
-    """The U-Net CAM network of one modality (DESIGN §1), see the module docstring for the layout.
+    """The U-Net CAM network of one modality (docs/method.md), see the module docstring for the layout.
 
     Args:
         width_divisor: divides the encoder widths ``64-128-256-256``: 1 (BraTS), 4 (prostate), or any

@@ -1,4 +1,4 @@
-"""The per-iteration training objective of the method (DESIGN §1): ``sum_i L_i`` over the M networks.
+"""The per-iteration training objective of the method (docs/method.md): ``sum_i L_i`` over the M networks.
 
 For a batch ``x`` ``(N, M, H, W)`` with slice labels ``y`` ``(N,)``, :func:`compute_objective`
 
@@ -196,7 +196,7 @@ def distillation_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
               \mathrm{KL}\big(\mathrm{softmax}(\mathrm{sg}\, z_j / T) \,\|\, \mathrm{softmax}(z_i / T)\big)
 
     The other networks' distributions are detached targets, so ``KD_i`` has gradient only to ``z_i``.
-    ``L_KD_i`` of DESIGN §1 is the average of this over the two views.
+    ``L_KD_i`` of docs/method.md is the average of this over the two views.
 
     Args:
         logits: ``(N, M, 2)`` logits of the M networks, ``M >= 2``; computed in float32 at least.
@@ -282,7 +282,7 @@ def compute_objective(
     generator: torch.Generator,
     config: Optional[ObjectiveConfig] = None,
 ) -> ObjectiveResult:
-    """One iteration's loss ``sum_i L_i`` (DESIGN §1), see the module docstring.
+    """One iteration's loss ``sum_i L_i`` (docs/method.md), see the module docstring.
 
     Args:
         model: a :class:`mmcam.models.MultiModalCAM` (also wrapped in DDP or ``torch.compile``; it is

@@ -1,4 +1,4 @@
-"""The geometric transforms π of the method (DESIGN section 1) as pixel affine matrices.
+"""The geometric transforms π of the method (docs/method.md) as pixel affine matrices.
 
 Every builder returns ``(matrix, dsize)``:
 
@@ -373,7 +373,7 @@ def sample_transform(
     dtype: torch.dtype = torch.float32,
     device=None,
 ) -> tuple[torch.Tensor, tuple[int, int], str]:
-    r"""Draw a random transform π for a batch (DESIGN section 1).
+    r"""Draw a random transform π for a batch (docs/method.md).
 
     All randomness comes from ``generator`` (the global generator when ``None``): the same seed gives
     the same ``(matrix, dsize, family)``.

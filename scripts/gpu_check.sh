@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One prepared check of the CUDA back end on a GPU machine (issue 6; DESIGN §4), sized to finish in
+# One prepared check of the CUDA back end on a GPU machine (README "CUDA"), sized to finish in
 # under 8 minutes on an H100/H200. Run from the repository root:
 #
 #     OUT=/some/dir bash scripts/gpu_check.sh

@@ -1,6 +1,6 @@
 """benchmarks/bench_ops.py: a tiny run end to end (JSON, markdown, plot) and its correctness guards
 (the agreement check rejects a wrong method; the CPU peak-memory measurement sees torch allocations).
-Speed is not asserted here (DESIGN §6: benchmarks report speed, tests assert correctness)."""
+Speed is not asserted here (docs/benchmarks.md: benchmarks report speed, tests assert correctness)."""
 
 from __future__ import annotations
 

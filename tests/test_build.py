@@ -83,7 +83,7 @@ def test_importable_from_the_repository_root():
 
 
 def test_cuda_kernels_include_no_torch_header():
-    """DESIGN §3: the CUDA kernels compile with nvcc alone (CI compile-checks them), so they and the
+    """README "Layout": the CUDA kernels compile with nvcc alone (CI compile-checks them), so they and the
     headers they use must not include torch, ATen or c10; only the *.cpp glue may."""
     import pathlib
     import re

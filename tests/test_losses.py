@@ -125,7 +125,7 @@ def test_non_contiguous_cams_and_mask_dtypes():
 
 # ----------------------------------------------------------------- the formula, written by hand
 def _hand_written_terms(cams, cams_t, matrix, labels, pred, pred_t, er_distance):
-    """L_ER and L_CMER of DESIGN §1 with one reference call per sample and (ordered) network pair."""
+    """L_ER and L_CMER of docs/method.md with one reference call per sample and (ordered) network pair."""
     n, m = cams.shape[:2]
     hd, wd = cams_t.shape[-2:]
     er = [cams.new_zeros(()) for _ in range(m)]

@@ -1,4 +1,4 @@
-"""Grad-CAM and Grad-CAM++ of each modality's network, the baselines of DESIGN §5.
+"""Grad-CAM and Grad-CAM++ of each modality's network, the baselines of docs/evaluation.md.
 
 For network ``m`` of a :class:`~mmcam.models.MultiModalCAM`, with ``A`` the ``(N, C, h, w)`` output of
 its backbone layer (``model.backbone_name(m)``, the ``conv3x3 + BN + ReLU`` before the classifier),

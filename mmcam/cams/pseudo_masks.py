@@ -1,4 +1,4 @@
-"""CAM -> pseudo-mask (DESIGN §5): the foreground CAM, relu, min-max normalised per slice, zeroed where
+"""CAM -> pseudo-mask (docs/evaluation.md): the foreground CAM, relu, min-max normalised per slice, zeroed where
 the classifier predicts "no target", then thresholded.
 
 Map types (:data:`MAP_TYPES`, :func:`class_maps`): ``"cam"`` (:func:`foreground_maps`), ``"gradcam"`` and

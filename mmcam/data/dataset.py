@@ -31,7 +31,7 @@ class SliceDataset(torch.utils.data.Dataset):
 
     - ``"image"``: float32 tensor ``(M, H, W)``, the stored (intensity-normalised, see
       :mod:`mmcam.data.intensity`) values of the M selected modalities, channel-first, in the order of
-      ``modalities``. The model z-scores each sample after the transform π (DESIGN section 1).
+      ``modalities``. The model z-scores each sample after the transform π (docs/method.md).
       ``(H, W)`` is the stored size (``(X, Y)`` of the volume, or ``--size``), or ``spatial_size``.
     - ``"mask"``: uint8 tensor ``(H, W)``, 1 inside the ground-truth mask of ``region``, else 0.
     - ``"label"``: int64 scalar tensor, 1 if the slice's mask has a voxel of ``region``, else 0.

@@ -14,7 +14,7 @@ range, so each volume is scaled by robust statistics of its own foreground::
 so the foreground lies in ``[0, 1]`` and the background stays exactly 0 (the zero fill of the
 geometric transforms π then looks like background). A constant foreground (``hi == lo``) maps to 1; an
 empty foreground gives a volume of zeros. The model still z-scores every sample per channel after π
-(DESIGN section 1); this step only makes the stored values comparable between subjects and robust to
+(docs/method.md); this step only makes the stored values comparable between subjects and robust to
 outliers. NaN-safe: non-finite voxels are never part of F and come out as 0, so no NaN reaches the
 cache (whether they are accepted at all is decided when the file is read, see
 :func:`mmcam.data.nifti.load_image`).

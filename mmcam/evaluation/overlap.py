@@ -1,4 +1,4 @@
-"""Overlap metrics per patient, from per-slice counts (DESIGN §5).
+"""Overlap metrics per patient, from per-slice counts (docs/evaluation.md).
 
 A patient's 3-D Dice is computed from the voxel counts of all of its slices, so it equals the Dice of
 the re-stacked volumes. Convention: a patient whose prediction and ground truth are both empty has

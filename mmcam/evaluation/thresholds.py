@@ -1,4 +1,4 @@
-"""How the pseudo-mask threshold is chosen (DESIGN §5): never from the labels of the data it is applied to.
+"""How the pseudo-mask threshold is chosen (docs/evaluation.md): never from the labels of the data it is applied to.
 
 A pseudo-mask is ``map >= t`` with ``map`` a normalised map in [0, 1] (:mod:`mmcam.cams.pseudo_masks`).
 :class:`ThresholdRule` modes:

@@ -123,7 +123,7 @@ def fused_equivariance_terms(
     backward passes agree on this.
 
     Returns:
-        ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (DESIGN §1). Each plane is
+        ``(2, M)``: row 0 the ER loss of each network, row 1 its CMER loss (docs/method.md). Each plane is
         normalised, warped and L2-normalised once and reused by every term; when a gradient is needed the
         forward pass keeps the warped maps ``(N, M, Hd, Wd)`` and per-plane statistics for the backward
         pass, which then does not warp or reduce the source planes again. Inputs are validated by the

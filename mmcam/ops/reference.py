@@ -6,7 +6,7 @@ clarity, not speed, in plain PyTorch, with two independent warps:
 - ``*_kornia``: :func:`kornia.geometry.transform.warp_affine` (kornia >= 0.9);
 - ``*_torch``: :func:`torch.nn.functional.affine_grid` + :func:`torch.nn.functional.grid_sample`.
 
-Conventions (DESIGN section 2):
+Conventions (docs/operator.md):
 
 - CAM planes are ``(N, C, H, W)``; every ``H x W`` plane is normalised on its own.
 - ``matrix`` is the ``(N, 2, 3)`` source->destination **pixel** affine of kornia 0.9: integer

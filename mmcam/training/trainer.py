@@ -1,4 +1,4 @@
-"""The training loop: data order, optimisation, validation, checkpoints and resumption (DESIGN §1, §7).
+"""The training loop: data order, optimisation, validation, checkpoints and resumption (docs/method.md; README "Train").
 
 Everything random is derived from the config's seed: model initialisation (the global torch RNG, seeded
 before the model is built), the data order of epoch ``e`` (a generator seeded with ``(seed, e)``, so a
