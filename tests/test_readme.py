@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import pytest
+from repo_paths import ROOT
 
-README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 

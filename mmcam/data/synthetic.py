@@ -37,7 +37,7 @@ What makes it hard (a classification-only CAM, or a threshold on one modality, d
 
 On the default phantoms the best global intensity threshold of FLAIR reaches a whole-tumour Dice of
 about 0.75 on average (0.6 to 0.93 per subject), that of every other modality below 0.4, and about 30 %
-of the brain slices contain tumour (``tests/test_data_synthetic.py`` checks both).
+of the brain slices contain tumour (``tests/data/test_synthetic.py`` checks both).
 
 Default shape ``(96, 96, 40)`` voxels of ``2.5 x 2.5 x 3.875`` mm: the 240 x 240 x 155 mm field of
 view of BraTS at 40 % of its resolution. Images are int16 like BraTS, masks uint8 with the BraTS

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,8 +13,7 @@ import pytest
 from mmcam.data import SliceDataset, read_cache_index, read_manifest, read_split
 from mmcam.prepare import main
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+import data_fixtures as fx
 
 
 def run(tmp_path, *extra, raw="raw", out="cache"):

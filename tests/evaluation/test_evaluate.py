@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import shutil
 import subprocess
 import sys
@@ -26,9 +25,8 @@ from mmcam.evaluation.overlap import threshold_grid
 from mmcam.evaluation.surface_metrics import case_metrics
 from mmcam.evaluation.thresholds import choose_on_split, otsu_threshold, parse_threshold, sweep_thresholds
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-import run_fixtures as rf  # noqa: E402
+import data_fixtures as fx
+import run_fixtures as rf
 
 MODALITIES = ("t1ce", "flair")
 CHANNELS = (*MODALITIES, "combined")

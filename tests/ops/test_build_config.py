@@ -12,8 +12,9 @@ import sys
 
 import pytest
 import torch
+from repo_paths import ROOT
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+ROOT = ROOT
 pybind11 = pytest.importorskip("pybind11")
 CMAKE = shutil.which("cmake", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent),
                                                       os.environ.get("PATH", "")]))

@@ -6,8 +6,6 @@ atomicity and resuming, worker processes, splits."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -18,8 +16,7 @@ from mmcam.data import (BuildOptions, DataError, DataWarning, build_cache, disco
                         kfold_patients, write_splits)
 from mmcam.data.cache import subject_dir
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+import data_fixtures as fx
 
 WT = {"brats2018": {1, 2, 4}, "brats2020": {1, 2, 4}, "brats2021": {1, 2, 4},
       "brats2023": {1, 2, 3}, "brats2024": {1, 2, 3}, "msd_prostate": {1, 2}}

@@ -8,12 +8,12 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from repo_paths import ROOT
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCHMARKS = ROOT / "benchmarks"
 SCRIPT = BENCHMARKS / "bench_ops.py"
 METHODS = ("fused", "torch", "kornia")
 OPS = ("equivariance_terms", "equivariance_loss")
@@ -21,8 +21,6 @@ OPS = ("equivariance_terms", "equivariance_loss")
 
 @pytest.fixture(scope="module")
 def bench():
-    if str(BENCHMARKS) not in sys.path:  # bench_ops imports bench_report from its own folder
-        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location("bench_ops_under_test", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclass looks its module up there

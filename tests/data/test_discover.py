@@ -4,17 +4,14 @@ families ("brats", "prostate"); subjects without a mask; modality aliases."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 
 import pytest
 
 from mmcam.data import DataError, DataWarning, canonical_modality, detect_dataset, discover
 from mmcam.data.modalities import select_modalities
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+import data_fixtures as fx
 
 BRATS = ("t1", "t1ce", "t2", "flair")
 

@@ -21,9 +21,8 @@ from mmcam.data.intensity import normalize_intensity
 from mmcam.data.synthetic import prepare_synthetic
 from mmcam.evaluation.runs import truth_volume
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
-import run_fixtures as rf  # noqa: E402
+import data_fixtures as fx
+import run_fixtures as rf
 
 MODALITIES = ("t1ce", "flair")
 

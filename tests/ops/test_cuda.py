@@ -214,7 +214,7 @@ def test_gradcheck_float64(deterministic):
         assert torch.autograd.gradcheck(lambda s, d: ops.equivariance_loss(s, matrix, d, l2_normalize=True),
                                         (src, dst), nondet_tol=nondet_tol)
         # Finite differences see through the CMER stop-gradient: check column i of the terms against
-        # network i's own planes, the other network's held fixed (as tests/test_losses.py does on the CPU).
+        # network i's own planes, the other network's held fixed (as tests/method/test_losses.py does on the CPU).
         for i in range(2):
             def column_i(a, b, i=i):
                 full = torch.cat([src.detach()[:, :i], a, src.detach()[:, i + 1:]], dim=1)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from repo_paths import ROOT
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "ablation.py"
+SCRIPT = ROOT / "benchmarks" / "ablation.py"
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -16,8 +15,7 @@ from hypothesis import strategies as st
 from mmcam.data import (BuildOptions, DataError, SliceDataset, build_cache, center_crop_or_pad,
                         discover, write_splits, read_split)
 
-sys.path.insert(0, os.path.dirname(__file__))
-import data_fixtures as fx  # noqa: E402
+import data_fixtures as fx
 
 BRATS_TC = {1, 4}
 RAW = BuildOptions(normalize=False)  # raw intensities: items can be compared value for value

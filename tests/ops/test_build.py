@@ -12,6 +12,7 @@ import torch
 import mmcam
 from mmcam import _build_info
 from mmcam.ops import extension as _extension
+from repo_paths import ROOT
 
 
 def test_build_info_reports_torch_openmp_and_cuda():
@@ -71,11 +72,10 @@ def test_loading_against_another_torch_fails_with_rebuild_hint(monkeypatch):
 def test_importable_from_the_repository_root():
     """`python -m mmcam.train` in a source checkout imports the checkout's mmcam folder; the compiled
     extension must still be found (from the installed package)."""
-    import pathlib
     import subprocess
     import sys
 
-    root = pathlib.Path(__file__).resolve().parent.parent
+    root = ROOT
     result = subprocess.run([sys.executable, "-c", "import mmcam.ops, mmcam; print(mmcam.build_info()['torch_version'])"],
                             cwd=root, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
@@ -85,10 +85,9 @@ def test_importable_from_the_repository_root():
 def test_cuda_kernels_include_no_torch_header():
     """README "Layout": the CUDA kernels compile with nvcc alone (CI compile-checks them), so they and the
     headers they use must not include torch, ATen or c10; only the *.cpp glue may."""
-    import pathlib
     import re
 
-    csrc = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+    csrc = ROOT / "csrc"
     kernels = sorted((csrc / "cuda").glob("*.cu"))
     assert kernels, "no CUDA kernels found under csrc/cuda"
     torch_include = re.compile(r'#\s*include\s*[<"](torch|ATen|c10)/')

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import os
 import sys
 
 import nibabel as nib
@@ -13,7 +12,6 @@ import pytest
 from mmcam.data import DataError, DataWarning, load_image, load_labels, save_nifti
 from mmcam.data.nifti import header_from_text, header_to_text
 
-sys.path.insert(0, os.path.dirname(__file__))
 from data_fixtures import ANATOMICAL, EXAMPLE_4D, write_nifti  # noqa: E402
 
 
