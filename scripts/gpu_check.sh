@@ -9,8 +9,8 @@
 #   2. packages the GPU image lacks, from wheels in .whl/ (kornia, kornia_rs, nibabel; see the device
 #      tool's README), installed into /tmp/site;
 #   3. build + install mmcam with TORCH_CUDA_ARCH_LIST=9.0 and MMCAM_CUDA=on (--no-build-isolation, no network);
-#   4. the CUDA tests (tests/ops/test_cuda.py) plus the dispatcher/build tests;
-#   5. benchmarks/bench_ops.py --device cuda, paper and large shapes (JSON, markdown, PNG);
+#   4. the CUDA tests (tests/ops/test_cuda.py, test_nonfinite.py) plus the dispatcher/build tests;
+#   5. benchmarks/bench_ops.py --device cuda, paper, large and 2048x2048-plane shapes (JSON, markdown, PNG);
 #   6. compute-sanitizer memcheck (PyTorch's caching allocator off, so an overrun of a tensor is seen) and
 #      racecheck (the kernels' shared-memory reductions) on short CUDA tests;
 #   7. a short training run on the GPU with bf16 autocast (fused backend, synthetic data), and one
@@ -71,9 +71,10 @@ export TORCH_CUDA_ARCH_LIST=9.0 MMCAM_CUDA=on  # on: a build that cannot make th
 step build 300 $PY -m pip install --no-build-isolation --no-deps --no-cache-dir -v .
 step build_info 60 $PY -c "import torch, mmcam, json; i = mmcam.build_info(); i.pop('parallel_backend'); print(json.dumps(i)); assert i['cuda'], 'built without CUDA kernels'"
 
-step tests 240 $PY -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_build.py tests/ops/test_dispatcher.py
+step tests 240 env MMCAM_EXPECT_CUDA=1 $PY -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py tests/ops/test_nonfinite.py \
+  tests/ops/test_build.py tests/ops/test_dispatcher.py
 
-step bench 240 $PY benchmarks/bench_ops.py --device cuda --shapes paper large --json "$OUT/cuda-equivariance_ops.json"
+step bench 240 $PY benchmarks/bench_ops.py --device cuda --shapes paper large planes2048 --json "$OUT/cuda-equivariance_ops.json"
 
 step memcheck 120 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 3 \
   $PY -m pytest -q -p no:cacheprovider tests/ops/test_cuda.py -k "strided or singular or 16_bit or bitwise"
