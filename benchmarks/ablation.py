@@ -29,14 +29,15 @@ import shutil
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import yaml
 
 from mmcam import train
-from mmcam.objective import ABLATIONS
 from mmcam.atomic_files import atomic_write_text
+from mmcam.objective import ABLATIONS
 
 #: Table rows, in this order, with their names in the table.
 VARIANT_LABELS = {
@@ -77,7 +78,7 @@ def parse_variants(text: str) -> list[str]:
     return variants
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python benchmarks/ablation.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("3"),
@@ -239,7 +240,7 @@ def markdown_table(table: dict[str, Any], modalities: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def describe_budget(budget: dict[str, Any], seeds: Sequence[int], steps: Optional[int]) -> str:
+def describe_budget(budget: dict[str, Any], seeds: Sequence[int], steps: int | None) -> str:
     parts = [f"preset `{budget.get('preset')}`", f"{budget.get('epochs')} epochs"]
     if steps is not None:
         parts.append(f"{steps} steps")
@@ -252,7 +253,7 @@ def describe_budget(budget: dict[str, Any], seeds: Sequence[int], steps: Optiona
 
 
 def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int],
-                 environment: Optional[dict[str, Any]] = None, command: str = "python benchmarks/ablation.py"
+                 environment: dict[str, Any] | None = None, command: str = "python benchmarks/ablation.py"
                  ) -> tuple[dict[str, Any], str]:
     """The JSON document and the markdown text of the ablation table (``command``: how it was made)."""
     table = aggregate(runs)
@@ -318,7 +319,7 @@ def environment() -> dict[str, Any]:
             "platform": platform.platform()}
 
 
-def run_steps(run_dir: Path) -> Optional[int]:
+def run_steps(run_dir: Path) -> int | None:
     """Optimiser steps of a finished run (from ``last.pt``), or ``None`` when it is not there."""
     from mmcam.training import checkpoint as ckpt
 
@@ -339,7 +340,7 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for seed in args.seeds:  # seed-major order: an interrupted sweep already has every variant of seed 0

@@ -45,8 +45,8 @@ import numpy as np
 import torch
 
 import mmcam
-from mmcam.data import SliceDataset, build_cache, discover, write_splits
 from mmcam.atomic_files import atomic_write_json
+from mmcam.data import SliceDataset, build_cache, discover, write_splits
 from mmcam.data.synthetic import generate_synthetic
 
 
@@ -180,7 +180,7 @@ def main() -> int:
 
         train_rate, reason = training_consumption(tmp / "cache", a.repeats)
         results["train_slices_per_s"] = train_rate
-        print(f"train     {'%.0f slices/s' % train_rate if train_rate else 'n/a'}"
+        print(f"train     {f'{train_rate:.0f} slices/s' if train_rate else 'n/a'}"
               f"{'' if train_rate else f' ({reason})'}")
         loader_rate = results[f"loader_slices_per_s_workers{a.workers}"]
         prepare_rates = ", ".join(f"{results[f'prepare_volumes_per_s_workers{w}']:.1f} ({w} workers)"

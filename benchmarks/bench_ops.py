@@ -60,16 +60,17 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
-import bench_report
 from mmcam import ops
-from mmcam.ops import reference
 from mmcam.losses import equivariance_terms
+from mmcam.ops import reference
 from mmcam.transforms import sample_transform
+
+import bench_report
 
 SHAPES = {  # name: (N, M, H, W); "tiny" is for the tests
     "paper": (16, 2, 240, 240),
@@ -171,7 +172,7 @@ def compare(name: str, ref_name: str, out, ref, labels, where: str, rtol: float 
                                  f"(max |{ref_name}| {scale:.3g}, shapes {tuple(a.shape)} / {tuple(b.shape)})")
 
 
-def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) -> Optional[str]:
+def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) -> str | None:
     """Run every method once (forward+backward, and forward; this also compiles) and compare with the
     first method (fused, or torch when fused is skipped). A failing compile is dropped from ``fns`` and
     its error returned; any other disagreement or error is raised."""
@@ -280,7 +281,7 @@ def _profiler_stderr_filtered():
                                   if not ln.startswith("USDT:"))
 
 
-def _peak_cpu(call: Callable[[], object]) -> Optional[int]:
+def _peak_cpu(call: Callable[[], object]) -> int | None:
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -299,7 +300,7 @@ def _peak_cpu(call: Callable[[], object]) -> Optional[int]:
     return peak
 
 
-def peak_memory(call: Callable[[], object], device: torch.device) -> Optional[int]:
+def peak_memory(call: Callable[[], object], device: torch.device) -> int | None:
     """Peak bytes allocated by one ``call()`` on top of what was allocated before (see the module
     docstring); None when it cannot be measured here."""
     if device.type == "cuda":
@@ -316,7 +317,7 @@ def peak_memory(call: Callable[[], object], device: torch.device) -> Optional[in
 
 
 # ------------------------------------------------------------------------------------------ running
-def fused_unavailable(op: str, dtype: torch.dtype, device: torch.device) -> Optional[str]:
+def fused_unavailable(op: str, dtype: torch.dtype, device: torch.device) -> str | None:
     """Why the fused ``op`` cannot run on ``device`` (e.g. no CUDA kernel in this build), or None."""
     if device.type == "cpu":
         return None

@@ -18,7 +18,6 @@ import os
 import platform
 import subprocess
 import sys
-from typing import Optional
 
 import torch
 
@@ -124,15 +123,15 @@ def console_line(row: dict) -> str:
 
 
 # ----------------------------------------------------------------------------------------- markdown
-def _ms(t: Optional[float]) -> str:
+def _ms(t: float | None) -> str:
     return f"{t * 1e3:.2f}" if t is not None else "-"
 
 
-def _ratio(r: Optional[float]) -> str:
+def _ratio(r: float | None) -> str:
     return f"{r:.2f}x" if r is not None else "-"
 
 
-def _mib(b: Optional[int]) -> str:
+def _mib(b: int | None) -> str:
     return f"{b / 2**20:.1f}" if b is not None else "-"
 
 
@@ -203,7 +202,7 @@ def markdown(payload: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- plot
-def plot(payload: dict, path: str) -> Optional[str]:
+def plot(payload: dict, path: str) -> str | None:
     """Bar chart of forward+backward time per method per case (log scale), one panel per
     (threads, op). Returns None when written, else why not (e.g. matplotlib missing)."""
     try:

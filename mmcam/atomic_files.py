@@ -13,8 +13,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = ["TEMP_PREFIX", "temporary_sibling", "atomic_write", "atomic_write_text", "atomic_write_json",
            "fsync_tree", "replace_directory"]

@@ -46,16 +46,23 @@ import io
 import json
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from mmcam.data import DataError, SliceDataset
-from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, check_map_types, labelled_split, load_run, \
-    patient_volumes
-from mmcam.cams.pseudo_masks import MAP_TYPES
 from mmcam.atomic_files import atomic_write_text
+from mmcam.cams.pseudo_masks import MAP_TYPES
+from mmcam.data import DataError, SliceDataset
+from mmcam.evaluation.runs import (
+    CHECKPOINTS,
+    LoadedRun,
+    UsageError,
+    check_map_types,
+    labelled_split,
+    load_run,
+    patient_volumes,
+)
 from mmcam.evaluation.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
 from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
@@ -72,7 +79,7 @@ GRID_RULE = ("metrics on the patient's original NIfTI voxel grid: stored slices 
              "crop / pad / resize undone, slices dropped as empty set to 0")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mmcam.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of python -m mmcam.train")
     p.add_argument("--split", default="test", help="split to evaluate (default test; train, val, test)")
@@ -93,7 +100,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------ data
-def _resolve_cache(run: LoadedRun, data: Optional[str]) -> Path:
+def _resolve_cache(run: LoadedRun, data: str | None) -> Path:
     if data is not None:
         return Path(data)
     from mmcam.training.cache_location import resolve_cache
@@ -101,7 +108,7 @@ def _resolve_cache(run: LoadedRun, data: Optional[str]) -> Path:
     try:
         return resolve_cache(run.config, lambda message: print(message, file=sys.stderr))
     except DataError as exc:
-        raise UsageError(f"the run's data ({run.config.data or 'synthetic phantoms'}): {exc}; pass --data CACHE")
+        raise UsageError(f"the run's data ({run.config.data or 'synthetic phantoms'}): {exc}; pass --data CACHE") from None
 
 
 # --------------------------------------------------------------------------------------- numbers
@@ -141,7 +148,7 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 # ------------------------------------------------------------------------------------ evaluation
 def _evaluate_map(run: LoadedRun, dataset: SliceDataset, map_type: str, rule: ThresholdRule,
-                  chosen: Optional[dict], batch_size: int) -> tuple[list[dict], dict]:
+                  chosen: dict | None, batch_size: int) -> tuple[list[dict], dict]:
     """Per-patient rows of the CSV and per-channel statistics of one map type."""
     rows, values = [], {c: {m: [] for m in METRICS} for c in run.channels}
     for subject, maps, volumes, truth in patient_volumes(run, dataset, map_type, batch_size):
@@ -164,9 +171,9 @@ def _evaluate_map(run: LoadedRun, dataset: SliceDataset, map_type: str, rule: Th
     return rows, {c: {m: _statistics(v) for m, v in per_metric.items()} for c, per_metric in values.items()}
 
 
-def evaluate_run(run_dir, *, split: str = "test", threshold: Optional[str] = None, maps: Sequence[str] = ("cam",),
-                 oracle: bool = False, checkpoint: Optional[str] = None, data: Optional[str] = None,
-                 device: str = "cpu", batch_size: int = 32, out: Optional[Path] = None,
+def evaluate_run(run_dir, *, split: str = "test", threshold: str | None = None, maps: Sequence[str] = ("cam",),
+                 oracle: bool = False, checkpoint: str | None = None, data: str | None = None,
+                 device: str = "cpu", batch_size: int = 32, out: Path | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Run the protocol of the module doc and write its files; returns the summary (as written).
 
@@ -267,7 +274,7 @@ def format_table(summary: dict) -> str:
     return "\n".join(text)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         evaluate_run(args.run, split=args.split, threshold=args.threshold,

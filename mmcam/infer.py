@@ -43,19 +43,19 @@ import math
 import re
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from mmcam.atomic_files import atomic_write_text
+from mmcam.cams.pseudo_masks import MAP_TYPES
 from mmcam.data import DataError, build_cache, discover, get_label_spec, read_cache_index, save_nifti
 from mmcam.data.build import BuildOptions
 from mmcam.data.cache import INDEX_FILE
 from mmcam.data.discover import Dataset, ImageSource, Subject
 from mmcam.data.modalities import canonical_modality
 from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, load_run, subject_maps, training_cache
-from mmcam.cams.pseudo_masks import MAP_TYPES
-from mmcam.atomic_files import atomic_write_text
 from mmcam.evaluation.thresholds import ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
 
 __all__ = ["MANIFEST", "main", "parse_args", "infer", "parse_files"]
@@ -64,7 +64,7 @@ MANIFEST = "infer.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mmcam.infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of python -m mmcam.train")
     source = p.add_mutually_exclusive_group(required=True)
@@ -110,7 +110,7 @@ def parse_files(items: Sequence[str]) -> dict[str, ImageSource]:
     return sources
 
 
-def _build_options(run: LoadedRun) -> tuple[BuildOptions, Optional[str]]:
+def _build_options(run: LoadedRun) -> tuple[BuildOptions, str | None]:
     """The build options of the run's cache (and its dataset name), or the defaults with the run's size."""
     cache = training_cache(run.config)
     if cache is None:
@@ -121,7 +121,7 @@ def _build_options(run: LoadedRun) -> tuple[BuildOptions, Optional[str]]:
     return BuildOptions(**options), index.dataset
 
 
-def _files_dataset(args, run: LoadedRun, dataset_name: Optional[str]) -> Dataset:
+def _files_dataset(args, run: LoadedRun, dataset_name: str | None) -> Dataset:
     sources = parse_files(args.files)
     missing = [m for m in run.modalities if m not in sources]
     if missing:
@@ -245,7 +245,7 @@ def _write_subject(run: LoadedRun, cache: Path, subject: str, map_type: str, rul
     return record
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         infer(args)

@@ -28,7 +28,7 @@ all entries has, for each network, exactly the gradient of its own loss. Every m
 
 from __future__ import annotations
 
-from typing import Callable, Sequence, Union
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -44,7 +44,7 @@ WarpFn = Callable[..., torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------- helpers
-def predicted_classes(logits: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+def predicted_classes(logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
     """Each network's predicted class, the ``pred`` / ``pred_t`` argument of :func:`equivariance_terms`.
 
     Args:

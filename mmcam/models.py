@@ -28,7 +28,7 @@ The network expects z-scored input: call :func:`zscore_per_sample` on every view
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -268,7 +268,7 @@ class MultiModalCAM(nn.Module):
     def __len__(self) -> int:
         return len(self.modalities)
 
-    def modality_name(self, modality: Union[str, int]) -> str:
+    def modality_name(self, modality: str | int) -> str:
         """The name of ``modality`` given as its name or its channel index (negative counts from the end)."""
         if isinstance(modality, int) and not isinstance(modality, bool):
             if not -len(self) <= modality < len(self):
@@ -278,11 +278,11 @@ class MultiModalCAM(nn.Module):
             raise KeyError(f"unknown modality {modality!r}; the model has {self.modalities}")
         return modality
 
-    def network(self, modality: Union[str, int]) -> CAMUNet:
+    def network(self, modality: str | int) -> CAMUNet:
         """The network of ``modality`` (its name or its channel index)."""
         return self.networks[self.modality_name(modality)]
 
-    def backbone_name(self, modality: Union[str, int]) -> str:
+    def backbone_name(self, modality: str | int) -> str:
         """Qualified name of the Grad-CAM layer of ``modality``, for :meth:`nn.Module.get_submodule`."""
         return f"networks.{self.modality_name(modality)}.{BACKBONE_LAYER}"
 

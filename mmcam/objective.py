@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from mmcam import losses, transforms
-from mmcam.ops import checks
 from mmcam.models import check_images, unwrap_model, zscore_per_sample
+from mmcam.ops import checks
 
 __all__ = [
     "ABLATIONS",
@@ -119,7 +118,7 @@ class ObjectiveConfig:
         return getattr(self, f"use_{term}")
 
     @classmethod
-    def ablation(cls, name: str, **overrides) -> "ObjectiveConfig":
+    def ablation(cls, name: str, **overrides) -> ObjectiveConfig:
         """The config of ablation variant ``name`` (a key of :data:`ABLATIONS`), other fields from
         ``overrides``."""
         checks.check_option(name, "ablation", tuple(ABLATIONS))
@@ -280,7 +279,7 @@ def compute_objective(
     images: torch.Tensor,
     labels: torch.Tensor,
     generator: torch.Generator,
-    config: Optional[ObjectiveConfig] = None,
+    config: ObjectiveConfig | None = None,
 ) -> ObjectiveResult:
     """One iteration's loss ``sum_i L_i`` (docs/method.md), see the module docstring.
 

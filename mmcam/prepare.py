@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mmcam.data import cache as fmt
 from mmcam.data.build import IMAGE_DTYPES, BuildOptions, build_cache, splits_record, write_splits
@@ -32,7 +32,7 @@ from mmcam.data.splits import parse_fractions
 __all__ = ["main", "parse_args", "summary"]
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m mmcam.prepare",
         description="Build the slice cache of a raw BraTS or MSD prostate dataset.",
@@ -108,7 +108,7 @@ def summary(cache_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         fractions = parse_fractions(args.splits)

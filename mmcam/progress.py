@@ -3,14 +3,12 @@ silent bar with the same methods (update, set_postfix, close) when not enabled."
 
 from __future__ import annotations
 
-from typing import Optional
-
 from tqdm.auto import tqdm
 
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total: int, *, enabled: bool, description: Optional[str] = None, unit: str = "it",
+def progress_bar(total: int, *, enabled: bool, description: str | None = None, unit: str = "it",
                  initial: int = 0) -> tqdm:
     """A progress bar over ``total`` items starting at ``initial``; disabled bars print nothing."""
     return tqdm(total=total, initial=initial, disable=not enabled, desc=description, unit=unit,

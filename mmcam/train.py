@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from mmcam import losses, transforms
 from mmcam.data import DataError
@@ -26,7 +26,7 @@ from mmcam.training import config as cfg
 from mmcam.training.cache_location import resolve_cache
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mmcam.train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-4 use_kd=false")
@@ -94,7 +94,7 @@ def resolved_config(args: argparse.Namespace) -> tuple[cfg.TrainConfig, Path]:
     return resumed, run_dir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         config, run_path = resolved_config(args)

@@ -21,7 +21,7 @@ the seeded sampler of the training loop.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -93,7 +93,7 @@ def _check_real(t, name: str, shapes: Sequence[tuple], layout: str) -> torch.Ten
     return t
 
 
-def _check_pixel_matrix(matrix, n: Optional[int] = None) -> None:
+def _check_pixel_matrix(matrix, n: int | None = None) -> None:
     if not isinstance(matrix, torch.Tensor):
         raise TypeError(f"matrix must be a torch.Tensor of shape (N, 2, 3), got {type(matrix).__name__}")
     if matrix.dim() != 3 or tuple(matrix.shape[1:]) != (2, 3) or (n is not None and matrix.shape[0] != n):
@@ -282,10 +282,10 @@ def affine_matrix(
     angle: torch.Tensor,
     size: Sequence[int],
     *,
-    scale: Optional[torch.Tensor] = None,
-    shear: Optional[torch.Tensor] = None,
-    translation: Optional[torch.Tensor] = None,
-    center: Optional[torch.Tensor] = None,
+    scale: torch.Tensor | None = None,
+    shear: torch.Tensor | None = None,
+    translation: torch.Tensor | None = None,
+    center: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device=None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -353,13 +353,13 @@ def affine_matrix(
 
 
 # ---------------------------------------------------------------------------------------- sampler
-def _uniform(shape, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _uniform(shape, generator: torch.Generator | None) -> torch.Tensor:
     """U[0, 1) float64 on the CPU, drawn from ``generator`` (on its device)."""
     dev = generator.device if generator is not None else torch.device("cpu")
     return torch.rand(shape, generator=generator, device=dev, dtype=torch.float64).cpu()
 
 
-def _randint(low: int, high: int, shape, generator: Optional[torch.Generator]) -> torch.Tensor:
+def _randint(low: int, high: int, shape, generator: torch.Generator | None) -> torch.Tensor:
     dev = generator.device if generator is not None else torch.device("cpu")
     return torch.randint(low, high, shape, generator=generator, device=dev).cpu()
 
@@ -369,7 +369,7 @@ def sample_transform(
     size: Sequence[int],
     *,
     policy: str = "all",
-    generator: Optional[torch.Generator] = None,
+    generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device=None,
 ) -> tuple[torch.Tensor, tuple[int, int], str]:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from mmcam.models import MultiModalCAM
 from mmcam.training import checkpoint as ckpt
 from mmcam.training.config import TrainConfig
-from mmcam.models import MultiModalCAM
 from mmcam.training.run_dir import RunDirectory
 
 

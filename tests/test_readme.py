@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from repo_paths import ROOT
 
 README = ROOT / "README.md"

@@ -25,8 +25,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmcam.models import check_images, unwrap_model, zscore_per_sample
 from mmcam.cams.normalize import minmax_normalize
+from mmcam.models import check_images, unwrap_model, zscore_per_sample
 
 __all__ = ["GRADCAM_METHODS", "gradcam_maps", "gradcam_weights"]
 

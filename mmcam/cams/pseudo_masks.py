@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from mmcam.cams.gradcam import GRADCAM_METHODS, gradcam_maps
-from mmcam.models import zscore_per_sample
 from mmcam.cams.normalize import minmax_normalize
+from mmcam.models import zscore_per_sample
 
 #: The map types of :func:`class_maps`.
 MAP_TYPES = ("cam",) + GRADCAM_METHODS

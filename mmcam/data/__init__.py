@@ -18,11 +18,16 @@ job: :mod:`~mmcam.data.labels` (label specs), :mod:`~mmcam.data.modalities` (nam
 """
 
 from mmcam.data.build import BuildOptions, build_cache, write_splits
-from mmcam.data.cache import CacheIndex, SubjectMeta, center_crop_or_pad, read_cache_index, \
-    read_split, read_subject_meta
+from mmcam.data.cache import (
+    CacheIndex,
+    SubjectMeta,
+    center_crop_or_pad,
+    read_cache_index,
+    read_split,
+    read_subject_meta,
+)
 from mmcam.data.dataset import SliceDataset
-from mmcam.data.discover import DATASET_FAMILIES, DATASETS, Dataset, ImageSource, Subject, \
-    detect_dataset, discover
+from mmcam.data.discover import DATASET_FAMILIES, DATASETS, Dataset, ImageSource, Subject, detect_dataset, discover
 from mmcam.data.errors import DataError, DataWarning
 from mmcam.data.geometry import InPlaneGeometry, plan_geometry
 from mmcam.data.intensity import normalize_intensity

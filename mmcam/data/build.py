@@ -17,14 +17,14 @@ import concurrent.futures
 import json
 import multiprocessing
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
-from mmcam.data import cache as fmt
 from mmcam.atomic_files import TEMP_PREFIX, atomic_write_json, replace_directory, temporary_sibling
+from mmcam.data import cache as fmt
 from mmcam.data.discover import Dataset, Subject
 from mmcam.data.errors import DataError
 from mmcam.data.geometry import FITS, plan_geometry
@@ -66,7 +66,7 @@ class BuildOptions:
     normalize: bool = True
     clip_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
     nonfinite: str = "error"
-    size: Optional[int] = None
+    size: int | None = None
     fit: str = "crop"
 
     def __post_init__(self):
@@ -84,7 +84,7 @@ class BuildOptions:
             raise DataError(f"fit must be one of {FITS}, got {self.fit!r}")
 
 
-def _source_record(path: Path, channel: Optional[int]) -> dict:
+def _source_record(path: Path, channel: int | None) -> dict:
     stat = path.stat()
     return {"path": str(path.resolve()), "channel": channel, "size": stat.st_size,
             "mtime_ns": stat.st_mtime_ns}
@@ -115,7 +115,7 @@ def _settings(dataset: Dataset, options: BuildOptions) -> dict:
 
 
 def _read_subject(subject: Subject, spec: LabelSpec, options: BuildOptions
-                  ) -> tuple[list[Volume], Optional[Volume]]:
+                  ) -> tuple[list[Volume], Volume | None]:
     """The checked image volumes and label volume (``None`` without a mask) of ``subject``."""
     labels = None
     if subject.label is not None:
@@ -196,7 +196,7 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
     return meta
 
 
-def _write_subject(cache_dir, subject_id: str, image: np.ndarray, mask_values: Optional[np.ndarray],
+def _write_subject(cache_dir, subject_id: str, image: np.ndarray, mask_values: np.ndarray | None,
                    meta: fmt.SubjectMeta) -> None:
     """Write one subject's arrays and meta into a temporary directory, then rename it into place."""
     final = fmt.subject_dir(cache_dir, subject_id)
@@ -318,7 +318,7 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
 
 
 def splits_record(subject_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-                  folds: Optional[int] = None, unlabeled: Sequence[str] = ()) -> dict:
+                  folds: int | None = None, unlabeled: Sequence[str] = ()) -> dict:
     """The ``splits.json`` record of the labelled ``subject_ids`` (plus the ``unlabeled`` ids).
 
     Without ``folds``: one train/val fold (:func:`~mmcam.data.splits.split_patients` with

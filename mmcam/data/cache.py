@@ -32,9 +32,9 @@ puts per-slice results back into a full ``(X, Y, Z)`` volume on the input's grid
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -100,8 +100,8 @@ class CacheIndex:
     subjects: tuple[str, ...]
     source_root: str
     unlabeled: tuple[str, ...] = ()
-    size: Optional[int] = None
-    options: Optional[dict] = None
+    size: int | None = None
+    options: dict | None = None
 
     def to_json(self) -> dict:
         from mmcam import __version__
@@ -175,8 +175,8 @@ class SubjectMeta:
     sources: dict
     settings: dict
     labeled: bool = True
-    geometry: Optional[InPlaneGeometry] = None
-    intensity: Optional[dict] = None
+    geometry: InPlaneGeometry | None = None
+    intensity: dict | None = None
 
     def __post_init__(self):
         if self.geometry is None:
@@ -202,7 +202,7 @@ class SubjectMeta:
         }
 
     @classmethod
-    def from_json(cls, record: dict) -> "SubjectMeta":
+    def from_json(cls, record: dict) -> SubjectMeta:
         return cls(
             record["id"], tuple(int(v) for v in record["shape"]),
             np.asarray(record["slice_index"], dtype=np.int64),
@@ -230,7 +230,7 @@ class SubjectMeta:
         planes = center_crop_or_pad(planes, self.geometry.size)
         return self.geometry.invert(planes, interpolation, fill)
 
-    def restack(self, planes: np.ndarray, slice_index: Optional[Sequence[int]] = None,
+    def restack(self, planes: np.ndarray, slice_index: Sequence[int] | None = None,
                 fill=0, interpolation: str = "auto") -> np.ndarray:
         """Put per-slice results back into a full volume of shape ``(X, Y, Z)`` on the input's grid.
 

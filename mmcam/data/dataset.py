@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -65,9 +65,9 @@ class SliceDataset(torch.utils.data.Dataset):
         subject_ids, modalities, region, spec, index: the selection and the cache's index.
     """
 
-    def __init__(self, cache_dir, split: Union[str, Sequence[str], None] = None,
-                 modalities: Optional[Sequence[str]] = None, *, region: Optional[str] = None,
-                 fold: int = 0, spatial_size: Optional[Sequence[int]] = None,
+    def __init__(self, cache_dir, split: str | Sequence[str] | None = None,
+                 modalities: Sequence[str] | None = None, *, region: str | None = None,
+                 fold: int = 0, spatial_size: Sequence[int] | None = None,
                  max_open_subjects: int = 32):
         self.index = fmt.read_cache_index(cache_dir)
         self.spec = get_label_spec(self.index.label_spec)
@@ -128,7 +128,7 @@ class SliceDataset(torch.utils.data.Dataset):
         return not unlabeled
 
     @staticmethod
-    def _check_size(size) -> Optional[tuple[int, int]]:
+    def _check_size(size) -> tuple[int, int] | None:
         if size is None:
             return None
         size = tuple(size)
@@ -145,7 +145,7 @@ class SliceDataset(torch.utils.data.Dataset):
         state["_open"] = OrderedDict()  # memory maps stay in the process that opened them
         return state
 
-    def _arrays(self, s: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    def _arrays(self, s: int) -> tuple[np.ndarray, np.ndarray | None]:
         """The memory-mapped ``(image, labels)`` arrays of subject number ``s`` in this process
         (``labels`` is ``None`` for an unlabelled subject)."""
         if self._pid != os.getpid():  # a forked worker: open its own maps

@@ -38,9 +38,9 @@ import json
 import re
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from mmcam.data.errors import DataError, DataWarning
 from mmcam.data.labels import LabelSpec, get_label_spec
@@ -60,7 +60,7 @@ class ImageSource:
     """Where one modality of a subject is stored: ``path`` (3-D file) or its 4th-axis ``channel``."""
 
     path: Path
-    channel: Optional[int] = None
+    channel: int | None = None
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Subject:
 
     id: str
     images: tuple[ImageSource, ...]
-    label: Optional[Path]
+    label: Path | None
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ def _subject_dirs(parent: Path) -> list[Path]:
     return sorted((p for p in parent.iterdir() if p.is_dir() and _visible(p)), key=lambda p: p.name)
 
 
-def _nifti_file(directory: Path, stem: str) -> Optional[Path]:
+def _nifti_file(directory: Path, stem: str) -> Path | None:
     """``directory/stem.nii.gz`` or ``.nii``; ``None`` if neither; an error if both exist."""
     found = [directory / (stem + ending) for ending in _NIFTI_ENDINGS
              if (directory / (stem + ending)).is_file()]
@@ -254,7 +254,7 @@ DATASET_FAMILIES = {"brats": tuple(n for n in DATASETS if n.startswith("brats"))
                     "prostate": ("msd_prostate",)}
 
 
-def _detect(root: Path) -> Optional[str]:
+def _detect(root: Path) -> str | None:
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return "msd_prostate"
     if any((root / grade).is_dir() for grade in ("HGG", "LGG")):

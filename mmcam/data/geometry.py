@@ -29,8 +29,8 @@ the plane to a centred square of side ``max(X, Y)`` and resizes it to ``S x S`` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -83,7 +83,7 @@ class InPlaneGeometry:
     size: tuple[int, int]
 
     @classmethod
-    def identity(cls, shape: Sequence[int]) -> "InPlaneGeometry":
+    def identity(cls, shape: Sequence[int]) -> InPlaneGeometry:
         x, y = (int(v) for v in shape)
         return cls((x, y), (0, 0, x, y), (x, y))
 
@@ -174,7 +174,7 @@ class InPlaneGeometry:
                 "scale": list(self.scale), "padding": [list(p) for p in self.padding]}
 
     @classmethod
-    def from_json(cls, record: dict) -> "InPlaneGeometry":
+    def from_json(cls, record: dict) -> InPlaneGeometry:
         shape, box, size = (tuple(int(v) for v in record[k]) for k in ("shape", "box", "size"))
         if len(shape) != 2 or len(box) != 4 or len(size) != 2 or min(size) < 1 \
                 or box[2] <= box[0] or box[3] <= box[1]:
@@ -191,8 +191,8 @@ def _crop_start(n: int, size: int, occupied: np.ndarray) -> int:
     return int(min(max(int(np.floor(centre - size / 2)), 0), n - size))
 
 
-def plan_geometry(shape: Sequence[int], size: Optional[int], fit: str = "crop",
-                  foreground: Optional[np.ndarray] = None) -> InPlaneGeometry:
+def plan_geometry(shape: Sequence[int], size: int | None, fit: str = "crop",
+                  foreground: np.ndarray | None = None) -> InPlaneGeometry:
     """The geometry storing ``(X, Y)`` planes at ``size x size`` (module doc); identity if ``size`` is
     ``None``.
 

@@ -27,8 +27,8 @@ and the unexpected values (with a hint when the values suggest another release).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 import numpy as np
 

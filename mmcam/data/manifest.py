@@ -28,8 +28,8 @@ Floats are written with Python's shortest round-trip repr, so affines read back 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mmcam.atomic_files import atomic_write
 from mmcam.data.errors import DataError

@@ -8,7 +8,7 @@ names of BraTS 2023+ files are aliases of them (``t1n`` = ``t1``, ``t1c`` = ``t1
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -27,7 +27,6 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import nibabel as nib
 import numpy as np
@@ -86,7 +85,7 @@ def _open(path) -> nib.Nifti1Image:
     return image
 
 
-def _spatial_shape(path: Path, shape: tuple[int, ...], channel: Optional[int]) -> None:
+def _spatial_shape(path: Path, shape: tuple[int, ...], channel: int | None) -> None:
     """Check that ``shape`` is 3-D (``channel is None``) or 4-D with ``channel`` in range."""
     while len(shape) > (3 if channel is None else 4) and shape[-1] == 1:
         shape = shape[:-1]
@@ -105,7 +104,7 @@ def _spatial_shape(path: Path, shape: tuple[int, ...], channel: Optional[int]) -
         raise DataError(f"{path}: empty volume, shape {shape}")
 
 
-def _read(image, path: Path, channel: Optional[int]) -> np.ndarray:
+def _read(image, path: Path, channel: int | None) -> np.ndarray:
     """The scaled voxel values of one 3-D volume (of ``channel`` of a 4-D file), as stored."""
     try:
         proxy = image.dataobj
@@ -120,7 +119,7 @@ def _read(image, path: Path, channel: Optional[int]) -> np.ndarray:
     return data
 
 
-def load_image(path, channel: Optional[int] = None, nonfinite: str = "error") -> Volume:
+def load_image(path, channel: int | None = None, nonfinite: str = "error") -> Volume:
     """Read an image volume as native float32 ``(X, Y, Z)``.
 
     Args:

@@ -18,8 +18,8 @@ first ``len % folds`` parts get one more); the validation fraction is not used.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

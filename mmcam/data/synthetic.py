@@ -63,18 +63,18 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mmcam.atomic_files import atomic_write_json, replace_directory, temporary_sibling
-from mmcam.progress import progress_bar
 from mmcam.data.errors import DataError
 from mmcam.data.nifti import save_nifti
+from mmcam.progress import progress_bar
 
 __all__ = ["LAYOUTS", "DEFAULT_SHAPES", "FIELDS_OF_VIEW", "spacing", "SyntheticSubject", "make_subject",
            "generate_synthetic", "prepare_synthetic", "main"]
@@ -138,7 +138,7 @@ class SyntheticSubject:
     labels: np.ndarray
     affine: np.ndarray
     modalities: tuple[str, ...]
-    confounders: Optional[dict] = None
+    confounders: dict | None = None
 
 
 # ----------------------------------------------------------------------------------------- fields
@@ -196,9 +196,10 @@ def _compose(tissue_masks: dict, table: dict, modality: int, shape) -> np.ndarra
     return image
 
 
-def _affine(shape, spacing, flips=(1.0, 1.0, 1.0), rotation=np.eye(3)) -> np.ndarray:
-    """Voxel->world matrix: ``rotation @ diag(flips * spacing)``, the volume centre at the origin."""
-    linear = np.asarray(rotation, dtype=np.float64) @ np.diag(np.multiply(flips, spacing))
+def _affine(shape, spacing, flips=(1.0, 1.0, 1.0), rotation=None) -> np.ndarray:
+    """Voxel->world matrix: ``rotation @ diag(flips * spacing)`` (rotation: identity when ``None``), the volume
+    centre at the origin."""
+    linear = np.asarray(np.eye(3) if rotation is None else rotation, dtype=np.float64) @ np.diag(np.multiply(flips, spacing))
     affine = np.eye(4)
     affine[:3, :3] = linear
     affine[:3, 3] = -linear @ ((np.asarray(shape, dtype=np.float64) - 1) / 2)
@@ -466,7 +467,7 @@ def prepare_synthetic(workdir, layout: str = "brats", n_subjects: int = 20, seed
     return cache_dir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mmcam.data.synthetic --out DIR [--subjects N] [--layout brats|prostate] ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m mmcam.data.synthetic",

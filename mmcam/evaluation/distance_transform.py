@@ -15,7 +15,7 @@ the tests compare it with a brute-force minimum over all feature voxels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

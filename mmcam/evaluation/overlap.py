@@ -8,8 +8,8 @@ Dice 1 (a correct "no target"); if only one is empty, 0.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch

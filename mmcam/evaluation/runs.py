@@ -19,20 +19,20 @@ Bad input raises :class:`UsageError` (the command-line tools print it and exit w
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 import yaml
 
-from mmcam.training import checkpoint as ckpt
-from mmcam.training import config as cfg
+from mmcam.cams.pseudo_masks import MAP_TYPES, class_maps
 from mmcam.data import DataError, SliceDataset, SubjectMeta, get_label_spec, load_labels
 from mmcam.data.cache import INDEX_FILE
 from mmcam.models import MultiModalCAM
-from mmcam.cams.pseudo_masks import MAP_TYPES, class_maps
+from mmcam.training import checkpoint as ckpt
+from mmcam.training import config as cfg
 
 __all__ = ["CHECKPOINTS", "COMBINED", "UsageError", "LoadedRun", "load_run", "training_cache", "SubjectMaps",
            "subject_maps", "truth_volume", "check_map_types", "labelled_split", "patient_volumes"]
@@ -77,7 +77,7 @@ class LoadedRun:
         return list(self.modalities) + [COMBINED]
 
 
-def load_run(run_dir, checkpoint: Optional[str] = None, device: str = "cpu") -> LoadedRun:
+def load_run(run_dir, checkpoint: str | None = None, device: str = "cpu") -> LoadedRun:
     """Load ``RUN_DIR/config.yaml`` and a checkpoint.
 
     Args:
@@ -121,7 +121,7 @@ def load_run(run_dir, checkpoint: Optional[str] = None, device: str = "cpu") -> 
     return LoadedRun(run_dir, config, checkpoint, path, model.to(device).eval(), device)
 
 
-def training_cache(config: cfg.TrainConfig) -> Optional[Path]:
+def training_cache(config: cfg.TrainConfig) -> Path | None:
     """The complete slice cache the run was trained on, or ``None`` when it is not (or no longer) there.
 
     Looks where :func:`mmcam.training.cache_location.resolve_cache` puts it and builds nothing: the synthetic phantoms'
@@ -197,7 +197,7 @@ def subject_maps(run: LoadedRun, cache_dir, subject_id: str, map_type: str = "ca
                        np.concatenate(predicted))
 
 
-def truth_volume(cache_dir, subject_id: str, region: Optional[str] = None) -> np.ndarray:
+def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.ndarray:
     """``(X, Y, Z)`` bool ground-truth mask of ``region`` (default: the label spec's) on the input's grid.
 
     Restacked from the cache when prepare only cropped / padded (exact); read from the source label file

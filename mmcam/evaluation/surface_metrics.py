@@ -23,8 +23,8 @@ ASSD undefined: ``nan``, left out of their mean and counted (``n_undefined`` in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import numpy as np
 

@@ -16,14 +16,14 @@ A pseudo-mask is ``map >= t`` with ``map`` a normalised map in [0, 1] (:mod:`mmc
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from mmcam.evaluation.runs import LoadedRun, UsageError, labelled_split, patient_volumes
 from mmcam.evaluation.overlap import PatientDice, threshold_grid
+from mmcam.evaluation.runs import LoadedRun, UsageError, labelled_split, patient_volumes
 
 __all__ = ["THRESHOLD_MODES", "ORACLE_WARNING", "ThresholdRule", "parse_threshold", "otsu_threshold",
            "sweep_thresholds", "choose_on_split"]
@@ -38,7 +38,7 @@ class ThresholdRule:
     """A threshold choice (module doc): ``mode`` in :data:`THRESHOLD_MODES`, ``value`` for ``fixed``."""
 
     mode: str
-    value: Optional[float] = None
+    value: float | None = None
 
     @property
     def oracle(self) -> bool:
@@ -65,7 +65,7 @@ class ThresholdRule:
                 f"on the labels of the evaluated {split} split itself")
 
 
-def parse_threshold(text: Optional[str]) -> ThresholdRule:
+def parse_threshold(text: str | None) -> ThresholdRule:
     """``None`` or ``"val"`` -> val; ``"otsu"``; a number in (0, 1] -> fixed. Raises :class:`UsageError`."""
     if text is None or text == "val":
         return ThresholdRule("val")
@@ -107,7 +107,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
 
 
 def sweep_thresholds(cases: Iterable[tuple[str, Mapping[str, np.ndarray], np.ndarray]], channels: Sequence[str],
-                     grid: Optional[Sequence[float]] = None) -> tuple[dict[str, float], dict[str, float]]:
+                     grid: Sequence[float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
     """Per channel, the grid threshold of highest mean per-patient 3-D Dice (ties: the smallest).
 
     Args:

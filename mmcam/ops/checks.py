@@ -8,7 +8,7 @@ are done inside the compiled kernels, which raise ``ValueError`` as well.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -101,7 +101,7 @@ def check_warp_args(src, matrix, dsize, eps) -> tuple[int, int]:
 
 
 def check_equivariance_args(
-    src, matrix, dst, weight: Optional[torch.Tensor], distance, l2_normalize, eps, l2_eps, reduction
+    src, matrix, dst, weight: torch.Tensor | None, distance, l2_normalize, eps, l2_eps, reduction
 ) -> None:
     """Arguments of ``equivariance_loss``."""
     check_tensor(src, "src", 4, "(N, C, Hs, Ws)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -20,7 +19,7 @@ _REBUILD_HINT = (
 )
 
 
-def _installed_package_dir() -> Optional[Path]:
+def _installed_package_dir() -> Path | None:
     """The folder of the installed (built) mmcam package, found through its distribution record."""
     try:
         dist = importlib.metadata.distribution("mmcam")

@@ -3,12 +3,14 @@ devices and error behaviour: :mod:`mmcam.ops`)."""
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from mmcam.ops import checks
-from mmcam.ops import registration  # noqa: F401  (fakes, autograd and autocast of the operators)
+from mmcam.ops import (
+    checks,
+    registration,  # noqa: F401  (fakes, autograd and autocast of the operators)
+)
 from mmcam.ops.extension import _C
 
 __all__ = ["warp_normalized", "equivariance_loss", "fused_equivariance_terms"]
@@ -58,7 +60,7 @@ def equivariance_loss(
     src: torch.Tensor,
     matrix: torch.Tensor,
     dst: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
     *,
     distance: str = "sq_l2",
     l2_normalize: bool = False,

@@ -25,7 +25,7 @@ Conventions (docs/operator.md):
 from __future__ import annotations
 
 import warnings
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -163,7 +163,7 @@ def warp_normalized_torch(
 def _equivariance_from_warped(
     p: torch.Tensor,
     dst: torch.Tensor,
-    weight: Optional[torch.Tensor],
+    weight: torch.Tensor | None,
     distance: str,
     l2_normalize: bool,
     eps: float,
@@ -192,7 +192,7 @@ def equivariance_loss_kornia(
     src: torch.Tensor,
     matrix: torch.Tensor,
     dst: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
     *,
     distance: str = "sq_l2",
     l2_normalize: bool = False,
@@ -230,7 +230,7 @@ def equivariance_loss_torch(
     src: torch.Tensor,
     matrix: torch.Tensor,
     dst: torch.Tensor,
-    weight: Optional[torch.Tensor] = None,
+    weight: torch.Tensor | None = None,
     *,
     distance: str = "sq_l2",
     l2_normalize: bool = False,

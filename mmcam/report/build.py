@@ -23,14 +23,14 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from mmcam.atomic_files import atomic_write_json, replace_directory, temporary_sibling
-from mmcam.objective import TERMS
 from mmcam.cams.pseudo_masks import threshold_maps
+from mmcam.objective import TERMS
 from mmcam.report import html as H
 from mmcam.report.figures import curves_figure, heat_lut, overlay_figure, require_matplotlib, write_png
 from mmcam.report.overlays import PANEL_KINDS, display_scale, slice_dice, slice_panels
@@ -49,13 +49,13 @@ def _safe_name(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(text)) or "_"
 
 
-def _resolve_cache(run: RunOutputs, data: Optional[str]) -> Path:
+def _resolve_cache(run: RunOutputs, data: str | None) -> Path:
     """The slice cache of the run (``--data`` overrides the one in config.yaml). The synthetic phantoms
     are regenerated when missing (seeded, seconds); a real dataset's cache must exist (the report never
     prepares a raw download)."""
-    from mmcam.training import config as cfg
     from mmcam.data import DataError
     from mmcam.data.cache import INDEX_FILE
+    from mmcam.training import config as cfg
     from mmcam.training.cache_location import cache_location, resolve_cache
 
     try:
@@ -79,14 +79,14 @@ def _check_out(out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------- slices
-def _entry_values(entry: str, m: Optional[int], maps: SliceMaps) -> tuple[np.ndarray, np.ndarray]:
+def _entry_values(entry: str, m: int | None, maps: SliceMaps) -> tuple[np.ndarray, np.ndarray]:
     """Background image and map of one entry (a modality index ``m``, or the combined map)."""
     if m is None:
         return maps.image[0], maps.combined
     return maps.image[m], maps.maps[m]
 
 
-def _draw_entry(folder: Path, entry: str, m: Optional[int], all_maps: list[SliceMaps], threshold: float,
+def _draw_entry(folder: Path, entry: str, m: int | None, all_maps: list[SliceMaps], threshold: float,
                 lut: np.ndarray, modalities: list[str]) -> dict[str, Any]:
     """The panels and the stand-alone figure of one entry; returns its part of report.json."""
     rows, records = [], []
@@ -254,8 +254,8 @@ def _run_section(run: RunOutputs, split: str, checkpoint: Path, modalities: list
     return H.section("Run", H.definition_list(items), anchor="run")
 
 
-def write_report(run_dir, out=None, *, split: str = "test", slices: int = 4, checkpoint: Optional[str] = None,
-                 data: Optional[str] = None) -> Path:
+def write_report(run_dir, out=None, *, split: str = "test", slices: int = 4, checkpoint: str | None = None,
+                 data: str | None = None) -> Path:
     """Write the report of a finished run directory; returns the path of ``index.html``.
 
     Args:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import csv
 import html
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from mmcam.report.run_outputs import finite
 
@@ -57,7 +58,7 @@ def definition_list(items: Iterable[tuple[str, Any]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(format_value(v))}</dd>" for k, v in items) + "</dl>"
 
 
-def figure(src: str, caption: str, *, width: Optional[int] = None, height: Optional[int] = None,
+def figure(src: str, caption: str, *, width: int | None = None, height: int | None = None,
            css_class: str = "") -> str:
     """An image (relative ``src``) with its caption; ``width``/``height``: the PNG's pixel size."""
     size = (f' width="{width}"' if width else "") + (f' height="{height}"' if height else "")
@@ -66,7 +67,7 @@ def figure(src: str, caption: str, *, width: Optional[int] = None, height: Optio
             f"<figcaption>{escape(caption)}</figcaption></figure>")
 
 
-def section(title: str, body: str, *, level: int = 2, anchor: Optional[str] = None) -> str:
+def section(title: str, body: str, *, level: int = 2, anchor: str | None = None) -> str:
     ident = f' id="{escape(anchor)}"' if anchor else ""
     return f"<section{ident}><h{level}>{escape(title)}</h{level}>{body}</section>"
 

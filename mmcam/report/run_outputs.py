@@ -15,7 +15,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -143,7 +143,7 @@ def read_evaluations(run_dir: Path) -> list[Evaluation]:
 
 
 def evaluation_thresholds(evaluations: list[Evaluation], split: str, checkpoint: str,
-                          entries: list[str]) -> Optional[tuple[dict[str, float], Evaluation]]:
+                          entries: list[str]) -> tuple[dict[str, float], Evaluation] | None:
     """The CAM thresholds of the evaluation of ``split`` with the default rule (``<split>_summary.json``,
     threshold chosen on validation, not an oracle), when it used ``checkpoint`` (a file stem such as
     ``best_dice``) and gives one number for every entry; else ``None``."""
@@ -162,7 +162,7 @@ def evaluation_thresholds(evaluations: list[Evaluation], split: str, checkpoint:
     return None
 
 
-def checkpoint_path(run_dir: Path, name: Optional[str], results: dict) -> Path:
+def checkpoint_path(run_dir: Path, name: str | None, results: dict) -> Path:
     """The checkpoint to draw the slices with: ``name`` (``best_dice``, ``best``, ``last`` or a file
     name / path), default the one ``results.json`` was computed with."""
     if name is None:

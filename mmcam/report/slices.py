@@ -10,14 +10,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
 import numpy as np
 import torch
 
-from mmcam.training import checkpoint as ckpt
+from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.data import DataError, SliceDataset
 from mmcam.models import MultiModalCAM
-from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.report.run_outputs import ReportError
+from mmcam.training import checkpoint as ckpt
 
 __all__ = ["SelectedSlice", "SliceMaps", "select_slices", "load_model", "compute_maps", "open_dataset"]
 

@@ -9,10 +9,11 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -45,13 +46,13 @@ class TrainConfig(ObjectiveConfig):
     """
 
     # data
-    data: Optional[str] = None
+    data: str | None = None
     dataset: str = "auto"
-    cache: Optional[str] = None
-    modalities: Optional[list[str]] = None
-    region: Optional[str] = None
-    size: Optional[int] = None
-    limit_subjects: Optional[int] = None
+    cache: str | None = None
+    modalities: list[str] | None = None
+    region: str | None = None
+    size: int | None = None
+    limit_subjects: int | None = None
     synthetic_subjects: int = 24
     synthetic_layout: str = "brats"
     workers: int = 0
@@ -62,17 +63,17 @@ class TrainConfig(ObjectiveConfig):
     weight_decay: float = 0.5
     batch_size: int = 16
     epochs: int = 30
-    max_steps: Optional[int] = None
+    max_steps: int | None = None
     # validation (every eval_every epochs; the test threshold is always chosen on validation)
     eval_every: int = 1
     # runtime
     device: str = "cpu"
-    amp: Optional[str] = None
+    amp: str | None = None
     channels_last: bool = False
     deterministic: bool = False
     seed: int = 0
     log_every: int = 10
-    preset: Optional[str] = None
+    preset: str | None = None
 
     def __post_init__(self):
         try:
@@ -115,7 +116,7 @@ def _field_types() -> dict[str, Any]:
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """``value`` as the type of field ``key`` (ints accepted for floats, comma strings for lists)."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-    if origin is typing.Union and type(None) in args:
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         annotation = next(a for a in args if a is not type(None))
@@ -222,7 +223,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def resolve(
-    *, preset_name: Optional[str], config_file: Optional[str], options: dict[str, Any], overrides: list[str]
+    *, preset_name: str | None, config_file: str | None, options: dict[str, Any], overrides: list[str]
 ) -> TrainConfig:
     """The configuration of a new run (see the module docstring for the order)."""
     config = TrainConfig()

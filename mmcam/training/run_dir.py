@@ -22,7 +22,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -30,7 +30,7 @@ import mmcam
 from mmcam.atomic_files import atomic_write_text
 
 
-def package_versions() -> dict[str, Optional[str]]:
+def package_versions() -> dict[str, str | None]:
     out = {"python": platform.python_version()}
     for name in ("mmcam", "torch", "kornia", "numpy", "nibabel", "tqdm", "pyyaml", "tensorboard"):
         try:

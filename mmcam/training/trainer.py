@@ -13,20 +13,21 @@ import dataclasses
 import math
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-from mmcam.training import checkpoint as ckpt
-from mmcam.training.config import TrainConfig
+from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.data import SliceDataset
 from mmcam.evaluation.overlap import PatientDice, mean_std, threshold_grid
 from mmcam.models import MultiModalCAM, unwrap_model
 from mmcam.objective import compute_objective
 from mmcam.progress import progress_bar
-from mmcam.cams.pseudo_masks import foreground_maps
+from mmcam.training import checkpoint as ckpt
+from mmcam.training.config import TrainConfig
 from mmcam.training.run_dir import RunDirectory
 
 
@@ -42,7 +43,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device: str) -> "Distributed":
+    def from_environment(cls, device: str) -> Distributed:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world == 1:
             return cls()
@@ -101,8 +102,8 @@ class Trainer:
         distributed: rank and world size (see :meth:`Distributed.from_environment`).
     """
 
-    def __init__(self, config: TrainConfig, cache_dir, run_dir: RunDirectory, distributed: Distributed = Distributed()):
-        self.config, self.run_dir, self.dist = config, run_dir, distributed
+    def __init__(self, config: TrainConfig, cache_dir, run_dir: RunDirectory, distributed: Distributed | None = None):
+        self.config, self.run_dir, self.dist = config, run_dir, distributed or Distributed()
         self.device = torch.device(config.device)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -131,7 +132,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
         self.state = TrainState()
         self.best_networks: dict[str, dict] = {}
-        self._stop: Optional[int] = None
+        self._stop: int | None = None
 
     # ------------------------------------------------------------------ data
     def steps_per_epoch(self) -> int:
@@ -268,7 +269,7 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def predict(self, dataset: SliceDataset, model: Optional[torch.nn.Module] = None, thresholds=None):
+    def predict(self, dataset: SliceDataset, model: torch.nn.Module | None = None, thresholds=None):
         """Accuracy per modality and per-patient Dice accumulators (each modality, and "combined" = the
         mean of the modalities' maps) over ``dataset``."""
         model = unwrap_model(model or self.model)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from repo_paths import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "ablation.py"

@@ -11,6 +11,7 @@ import sys
 
 import pytest
 import torch
+
 from repo_paths import ROOT
 
 BENCHMARKS = ROOT / "benchmarks"

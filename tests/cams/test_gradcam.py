@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mmcam.cams.gradcam import gradcam_maps, gradcam_weights
-from mmcam.models import MultiModalCAM
 from mmcam.cams.pseudo_masks import MAP_TYPES, class_maps, foreground_maps
+from mmcam.models import MultiModalCAM
 
 
 def model_predicting(positive: bool) -> MultiModalCAM:

@@ -11,9 +11,21 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from mmcam.data import (BuildOptions, DataError, DataWarning, build_cache, discover, read_cache_index,
-                        read_manifest, read_split, read_subject_meta, save_nifti, split_patients,
-                        kfold_patients, write_splits)
+from mmcam.data import (
+    BuildOptions,
+    DataError,
+    DataWarning,
+    build_cache,
+    discover,
+    kfold_patients,
+    read_cache_index,
+    read_manifest,
+    read_split,
+    read_subject_meta,
+    save_nifti,
+    split_patients,
+    write_splits,
+)
 from mmcam.data.cache import subject_dir
 
 import data_fixtures as fx

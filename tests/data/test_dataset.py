@@ -12,8 +12,16 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mmcam.data import (BuildOptions, DataError, SliceDataset, build_cache, center_crop_or_pad,
-                        discover, write_splits, read_split)
+from mmcam.data import (
+    BuildOptions,
+    DataError,
+    SliceDataset,
+    build_cache,
+    center_crop_or_pad,
+    discover,
+    read_split,
+    write_splits,
+)
 
 import data_fixtures as fx
 
@@ -123,7 +131,7 @@ def test_float16_cache_gives_float32_and_spatial_size_pads_and_crops(prostate_tw
     dataset = SliceDataset(cache, spatial_size=(8, 10))
     expected = expected_items(written, {1, 2}, modalities=(0, 1))
     assert len(dataset) == len(expected)
-    for i, (image, mask, label, subject_id, k) in enumerate(expected):
+    for i, (image, mask, label, _subject_id, _k) in enumerate(expected):
         item = dataset[i]
         assert item["image"].dtype == torch.float32 and item["image"].shape == (2, 8, 10)
         reference = center_crop_or_pad(image.astype(np.float16).astype(np.float32), (8, 10))

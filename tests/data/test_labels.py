@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmcam.data import DataError, LABEL_SPECS, get_label_spec
+from mmcam.data import LABEL_SPECS, DataError, get_label_spec
 
 
 def regions(spec_name, values):

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from mmcam.data import DataError, SliceDataset, discover, get_label_spec
-from mmcam.data.synthetic import DEFAULT_SHAPES, generate_synthetic, main, make_subject, \
-    prepare_synthetic, spacing
+from mmcam.data.synthetic import DEFAULT_SHAPES, generate_synthetic, main, make_subject, prepare_synthetic, spacing
 
 SMALL = {"brats": (40, 40, 16), "prostate": (40, 40, 12)}
 

@@ -20,8 +20,8 @@ import pytest
 from mmcam import evaluate, infer, train
 from mmcam.data import build_cache, discover, split_patients, write_splits
 from mmcam.data.synthetic import generate_synthetic
-from mmcam.evaluation.runs import UsageError, load_run
 from mmcam.evaluation.overlap import threshold_grid
+from mmcam.evaluation.runs import UsageError, load_run
 from mmcam.evaluation.surface_metrics import case_metrics
 from mmcam.evaluation.thresholds import choose_on_split, otsu_threshold, parse_threshold, sweep_thresholds
 

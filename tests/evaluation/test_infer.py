@@ -127,7 +127,7 @@ def test_output_voxel_is_the_input_voxel(tmp_path, monkeypatch):
     x0, y0, x1, y1 = meta.geometry.box
     inside = np.zeros(images[0].shape, dtype=bool)
     inside[max(x0, 0):x1, max(y0, 0):y1, 1:] = True
-    for m, modality in enumerate(MODALITIES):
+    for modality in MODALITIES:
         expected = normalize_intensity(images[("t1", "t1ce", "t2", "flair").index(modality)])[0]
         got = np.asarray(nib.load(out / subject / f"cam_{modality}.nii.gz").dataobj)
         np.testing.assert_array_equal(got[inside], expected[inside])

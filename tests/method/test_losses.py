@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mmcam import losses
-from mmcam.ops import reference
 from mmcam.losses import BACKENDS, equivariance_terms, predicted_classes
+from mmcam.ops import reference
+
 from op_cases import cams as make_cams
 from op_cases import family_matrix, random_affine
 

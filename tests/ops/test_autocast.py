@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmcam import losses, ops
+
 from op_cases import cams, random_affine
 
 

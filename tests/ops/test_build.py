@@ -12,6 +12,7 @@ import torch
 import mmcam
 from mmcam import _build_info
 from mmcam.ops import extension as _extension
+
 from repo_paths import ROOT
 
 

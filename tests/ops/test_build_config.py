@@ -12,6 +12,7 @@ import sys
 
 import pytest
 import torch
+
 from repo_paths import ROOT
 
 ROOT = ROOT

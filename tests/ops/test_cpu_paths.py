@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcam.losses import equivariance_terms
 from mmcam import transforms
+from mmcam.losses import equivariance_terms
+
 from op_cases import family_matrix
 
 FAMILIES = ("flip", "rot90", "translate", "resize", "affine")

@@ -12,8 +12,9 @@ import torch
 
 import mmcam
 from mmcam import ops
-from mmcam.ops import reference
 from mmcam.losses import equivariance_terms
+from mmcam.ops import reference
+
 from op_cases import FAMILIES, cams, family_matrix, random_affine
 from op_cases import deterministic_algorithms as _deterministic
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mmcam import ops
+
 from op_cases import cams, random_affine
 
 

@@ -9,6 +9,7 @@ import torch
 
 from mmcam import ops
 from mmcam.ops import reference
+
 from op_cases import cams, random_affine
 
 IDENTITY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)

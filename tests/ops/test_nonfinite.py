@@ -19,8 +19,9 @@ import torch
 
 import mmcam
 from mmcam import ops
-from mmcam.ops.fused import fused_equivariance_terms
 from mmcam.losses import equivariance_terms
+from mmcam.ops.fused import fused_equivariance_terms
+
 from op_cases import cams, random_affine
 from op_cases import deterministic_algorithms as _deterministic
 

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mmcam import ops
 from mmcam.ops import reference
+
 from op_cases import FAMILIES, cams, family_matrix, random_affine, seeds, sizes, small_nc
 
 REFERENCES = {

@@ -128,7 +128,7 @@ def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch
             # the operator behind mmcam.losses.equivariance_terms (whose value checks need real tensors)
             "equivariance_terms": lambda: fused_equivariance_terms(src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)),
         }
-        for op, run in calls.items():
+        for run in calls.values():
             with pytest.raises(RuntimeError, match=r"built without CUDA kernels \(CPU only: no working CUDA "
                                                    r"compiler found\)\. Rebuild with .*nvcc"):
                 run()

@@ -57,8 +57,8 @@ def positive_report(run_dir, tmp_path_factory) -> tuple[Path, Path]:
     classifier weights made -|w| for class 0 and +|w| for class 1) and whose thresholds are 0.5, so that
     the pseudo-masks are neither empty nor full; and its report."""
     pytest.importorskip("matplotlib")
-    from mmcam.training import checkpoint as ckpt
     from mmcam.report import write_report
+    from mmcam.training import checkpoint as ckpt
 
     run = tmp_path_factory.mktemp("positive") / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
@@ -232,9 +232,9 @@ def check_overlays(report: Path, run: Path, cache: Path) -> int:
     """Compare every modality panel of a report with an independent recomputation: the contour pixels
     are exactly the enlarged mask boundary; the pseudo-mask panel is the grey image outside ``map >= t``
     and red-tinted inside. Returns the number of slices whose pseudo-mask is neither empty nor full."""
-    from mmcam.training import checkpoint as ckpt
-    from mmcam.models import MultiModalCAM
     from mmcam.cams.pseudo_masks import foreground_maps
+    from mmcam.models import MultiModalCAM
+    from mmcam.training import checkpoint as ckpt
 
     manifest = json.loads((report / "report.json").read_text())
     dataset = SliceDataset(cache, "test", MODALITIES)

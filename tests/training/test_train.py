@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmcam.training import checkpoint as ckpt
 from mmcam import train
 from mmcam.data.synthetic import prepare_synthetic
+from mmcam.training import checkpoint as ckpt
 
 SMALL = ["width_divisor=16", "batch_size=4", "epochs=2", "log_every=1", "--no-progress"]
 

@@ -12,12 +12,12 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from mmcam.training import checkpoint as ckpt
 from mmcam import train
 from mmcam.data import SliceDataset
 from mmcam.data.synthetic import prepare_synthetic
 from mmcam.models import MultiModalCAM
 from mmcam.objective import ObjectiveConfig, compute_objective
+from mmcam.training import checkpoint as ckpt
 from mmcam.training.trainer import EpochBatches
 
 MODALITIES = ["t1ce", "flair"]
