@@ -63,8 +63,9 @@ def parse_seeds(text: str) -> list[int]:
             return list(range(count))
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: give a count >= 1 (3 means 0,1,2) or a "
-                                         "comma-separated list (0,1,2; one seed: 5,)") from None
+        raise argparse.ArgumentTypeError(
+            f"--seeds {text!r}: give a count >= 1 (3 means 0,1,2) or a comma-separated list (0,1,2; one seed: 5,)"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be distinct")
     return seeds
@@ -79,19 +80,37 @@ def parse_variants(text: str) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python benchmarks/ablation.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("3"),
-                   help="number of seeds (0..K-1) or a comma-separated list (default 3)")
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/ablation.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--seeds",
+        type=parse_seeds,
+        default=parse_seeds("3"),
+        help="number of seeds (0..K-1) or a comma-separated list (default 3)",
+    )
     p.add_argument("--epochs", type=int, help="epochs per run (default: the preset's)")
-    p.add_argument("--variants", type=parse_variants, default=list(ABLATIONS),
-                   help=f"comma-separated subset of {','.join(ABLATIONS)} (default: all)")
+    p.add_argument(
+        "--variants",
+        type=parse_variants,
+        default=list(ABLATIONS),
+        help=f"comma-separated subset of {','.join(ABLATIONS)} (default: all)",
+    )
     p.add_argument("--preset", default="quick", help="training preset (default quick: synthetic CPU budget)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra config override for every run (repeatable), e.g. --set batch_size=8")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra config override for every run (repeatable), e.g. --set batch_size=8",
+    )
     p.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="run directories (default runs/ablation)")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"),
-                   help="table folder (default benchmarks/results)")
+    p.add_argument(
+        "--out", type=Path, default=Path("benchmarks/results"), help="table folder (default benchmarks/results)"
+    )
     p.add_argument("--aggregate-only", action="store_true", help="train nothing; tabulate the finished runs")
     return p.parse_args(argv)
 
@@ -103,8 +122,15 @@ def run_path(runs: Path, variant: str, seed: int) -> Path:
 
 def train_argv(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
     """The ``mmcam.train`` command line of one run: the preset, seed, budget and ablation switches."""
-    argv = ["--run-dir", str(run_path(args.runs, variant, seed)), "--preset", args.preset, "--seed", str(seed),
-            "--no-progress"]
+    argv = [
+        "--run-dir",
+        str(run_path(args.runs, variant, seed)),
+        "--preset",
+        args.preset,
+        "--seed",
+        str(seed),
+        "--no-progress",
+    ]
     if args.epochs is not None:
         argv += ["--epochs", str(args.epochs)]
     switches = [f"{key}={str(value).lower()}" for key, value in ABLATIONS[variant].items()]
@@ -120,12 +146,17 @@ def expected_config(argv: list[str]) -> dict[str, Any]:
 def check_same_config(run_dir: Path, expected: dict[str, Any]) -> None:
     """Stop when an existing run was made with another configuration (another budget, preset, ...)."""
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    changed = {k: (saved.get(k), expected.get(k)) for k in sorted(set(saved) | set(expected))
-               if k not in ("workers",) and saved.get(k) != expected.get(k)}
+    changed = {
+        k: (saved.get(k), expected.get(k))
+        for k in sorted(set(saved) | set(expected))
+        if k not in ("workers",) and saved.get(k) != expected.get(k)
+    }
     if changed:
         detail = ", ".join(f"{k}: run {a!r} vs asked {b!r}" for k, (a, b) in changed.items())
-        raise SystemExit(f"error: {run_dir} was trained with another configuration ({detail}); use another "
-                         f"--runs folder or delete that run")
+        raise SystemExit(
+            f"error: {run_dir} was trained with another configuration ({detail}); use another "
+            f"--runs folder or delete that run"
+        )
 
 
 def ensure_run(args: argparse.Namespace, variant: str, seed: int) -> Path:
@@ -154,15 +185,19 @@ def ensure_run(args: argparse.Namespace, variant: str, seed: int) -> Path:
     seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"error: training {run_dir} exited with status {code}; rerun this script to continue")
-    atomic_write_text(run_dir / SIDE_FILE, json.dumps({"argv": argv, "seconds": seconds, "resumed": command != argv},
-                                                      indent=2))
+    atomic_write_text(
+        run_dir / SIDE_FILE, json.dumps({"argv": argv, "seconds": seconds, "resumed": command != argv}, indent=2)
+    )
     return run_dir
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The parts of a finished run the table needs: results, config and (when recorded) wall time."""
-    record = {"run_dir": str(run_dir), "results": json.loads((run_dir / "results.json").read_text()),
-              "config": yaml.safe_load((run_dir / "config.yaml").read_text())}
+    record = {
+        "run_dir": str(run_dir),
+        "results": json.loads((run_dir / "results.json").read_text()),
+        "config": yaml.safe_load((run_dir / "config.yaml").read_text()),
+    }
     side = run_dir / SIDE_FILE
     if side.is_file():
         record["seconds"] = json.loads(side.read_text())["seconds"]
@@ -173,8 +208,11 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 def mean_std(values: Sequence[float]) -> dict[str, Any]:
     """Mean and sample standard deviation (ddof = 1; ``None`` for one value) of per-seed values."""
     values = [float(v) for v in values]
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
-            "per_seed": values}
+    return {
+        "mean": statistics.fmean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+        "per_seed": values,
+    }
 
 
 def aggregate(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -201,8 +239,9 @@ def aggregate(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             "switches": ABLATIONS.get(variant),
             "seeds": seeds,
             "dice": {name: mean_std([by_seed[s]["results"]["dice"][name]["mean"] for s in seeds]) for name in names},
-            "test_accuracy": {name: mean_std([by_seed[s]["results"]["test_accuracy"][name] for s in seeds])
-                              for name in accuracy_names},
+            "test_accuracy": {
+                name: mean_std([by_seed[s]["results"]["test_accuracy"][name] for s in seeds]) for name in accuracy_names
+            },
         }
     return table
 
@@ -244,17 +283,27 @@ def describe_budget(budget: dict[str, Any], seeds: Sequence[int], steps: int | N
     parts = [f"preset `{budget.get('preset')}`", f"{budget.get('epochs')} epochs"]
     if steps is not None:
         parts.append(f"{steps} steps")
-    parts += [f"batch {budget.get('batch_size')}", f"lr {budget.get('lr')}",
-              f"weight decay {budget.get('weight_decay')}", f"width/{budget.get('width_divisor')}",
-              f"transform `{budget.get('transform')}`"]
-    data = (f"synthetic {budget.get('synthetic_layout')} phantoms ({budget.get('synthetic_subjects')} subjects)"
-            if budget.get("data") is None else f"data {budget.get('data')}")
+    parts += [
+        f"batch {budget.get('batch_size')}",
+        f"lr {budget.get('lr')}",
+        f"weight decay {budget.get('weight_decay')}",
+        f"width/{budget.get('width_divisor')}",
+        f"transform `{budget.get('transform')}`",
+    ]
+    data = (
+        f"synthetic {budget.get('synthetic_layout')} phantoms ({budget.get('synthetic_subjects')} subjects)"
+        if budget.get("data") is None
+        else f"data {budget.get('data')}"
+    )
     return f"{data}; {', '.join(parts)}; seeds {', '.join(map(str, seeds))}"
 
 
-def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int],
-                 environment: dict[str, Any] | None = None, command: str = "python benchmarks/ablation.py"
-                 ) -> tuple[dict[str, Any], str]:
+def build_report(
+    runs: dict[str, dict[int, dict[str, Any]]],
+    seeds: Sequence[int],
+    environment: dict[str, Any] | None = None,
+    command: str = "python benchmarks/ablation.py",
+) -> tuple[dict[str, Any], str]:
     """The JSON document and the markdown text of the ablation table (``command``: how it was made)."""
     table = aggregate(runs)
     budget = shared_budget(runs)
@@ -267,7 +316,7 @@ def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int
         "experiment": "ablation of the loss terms on the synthetic phantoms",
         "command": command,
         "statistic": "per run: mean over test patients of the per-patient 3-D Dice (results.json); "
-                     "table: mean ± sample std (ddof=1) of that value over seeds",
+        "table: mean ± sample std (ddof=1) of that value over seeds",
         "protocol": protocol,
         "seeds": list(seeds),
         "budget": budget,
@@ -287,14 +336,18 @@ def build_report(runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int
         f"Budget (identical for every row): {describe_budget(budget, seeds, document['steps_per_run'])}.",
     ]
     if budget.get("data") is None:
-        lines.append("Every run sees the same phantoms and the same patient split (generated with seed 0); the "
-                     "training seed changes the initialisation, the batch order and the transforms π.")
+        lines.append(
+            "Every run sees the same phantoms and the same patient split (generated with seed 0); the "
+            "training seed changes the initialisation, the batch order and the transforms π."
+        )
     if protocol:
         lines.append(f"Protocol: {protocol}.")
     if seconds:
-        lines.append(f"Wall time on {(environment or {}).get('machine', 'this machine')}: "
-                     f"median {document['wall_seconds_per_run_median']:.0f} s per run, {sum(seconds) / 60:.0f} min "
-                     "in all (training + evaluation; the machine may have been shared).")
+        lines.append(
+            f"Wall time on {(environment or {}).get('machine', 'this machine')}: "
+            f"median {document['wall_seconds_per_run_median']:.0f} s per run, {sum(seconds) / 60:.0f} min "
+            "in all (training + evaluation; the machine may have been shared)."
+        )
     return document, "\n".join(lines) + "\n"
 
 
@@ -314,9 +367,13 @@ def environment() -> dict[str, Any]:
 
     import mmcam
 
-    return {"mmcam": getattr(mmcam, "__version__", None), "torch": torch.__version__,
-            "python": platform.python_version(), "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads",
-            "platform": platform.platform()}
+    return {
+        "mmcam": getattr(mmcam, "__version__", None),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": f"{cpu_name()}, {torch.get_num_threads()} torch threads",
+        "platform": platform.platform(),
+    }
 
 
 def run_steps(run_dir: Path) -> int | None:

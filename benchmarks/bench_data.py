@@ -72,8 +72,7 @@ class NiftiSliceReader:
         planes = []
         for source in subject.images:
             proxy = nib.load(source.path).dataobj
-            index = (slice(None), slice(None), k) + (() if source.channel is None
-                                                      else (source.channel,))
+            index = (slice(None), slice(None), k) + (() if source.channel is None else (source.channel,))
             planes.append(np.asarray(proxy[index], dtype=np.float32))
         mask = np.asarray(nib.load(subject.label).dataobj[:, :, k]) > 0
         return torch.from_numpy(np.stack(planes)), torch.from_numpy(mask)
@@ -101,8 +100,11 @@ def training_consumption(cache, repeats: int, batch_size: int = 16):
         with tempfile.TemporaryDirectory() as run:
             config = TrainConfig(batch_size=batch_size, width_divisor=4, max_steps=1)
             trainer = Trainer(config, cache, RunDirectory(run))
-            batch = next(iter(torch.utils.data.DataLoader(trainer.train_set, batch_size=batch_size,
-                                                          shuffle=True, drop_last=True)))
+            batch = next(
+                iter(
+                    torch.utils.data.DataLoader(trainer.train_set, batch_size=batch_size, shuffle=True, drop_last=True)
+                )
+            )
             trainer._step(batch)  # warm-up
             t = median_time(lambda: trainer._step(batch), repeats)
     except Exception as exc:  # noqa: BLE001 -- an API in flux must not break the data benchmark
@@ -130,22 +132,24 @@ def main() -> int:
 
         t = median_time(generate, a.repeats)
         results["generate_s_per_subject"] = t / a.subjects
-        print(f"generate  {a.subjects} {a.layout} subjects: {t:.2f} s ({t / a.subjects * 1e3:.0f} ms "
-              f"/ subject)")
+        print(f"generate  {a.subjects} {a.layout} subjects: {t:.2f} s ({t / a.subjects * 1e3:.0f} ms / subject)")
 
         dataset = discover(tmp / "raw0")
         volumes = a.subjects * len(dataset.modalities)
         for workers in sorted({1, a.workers}):
+
             def prepare():
                 build_cache(dataset, tmp / f"cache{next(counter)}", workers=workers)
+
             t = median_time(prepare, a.repeats)
             results[f"prepare_volumes_per_s_workers{workers}"] = volumes / t
-            print(f"prepare   workers={workers}: {t:.2f} s, {volumes / t:.1f} volumes/s "
-                  f"({volumes} volumes of {dataset.subjects[0].images[0].path.name.split('.')[0]} "
-                  f"shape {tuple(slices_shape(dataset))})")
+            print(
+                f"prepare   workers={workers}: {t:.2f} s, {volumes / t:.1f} volumes/s "
+                f"({volumes} volumes of {dataset.subjects[0].images[0].path.name.split('.')[0]} "
+                f"shape {tuple(slices_shape(dataset))})"
+            )
         if a.workers != 1:
-            ratio = results[f"prepare_volumes_per_s_workers{a.workers}"] / \
-                results["prepare_volumes_per_s_workers1"]
+            ratio = results[f"prepare_volumes_per_s_workers{a.workers}"] / results["prepare_volumes_per_s_workers1"]
             results["prepare_speedup"] = ratio
             print(f"prepare   speed-up with {a.workers} workers: {ratio:.2f}x")
 
@@ -153,51 +157,70 @@ def main() -> int:
         write_splits(tmp / "cache", seed=0)
         slices = SliceDataset(tmp / "cache")
         order = np.random.default_rng(0).permutation(len(slices))[: a.reads]
-        baseline = NiftiSliceReader(dataset, [(slices[int(i)]["subject"], slices[int(i)]["slice"])
-                                              for i in order])
+        baseline = NiftiSliceReader(dataset, [(slices[int(i)]["subject"], slices[int(i)]["slice"]) for i in order])
         t_cache = median_time(lambda: [slices[int(i)] for i in order], a.repeats)
         t_nifti = median_time(lambda: [baseline[j] for j in range(len(order))], a.repeats)
         results["read_items_per_s_cache"] = len(order) / t_cache
         results["read_items_per_s_nifti"] = len(order) / t_nifti
         results["read_ratio_cache_over_nifti"] = t_nifti / t_cache
-        print(f"read      cache {len(order) / t_cache:.0f} items/s, NIfTI {len(order) / t_nifti:.0f} "
-              f"items/s: cache {t_nifti / t_cache:.1f}x faster")
+        print(
+            f"read      cache {len(order) / t_cache:.0f} items/s, NIfTI {len(order) / t_nifti:.0f} "
+            f"items/s: cache {t_nifti / t_cache:.1f}x faster"
+        )
 
         for workers in sorted({0, a.workers}):
             loader = torch.utils.data.DataLoader(
-                slices, batch_size=16, shuffle=True, num_workers=workers,
+                slices,
+                batch_size=16,
+                shuffle=True,
+                num_workers=workers,
                 multiprocessing_context="spawn" if workers else None,
-                persistent_workers=bool(workers), generator=torch.Generator().manual_seed(0))
+                persistent_workers=bool(workers),
+                generator=torch.Generator().manual_seed(0),
+            )
             next(iter(loader))  # start the workers before timing
 
             def epoch():
                 for _ in loader:
                     pass
+
             t = median_time(epoch, a.repeats)
             results[f"loader_slices_per_s_workers{workers}"] = len(slices) / t
-            print(f"loader    workers={workers}: {len(slices) / t:.0f} slices/s "
-                  f"({len(slices)} slices of {tuple(slices[0]['image'].shape)})")
+            print(
+                f"loader    workers={workers}: {len(slices) / t:.0f} slices/s "
+                f"({len(slices)} slices of {tuple(slices[0]['image'].shape)})"
+            )
 
         train_rate, reason = training_consumption(tmp / "cache", a.repeats)
         results["train_slices_per_s"] = train_rate
-        print(f"train     {f'{train_rate:.0f} slices/s' if train_rate else 'n/a'}"
-              f"{'' if train_rate else f' ({reason})'}")
+        print(
+            f"train     {f'{train_rate:.0f} slices/s' if train_rate else 'n/a'}{'' if train_rate else f' ({reason})'}"
+        )
         loader_rate = results[f"loader_slices_per_s_workers{a.workers}"]
-        prepare_rates = ", ".join(f"{results[f'prepare_volumes_per_s_workers{w}']:.1f} ({w} workers)"
-                                  for w in sorted({1, a.workers}))
-        print(f"summary   prepare {prepare_rates} volumes/s"
-              f" | loader {loader_rate:.0f} slices/s ({a.workers} workers) | training consumes "
-              + (f"{train_rate:.0f} slices/s: loader {loader_rate / train_rate:.1f}x faster"
-                 if train_rate else "n/a"))
+        prepare_rates = ", ".join(
+            f"{results[f'prepare_volumes_per_s_workers{w}']:.1f} ({w} workers)" for w in sorted({1, a.workers})
+        )
+        print(
+            f"summary   prepare {prepare_rates} volumes/s"
+            f" | loader {loader_rate:.0f} slices/s ({a.workers} workers) | training consumes "
+            + (f"{train_rate:.0f} slices/s: loader {loader_rate / train_rate:.1f}x faster" if train_rate else "n/a")
+        )
 
     if a.json:
         payload = {
-            "benchmark": "bench_data", "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "python": sys.version.split()[0],
-                        "torch": torch.__version__, "nibabel": nib.__version__,
-                        "mmcam": mmcam.__version__},
-            "args": vars(a), "results": results,
+            "benchmark": "bench_data",
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            "machine": {
+                "platform": platform.platform(),
+                "processor": platform.processor(),
+                "cpus": os.cpu_count(),
+                "python": sys.version.split()[0],
+                "torch": torch.__version__,
+                "nibabel": nib.__version__,
+                "mmcam": mmcam.__version__,
+            },
+            "args": vars(a),
+            "results": results,
         }
         atomic_write_json(a.json, payload)
         print(f"wrote {a.json}")

@@ -128,8 +128,17 @@ def make_case(shape: str, family: str, seed: int, dtype: torch.dtype, device: to
 def loss_case(terms: Case) -> Case:
     """The ``equivariance_loss`` case on the same tensors: (src=cams, matrix, dst=cams_t, weight=1)."""
     cams, cams_t, matrix, labels = terms.args[:4]
-    return Case("equivariance_loss", terms.shape, terms.family, terms.n, terms.m, terms.src, terms.dst,
-                (cams, matrix, cams_t, labels.to(cams.dtype)), (0, 2))
+    return Case(
+        "equivariance_loss",
+        terms.shape,
+        terms.family,
+        terms.n,
+        terms.m,
+        terms.src,
+        terms.dst,
+        (cams, matrix, cams_t, labels.to(cams.dtype)),
+        (0, 2),
+    )
 
 
 def method_functions(op: str, use_compile: bool) -> dict[str, Callable]:
@@ -137,9 +146,14 @@ def method_functions(op: str, use_compile: bool) -> dict[str, Callable]:
     if op == "equivariance_terms":
         fns = {b: functools.partial(equivariance_terms, backend=b) for b in ("fused", "torch", "kornia")}
     else:
-        fns = {name: functools.partial(fn, **LOSS_OPTIONS) for name, fn in (
-            ("fused", ops.equivariance_loss), ("torch", reference.equivariance_loss_torch),
-            ("kornia", reference.equivariance_loss_kornia))}
+        fns = {
+            name: functools.partial(fn, **LOSS_OPTIONS)
+            for name, fn in (
+                ("fused", ops.equivariance_loss),
+                ("torch", reference.equivariance_loss_torch),
+                ("kornia", reference.equivariance_loss_kornia),
+            )
+        }
     if use_compile:
         fns["compile"] = torch.compile(fns["torch"], dynamic=False)
     return fns
@@ -168,8 +182,10 @@ def compare(name: str, ref_name: str, out, ref, labels, where: str, rtol: float 
         scale = float(b.abs().max()) or 1.0
         if a.shape != b.shape or not torch.allclose(a, b, rtol=rtol, atol=atol * scale):
             err = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
-            raise AssertionError(f"{name} disagrees with {ref_name} on {label} for {where}: max abs diff {err:.3g} "
-                                 f"(max |{ref_name}| {scale:.3g}, shapes {tuple(a.shape)} / {tuple(b.shape)})")
+            raise AssertionError(
+                f"{name} disagrees with {ref_name} on {label} for {where}: max abs diff {err:.3g} "
+                f"(max |{ref_name}| {scale:.3g}, shapes {tuple(a.shape)} / {tuple(b.shape)})"
+            )
 
 
 def check_agreement(fns: dict[str, Callable], case: Case, compile_status: dict) -> str | None:
@@ -234,8 +250,9 @@ def _block(call: Callable[[], object], inner: int, cuda: bool = False) -> float:
     return (time.perf_counter() - t0) / inner
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], repeats: int, warmup: int, min_time: float,
-                     cuda: bool = False) -> dict[str, float]:
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], repeats: int, warmup: int, min_time: float, cuda: bool = False
+) -> dict[str, float]:
     """Median seconds per call of each call over ``repeats`` timed blocks (each looping the call
     ~``min_time`` s), the calls' blocks interleaved round-robin so that load from other processes on a
     shared machine hits every method alike (fairer ratios)."""
@@ -277,8 +294,9 @@ def _profiler_stderr_filtered():
             os.dup2(saved, 2)
             os.close(saved)
             tmp.seek(0)
-            sys.stderr.writelines(ln for ln in tmp.read().decode(errors="replace").splitlines(True)
-                                  if not ln.startswith("USDT:"))
+            sys.stderr.writelines(
+                ln for ln in tmp.read().decode(errors="replace").splitlines(True) if not ln.startswith("USDT:")
+            )
 
 
 def _peak_cpu(call: Callable[[], object]) -> int | None:
@@ -331,8 +349,9 @@ def fused_unavailable(op: str, dtype: torch.dtype, device: torch.device) -> str 
     return None
 
 
-def run_case(case: Case, fns: dict[str, Callable], a: argparse.Namespace, device: torch.device,
-             compile_status: dict) -> tuple[dict, dict]:
+def run_case(
+    case: Case, fns: dict[str, Callable], a: argparse.Namespace, device: torch.device, compile_status: dict
+) -> tuple[dict, dict]:
     """Agreement check, interleaved timings and peak memory of every method for one case."""
     err = check_agreement(fns, case, compile_status)
     if err is not None:
@@ -348,21 +367,36 @@ def run_case(case: Case, fns: dict[str, Callable], a: argparse.Namespace, device
 
 
 def parse_args(argv) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--threads", type=int, nargs="+", default=None,
-                   help="CPU: torch.set_num_threads values to run (default: 1 and all cores); ignored on CUDA")
+    p.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="CPU: torch.set_num_threads values to run (default: 1 and all cores); ignored on CUDA",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median reported)")
     p.add_argument("--large-repeats", type=int, default=3, help="timed runs for the large shapes")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing (large shapes: 1)")
     p.add_argument("--min-time", type=float, default=0.05, help="seconds per timed run (the call is looped)")
     p.add_argument("--shapes", nargs="+", default=["paper", "small", "large"], choices=list(SHAPES))
     p.add_argument("--ops", nargs="+", default=list(OPS), choices=list(OPS))
-    p.add_argument("--families", nargs="+", default=list(PAPER_FAMILIES),
-                   choices=list(PAPER_FAMILIES) + ["affine"], help="π families of the paper shape")
-    p.add_argument("--small-family", default="translate", choices=list(PAPER_FAMILIES) + ["affine"],
-                   help="π family of the other shapes")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        default=list(PAPER_FAMILIES),
+        choices=list(PAPER_FAMILIES) + ["affine"],
+        help="π families of the paper shape",
+    )
+    p.add_argument(
+        "--small-family",
+        default="translate",
+        choices=list(PAPER_FAMILIES) + ["affine"],
+        help="π family of the other shapes",
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile method")
     p.add_argument("--json", default=None, help="write the results to this JSON file, plus STEM.md and STEM.png")
@@ -388,15 +422,18 @@ def main(argv=None) -> int:
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
     dtype = getattr(torch, a.dtype)
-    threads = ([torch.get_num_threads()] if cuda
-               else a.threads or sorted({1, torch.get_num_threads(), os.cpu_count() or 1}))
+    threads = (
+        [torch.get_num_threads()] if cuda else a.threads or sorted({1, torch.get_num_threads(), os.cpu_count() or 1})
+    )
     cases = build_cases(a, dtype, device)
     skipped = {op: why for op in a.ops if (why := fused_unavailable(op, dtype, device))}
     info = bench_report.machine_info(threads, device)
     results, compile_status = [], {"enabled": not a.no_compile}
     where = info["device_name"] if cuda else f"{info['cpu_model']} ({info['cpu_count']} logical CPUs)"
-    print(f"# mmcam equivariance operators benchmark: torch {info['torch']}, kornia {info['kornia']}, {where}, "
-          f"{a.dtype}, median of {a.repeats}")
+    print(
+        f"# mmcam equivariance operators benchmark: torch {info['torch']}, kornia {info['kornia']}, {where}, "
+        f"{a.dtype}, median of {a.repeats}"
+    )
     for op, why in skipped.items():
         print(f"fused {op} skipped on {info['device_name']}: {why}")
     for nthreads in threads:
@@ -416,8 +453,16 @@ def main(argv=None) -> int:
         for case in cases:
             timings, peaks = run_case(case, fns_by_op[case.op], a, device, compile_status)
             for name in BACKENDS:
-                row = bench_report.result_row(case, name, nthreads, timings, peaks, bandwidth, info["device_name"],
-                                              (min_bytes(case, False), min_bytes(case, True)))
+                row = bench_report.result_row(
+                    case,
+                    name,
+                    nthreads,
+                    timings,
+                    peaks,
+                    bandwidth,
+                    info["device_name"],
+                    (min_bytes(case, False), min_bytes(case, True)),
+                )
                 print(bench_report.console_line(row))
                 if name in timings:
                     results.append(row)
@@ -427,8 +472,14 @@ def main(argv=None) -> int:
             print(f"(torch.compile first calls incl. compilation, all cases: {warm:.1f} s)")
 
     if a.json:
-        payload = dict(machine=info, args=vars(a), compile=compile_status, skipped=skipped,
-                       memory_method=bench_report.MEMORY_METHOD[device.type], results=results)
+        payload = dict(
+            machine=info,
+            args=vars(a),
+            compile=compile_status,
+            skipped=skipped,
+            memory_method=bench_report.MEMORY_METHOD[device.type],
+            results=results,
+        )
         print("\n".join(bench_report.write_all(payload, a.json, not a.no_plot)))
     return 0
 

@@ -26,7 +26,7 @@ import mmcam
 METHODS = ("fused", "torch", "kornia", "compile")
 MEMORY_METHOD = {  # how bench_ops.peak_memory measures, per device type
     "cpu": "extra bytes PyTorch's CPU allocator holds at the peak of one call (torch.profiler, "
-           "profile_memory=True; inputs excluded, outputs and gradients included)",
+    "profile_memory=True; inputs excluded, outputs and gradients included)",
     "cuda": "torch.cuda.max_memory_allocated during one call minus the allocation before it",
 }
 
@@ -48,8 +48,10 @@ def git_state() -> dict:
     """Commit of the source tree and whether it has uncommitted changes (what the numbers measured)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:
+
         def git(*args):
             return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+
         return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": None, "dirty": None}
@@ -59,17 +61,26 @@ def machine_info(threads: list[int], device: torch.device) -> dict:
     """Versions, CPU, device name and build information recorded with every run."""
     try:
         import kornia
+
         kornia_version = kornia.__version__
     except Exception:  # noqa: BLE001
         kornia_version = None
     cuda = device.type == "cuda"
     info = dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        python=sys.version.split()[0], platform=platform.platform(), torch=torch.__version__,
-        kornia=kornia_version, mmcam=mmcam.__version__, cpu_model=cpu_model(), cpu_count=os.cpu_count(),
-        threads=threads, threads_varied=not cuda, device=device.type,
+        python=sys.version.split()[0],
+        platform=platform.platform(),
+        torch=torch.__version__,
+        kornia=kornia_version,
+        mmcam=mmcam.__version__,
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count(),
+        threads=threads,
+        threads_varied=not cuda,
+        device=device.type,
         device_name=torch.cuda.get_device_name(device) if cuda else cpu_model(),
-        cuda_runtime=torch.version.cuda if cuda else None, git=git_state(),
+        cuda_runtime=torch.version.cuda if cuda else None,
+        git=git_state(),
     )
     try:
         bi = mmcam.build_info()
@@ -80,8 +91,16 @@ def machine_info(threads: list[int], device: torch.device) -> dict:
 
 
 # --------------------------------------------------------------------------------------------- rows
-def result_row(case, name: str, threads: int, timings: dict, peaks: dict, copy_bps: float, device_name: str,
-               min_bytes: tuple[int, int]) -> dict:
+def result_row(
+    case,
+    name: str,
+    threads: int,
+    timings: dict,
+    peaks: dict,
+    copy_bps: float,
+    device_name: str,
+    min_bytes: tuple[int, int],
+) -> dict:
     """One JSON result row of method ``name`` on ``case`` (a ``bench_ops.Case``).
 
     ``timings``/``peaks``: {method: (forward, forward+backward)} seconds / peak bytes; ``min_bytes``: the
@@ -89,14 +108,26 @@ def result_row(case, name: str, threads: int, timings: dict, peaks: dict, copy_b
     """
     t_fwd, t_fb = timings.get(name, (None, None))
     ref_fwd, ref_fb = timings.get("fused", (None, None))
-    row = dict(threads=threads, op=case.op, shape=case.shape, family=case.family, n=case.n, m=case.m,
-               src=list(case.src), dst=list(case.dst), backend=name, dtype=str(case.args[0].dtype).split(".")[-1],
-               device=device_name, forward_s=t_fwd, forward_backward_s=t_fb,
-               forward_ratio_to_fused=t_fwd / ref_fwd if (t_fwd and ref_fwd) else None,
-               forward_backward_ratio_to_fused=t_fb / ref_fb if (t_fb and ref_fb) else None,
-               forward_GBps=min_bytes[0] / t_fwd / 1e9 if t_fwd else None,
-               forward_backward_GBps=min_bytes[1] / t_fb / 1e9 if t_fb else None,
-               copy_GBps=copy_bps / 1e9)
+    row = dict(
+        threads=threads,
+        op=case.op,
+        shape=case.shape,
+        family=case.family,
+        n=case.n,
+        m=case.m,
+        src=list(case.src),
+        dst=list(case.dst),
+        backend=name,
+        dtype=str(case.args[0].dtype).split(".")[-1],
+        device=device_name,
+        forward_s=t_fwd,
+        forward_backward_s=t_fb,
+        forward_ratio_to_fused=t_fwd / ref_fwd if (t_fwd and ref_fwd) else None,
+        forward_backward_ratio_to_fused=t_fb / ref_fb if (t_fb and ref_fb) else None,
+        forward_GBps=min_bytes[0] / t_fwd / 1e9 if t_fwd else None,
+        forward_backward_GBps=min_bytes[1] / t_fb / 1e9 if t_fb else None,
+        copy_GBps=copy_bps / 1e9,
+    )
     row["peak_forward_bytes"], row["peak_forward_backward_bytes"] = peaks.get(name, (None, None))
     return row
 
@@ -104,22 +135,27 @@ def result_row(case, name: str, threads: int, timings: dict, peaks: dict, copy_b
 # ------------------------------------------------------------------------------------------ console
 def console_header() -> str:
     """Column titles (and a rule) of :func:`console_line`."""
-    header = (f"{'op':<6} {'shape':<10} {'family':<9} {'N,M,src->dst':<26} {'method':<8} {'fwd ms':>9} "
-              f"{'/fused':>9} {'f+b ms':>9} {'/fused':>9} {'f+bGB/s':>7} {'peakMiB':>8}")
+    header = (
+        f"{'op':<6} {'shape':<10} {'family':<9} {'N,M,src->dst':<26} {'method':<8} {'fwd ms':>9} "
+        f"{'/fused':>9} {'f+b ms':>9} {'/fused':>9} {'f+bGB/s':>7} {'peakMiB':>8}"
+    )
     return header + "\n" + "-" * len(header)
 
 
 def console_line(row: dict) -> str:
     """One result row as a line of the console table ('-' where a value is missing)."""
+
     def fmt(v, spec, scale=1.0):
         return format(v * scale, spec) if v is not None else "-"
 
     geom = f"{row['n']},{row['m']},{row['src'][0]}x{row['src'][1]}->{row['dst'][0]}x{row['dst'][1]}"
-    return (f"{row['op'].replace('equivariance_', ''):<6} {row['shape']:<10} {row['family']:<9} {geom:<26} "
-            f"{row['backend']:<8} {fmt(row['forward_s'], '9.2f', 1e3):>9} "
-            f"{fmt(row['forward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_s'], '9.2f', 1e3):>9} "
-            f"{fmt(row['forward_backward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_GBps'], '7.2f'):>7} "
-            f"{fmt(row['peak_forward_backward_bytes'], '8.1f', 2**-20):>8}")
+    return (
+        f"{row['op'].replace('equivariance_', ''):<6} {row['shape']:<10} {row['family']:<9} {geom:<26} "
+        f"{row['backend']:<8} {fmt(row['forward_s'], '9.2f', 1e3):>9} "
+        f"{fmt(row['forward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_s'], '9.2f', 1e3):>9} "
+        f"{fmt(row['forward_backward_ratio_to_fused'], '8.2f'):>8}x {fmt(row['forward_backward_GBps'], '7.2f'):>7} "
+        f"{fmt(row['peak_forward_backward_bytes'], '8.1f', 2**-20):>8}"
+    )
 
 
 # ----------------------------------------------------------------------------------------- markdown
@@ -160,10 +196,14 @@ def _header_lines(payload: dict) -> list[str]:
     m, a = payload["machine"], payload["args"]
     git = m.get("git") or {}
     commit = (git.get("commit") or "unknown")[:12] + (" (uncommitted changes)" if git.get("dirty") else "")
-    where = (f"{m['device_name']} (CUDA {m.get('cuda_runtime')})" if m["device"] == "cuda"
-             else f"{m['cpu_model']}, {m['cpu_count']} logical CPUs")
+    where = (
+        f"{m['device_name']} (CUDA {m.get('cuda_runtime')})"
+        if m["device"] == "cuda"
+        else f"{m['cpu_model']}, {m['cpu_count']} logical CPUs"
+    )
     lines = [
-        "# mmcam equivariance operators: fused vs eager torch vs eager kornia vs torch.compile", "",
+        "# mmcam equivariance operators: fused vs eager torch vs eager kornia vs torch.compile",
+        "",
         f"Machine: {where}; torch {m['torch']}, kornia {m['kornia']}, mmcam {m['mmcam']} ({commit}); "
         f"{m['date']}; {a['dtype']}.",
         f"Median of {a['repeats']} timed runs after warm-up (large shapes: {a['large_repeats']}). "
@@ -182,22 +222,39 @@ def _header_lines(payload: dict) -> list[str]:
 def markdown(payload: dict) -> str:
     """The whole report as markdown: header, then one table per (threads, op)."""
     lines = _header_lines(payload)
-    cols = ("case", "method", "fwd ms", "fwd x fused", "f+b ms", "f+b x fused", "fwd GB/s (% copy)",
-            "f+b GB/s (% copy)", "peak MiB fwd", "peak MiB f+b")
+    cols = (
+        "case",
+        "method",
+        "fwd ms",
+        "fwd x fused",
+        "f+b ms",
+        "f+b x fused",
+        "fwd GB/s (% copy)",
+        "f+b GB/s (% copy)",
+        "peak MiB fwd",
+        "peak MiB f+b",
+    )
     for (threads, op), cases in _groups(payload["results"]).items():
         rows = next(iter(cases.values()))
         copy = rows[0].get("copy_GBps")
         cuda = payload["machine"]["device"] == "cuda"
         where = payload["machine"]["device_name"] if cuda else f"{threads} thread{'s' * (threads != 1)}"
-        lines += ["", f"## `{op}`, {where} (memory copy {copy:.1f} GB/s)", "",
-                  "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += [
+            "",
+            f"## `{op}`, {where} (memory copy {copy:.1f} GB/s)",
+            "",
+            "| " + " | ".join(cols) + " |",
+            "|" + "---|" * len(cols),
+        ]
         for label, rows in cases.items():
             for r in rows:
-                lines.append(f"| {label} | {r['backend']} | {_ms(r['forward_s'])} | "
-                             f"{_ratio(r['forward_ratio_to_fused'])} | {_ms(r['forward_backward_s'])} | "
-                             f"{_ratio(r['forward_backward_ratio_to_fused'])} | {_bandwidth(r, 'forward_GBps')} | "
-                             f"{_bandwidth(r, 'forward_backward_GBps')} | {_mib(r.get('peak_forward_bytes'))} | "
-                             f"{_mib(r.get('peak_forward_backward_bytes'))} |")
+                lines.append(
+                    f"| {label} | {r['backend']} | {_ms(r['forward_s'])} | "
+                    f"{_ratio(r['forward_ratio_to_fused'])} | {_ms(r['forward_backward_s'])} | "
+                    f"{_ratio(r['forward_backward_ratio_to_fused'])} | {_bandwidth(r, 'forward_GBps')} | "
+                    f"{_bandwidth(r, 'forward_backward_GBps')} | {_mib(r.get('peak_forward_bytes'))} | "
+                    f"{_mib(r.get('peak_forward_backward_bytes'))} |"
+                )
     return "\n".join(lines) + "\n"
 
 
@@ -207,6 +264,7 @@ def plot(payload: dict, path: str) -> str | None:
     (threads, op). Returns None when written, else why not (e.g. matplotlib missing)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:

@@ -66,8 +66,12 @@ def main() -> None:
     for name, kwargs in VARIANTS.items():
         torch.manual_seed(0)
         model = MultiModalCAM(names, width_divisor=args.width_divisor).to(device)
-        setups[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4),
-                        ObjectiveConfig(transform=args.transform, **kwargs), torch.Generator().manual_seed(1))
+        setups[name] = (
+            model,
+            torch.optim.AdamW(model.parameters(), lr=1e-4),
+            ObjectiveConfig(transform=args.transform, **kwargs),
+            torch.Generator().manual_seed(1),
+        )
 
     def iteration(name: str) -> float:
         model, optimizer, config, generator = setups[name]
@@ -90,21 +94,39 @@ def main() -> None:
     median = {name: statistics.median(t) * 1e3 for name, t in times.items()}
     base = median["no equivariance"]
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    print(f"device {device_name}, threads {torch.get_num_threads()}, N={args.batch}, M={args.modalities}, "
-          f"{args.size}x{args.size}, width/{args.width_divisor}, transform {args.transform}")
+    print(
+        f"device {device_name}, threads {torch.get_num_threads()}, N={args.batch}, M={args.modalities}, "
+        f"{args.size}x{args.size}, width/{args.width_divisor}, transform {args.transform}"
+    )
     print(f"{'backend':<16}{'iteration ms':>14}{'equivariance ms':>17}{'share':>8}{'vs fused':>10}")
     rows = []
     for name in VARIANTS:
         eq = median[name] - base if name != "no equivariance" else 0.0
         share = eq / median[name] if median[name] > 0 else 0.0
         ratio = median[name] / median["fused"]
-        rows.append({"backend": name, "iteration_ms": median[name], "equivariance_ms": eq, "share": share,
-                     "ratio_to_fused": ratio})
+        rows.append(
+            {
+                "backend": name,
+                "iteration_ms": median[name],
+                "equivariance_ms": eq,
+                "share": share,
+                "ratio_to_fused": ratio,
+            }
+        )
         print(f"{name:<16}{median[name]:>14.1f}{eq:>17.1f}{share:>8.0%}{ratio:>9.2f}x")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device_name, "threads": torch.get_num_threads(), "args": vars(args),
-                       "torch": torch.__version__, "results": rows}, f, indent=2)
+            json.dump(
+                {
+                    "device": device_name,
+                    "threads": torch.get_num_threads(),
+                    "args": vars(args),
+                    "torch": torch.__version__,
+                    "results": rows,
+                },
+                f,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

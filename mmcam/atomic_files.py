@@ -17,8 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TEMP_PREFIX", "temporary_sibling", "atomic_write", "atomic_write_text", "atomic_write_json",
-           "fsync_tree", "replace_directory"]
+__all__ = [
+    "TEMP_PREFIX",
+    "temporary_sibling",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_json",
+    "fsync_tree",
+    "replace_directory",
+]
 
 #: Prefix of every temporary file or directory this package creates.
 TEMP_PREFIX = ".tmp-mmcam-"

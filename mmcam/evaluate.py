@@ -71,28 +71,42 @@ __all__ = ["SUMMARY_FORMAT", "METRICS", "evaluate_run", "format_table", "main", 
 SUMMARY_FORMAT = "mmcam-evaluation"
 #: The per-patient metrics of every channel, as named in the CSV (``<channel>_<metric>``) and summary.
 METRICS = ("dice", "hd95_mm", "assd_mm", "dice_2d")
-PSEUDO_MASK_RULE = ("map of the foreground class (CAM channel 1, or Grad-CAM / Grad-CAM++ of class 1 at the "
-                    "backbone layer), relu, min-max normalised per slice, zeroed on slices where the network "
-                    "predicts 'no target', thresholded: mask = map >= threshold")
+PSEUDO_MASK_RULE = (
+    "map of the foreground class (CAM channel 1, or Grad-CAM / Grad-CAM++ of class 1 at the "
+    "backbone layer), relu, min-max normalised per slice, zeroed on slices where the network "
+    "predicts 'no target', thresholded: mask = map >= threshold"
+)
 COMBINED_RULE = "combined: the mean of the modality maps, thresholded with its own threshold like a modality"
-GRID_RULE = ("metrics on the patient's original NIfTI voxel grid: stored slices restacked with the prepare-time "
-             "crop / pad / resize undone, slices dropped as empty set to 0")
+GRID_RULE = (
+    "metrics on the patient's original NIfTI voxel grid: stored slices restacked with the prepare-time "
+    "crop / pad / resize undone, slices dropped as empty set to 0"
+)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m mmcam.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of python -m mmcam.train")
     p.add_argument("--split", default="test", help="split to evaluate (default test; train, val, test)")
-    p.add_argument("--threshold", default=None, metavar="val|otsu|T",
-                   help="val (default: chosen on the validation split), otsu (label-free, per patient) or a "
-                        "number in (0, 1]")
-    p.add_argument("--maps", default="cam", metavar="cam,gradcam,gradcampp",
-                   help=f"comma-separated map types among {', '.join(MAP_TYPES)} (default cam)")
-    p.add_argument("--oracle", action="store_true",
-                   help="sweep the threshold on the evaluated split's own labels (flagged ORACLE: not a valid "
-                        "result)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
-                   help="default: best_dice when the run has it, else last")
+    p.add_argument(
+        "--threshold",
+        default=None,
+        metavar="val|otsu|T",
+        help="val (default: chosen on the validation split), otsu (label-free, per patient) or a number in (0, 1]",
+    )
+    p.add_argument(
+        "--maps",
+        default="cam",
+        metavar="cam,gradcam,gradcampp",
+        help=f"comma-separated map types among {', '.join(MAP_TYPES)} (default cam)",
+    )
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="sweep the threshold on the evaluated split's own labels (flagged ORACLE: not a valid result)",
+    )
+    p.add_argument(
+        "--checkpoint", choices=CHECKPOINTS, default=None, help="default: best_dice when the run has it, else last"
+    )
     p.add_argument("--data", metavar="CACHE", help="the slice cache (default: the run's, from its config)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")
@@ -108,7 +122,9 @@ def _resolve_cache(run: LoadedRun, data: str | None) -> Path:
     try:
         return resolve_cache(run.config, lambda message: print(message, file=sys.stderr))
     except DataError as exc:
-        raise UsageError(f"the run's data ({run.config.data or 'synthetic phantoms'}): {exc}; pass --data CACHE") from None
+        raise UsageError(
+            f"the run's data ({run.config.data or 'synthetic phantoms'}): {exc}; pass --data CACHE"
+        ) from None
 
 
 # --------------------------------------------------------------------------------------- numbers
@@ -135,7 +151,8 @@ def _json_safe(value):
 def _case_columns(channels: Sequence[str]) -> list[str]:
     per_channel = ["threshold", *METRICS, "predicted_voxels"]
     return ["subject", "threshold_mode", "spacing_mm", "truth_voxels"] + [
-        f"{c}_{name}" for c in channels for name in per_channel]
+        f"{c}_{name}" for c in channels for name in per_channel
+    ]
 
 
 def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
@@ -147,18 +164,26 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------ evaluation
-def _evaluate_map(run: LoadedRun, dataset: SliceDataset, map_type: str, rule: ThresholdRule,
-                  chosen: dict | None, batch_size: int) -> tuple[list[dict], dict]:
+def _evaluate_map(
+    run: LoadedRun, dataset: SliceDataset, map_type: str, rule: ThresholdRule, chosen: dict | None, batch_size: int
+) -> tuple[list[dict], dict]:
     """Per-patient rows of the CSV and per-channel statistics of one map type."""
     rows, values = [], {c: {m: [] for m in METRICS} for c in run.channels}
     for subject, maps, volumes, truth in patient_volumes(run, dataset, map_type, batch_size):
         zooms = maps.meta.zooms
-        row = {"subject": subject, "threshold_mode": rule.mode, "spacing_mm": "x".join(f"{z:g}" for z in zooms),
-               "truth_voxels": int(truth.sum())}
+        row = {
+            "subject": subject,
+            "threshold_mode": rule.mode,
+            "spacing_mm": "x".join(f"{z:g}" for z in zooms),
+            "truth_voxels": int(truth.sum()),
+        }
         for c in run.channels:
             volume = volumes[c]
-            t = otsu_threshold(volume[volume > 0]) if rule.mode == "otsu" else (
-                rule.value if rule.mode == "fixed" else chosen[c])
+            t = (
+                otsu_threshold(volume[volume > 0])
+                if rule.mode == "otsu"
+                else (rule.value if rule.mode == "fixed" else chosen[c])
+            )
             prediction = volume >= t if math.isfinite(t) else np.zeros(volume.shape, dtype=bool)
             metrics = case_metrics(prediction, truth, zooms)
             row[f"{c}_threshold"] = t
@@ -171,16 +196,27 @@ def _evaluate_map(run: LoadedRun, dataset: SliceDataset, map_type: str, rule: Th
     return rows, {c: {m: _statistics(v) for m, v in per_metric.items()} for c, per_metric in values.items()}
 
 
-def evaluate_run(run_dir, *, split: str = "test", threshold: str | None = None, maps: Sequence[str] = ("cam",),
-                 oracle: bool = False, checkpoint: str | None = None, data: str | None = None,
-                 device: str = "cpu", batch_size: int = 32, out: Path | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+def evaluate_run(
+    run_dir,
+    *,
+    split: str = "test",
+    threshold: str | None = None,
+    maps: Sequence[str] = ("cam",),
+    oracle: bool = False,
+    checkpoint: str | None = None,
+    data: str | None = None,
+    device: str = "cpu",
+    batch_size: int = 32,
+    out: Path | None = None,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Run the protocol of the module doc and write its files; returns the summary (as written).
 
     Args:
         run_dir: the run directory.
         split: the split to evaluate (must have labels).
-        threshold: ``None`` / ``"val"``, ``"otsu"`` or a number as text (:func:`mmcam.evaluation.thresholds.parse_threshold`).
+        threshold: ``None`` / ``"val"``, ``"otsu"`` or a number as text
+            (:func:`mmcam.evaluation.thresholds.parse_threshold`).
         maps: map types among :data:`~mmcam.cams.pseudo_masks.MAP_TYPES`.
         oracle: sweep the threshold on ``split``'s labels (flagged); excludes ``threshold``.
         checkpoint: ``best``, ``best_dice``, ``last`` or ``None`` (:func:`mmcam.evaluation.runs.load_run`).
@@ -191,8 +227,9 @@ def evaluate_run(run_dir, *, split: str = "test", threshold: str | None = None, 
         UsageError: bad input, naming the option or file.
     """
     if oracle and threshold is not None:
-        raise UsageError(f"--oracle sweeps the threshold on the {split} labels; it cannot be combined with "
-                         f"--threshold {threshold}")
+        raise UsageError(
+            f"--oracle sweeps the threshold on the {split} labels; it cannot be combined with --threshold {threshold}"
+        )
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be a positive integer, got {batch_size!r}")
     rule = ThresholdRule("oracle") if oracle else parse_threshold(threshold)
@@ -230,19 +267,36 @@ def evaluate_run(run_dir, *, split: str = "test", threshold: str | None = None, 
         warning = "the threshold was chosen on the evaluated (validation) split itself: optimistic figures"
         log(f"warning: {warning}")
     summary = {
-        "format": SUMMARY_FORMAT, "version": 1, "oracle": rule.oracle, "warning": warning,
+        "format": SUMMARY_FORMAT,
+        "version": 1,
+        "oracle": rule.oracle,
+        "warning": warning,
         "protocol": {
-            "split": split, "n_subjects": len(dataset.subject_ids), "subjects": list(dataset.subject_ids),
-            "checkpoint": run.checkpoint, "checkpoint_file": str(run.checkpoint_path),
-            "threshold": {"mode": rule.mode, "value": rule.value, "description": rule.describe(split),
-                          "selected_on": selected_on},
-            "pseudo_mask": PSEUDO_MASK_RULE, "combined": COMBINED_RULE, "grid": GRID_RULE,
-            "region": dataset.region, "metrics": METRIC_DEFINITIONS, "empty_masks": EMPTY_MASK_CONVENTION,
+            "split": split,
+            "n_subjects": len(dataset.subject_ids),
+            "subjects": list(dataset.subject_ids),
+            "checkpoint": run.checkpoint,
+            "checkpoint_file": str(run.checkpoint_path),
+            "threshold": {
+                "mode": rule.mode,
+                "value": rule.value,
+                "description": rule.describe(split),
+                "selected_on": selected_on,
+            },
+            "pseudo_mask": PSEUDO_MASK_RULE,
+            "combined": COMBINED_RULE,
+            "grid": GRID_RULE,
+            "region": dataset.region,
+            "metrics": METRIC_DEFINITIONS,
+            "empty_masks": EMPTY_MASK_CONVENTION,
             "aggregation": "mean and population std over the patients; HD95 and ASSD over the patients where "
-                           "they are defined (n), the others counted in n_undefined",
+            "they are defined (n), the others counted in n_undefined",
         },
-        "run_dir": str(run.run_dir), "cache": str(cache), "modalities": list(run.modalities),
-        "channels": run.channels, "maps": results,
+        "run_dir": str(run.run_dir),
+        "cache": str(cache),
+        "modalities": list(run.modalities),
+        "channels": run.channels,
+        "maps": results,
     }
     summary = _json_safe(summary)
     atomic_write_text(out / f"{name}_summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
@@ -259,15 +313,26 @@ def _cell(stats: dict, digits: int) -> str:
 def format_table(summary: dict) -> str:
     """A plain-text table of a summary: one line per map type and channel."""
     protocol = summary["protocol"]
-    head = (f"{protocol['split']} split, {protocol['n_subjects']} patients, checkpoint {protocol['checkpoint']}, "
-            f"threshold {protocol['threshold']['mode']}: {protocol['threshold']['description']}")
+    head = (
+        f"{protocol['split']} split, {protocol['n_subjects']} patients, checkpoint {protocol['checkpoint']}, "
+        f"threshold {protocol['threshold']['mode']}: {protocol['threshold']['description']}"
+    )
     columns = ["map", "channel", "threshold", "Dice (3-D)", "HD95 mm", "ASSD mm", "Dice (2-D)"]
     lines = []
     for map_type, result in summary["maps"].items():
         for channel, r in result["channels"].items():
             t = r["threshold"]
-            lines.append([map_type, channel, f"{t:.2f}" if isinstance(t, (int, float)) else str(t),
-                          _cell(r["dice"], 3), _cell(r["hd95_mm"], 1), _cell(r["assd_mm"], 2), _cell(r["dice_2d"], 3)])
+            lines.append(
+                [
+                    map_type,
+                    channel,
+                    f"{t:.2f}" if isinstance(t, (int, float)) else str(t),
+                    _cell(r["dice"], 3),
+                    _cell(r["hd95_mm"], 1),
+                    _cell(r["assd_mm"], 2),
+                    _cell(r["dice_2d"], 3),
+                ]
+            )
     widths = [max(len(str(row[i])) for row in [columns] + lines) for i in range(len(columns))]
     text = [head] + (["*** " + summary["warning"] + " ***"] if summary.get("warning") else [])
     text += ["  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [columns] + lines]
@@ -277,9 +342,17 @@ def format_table(summary: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        evaluate_run(args.run, split=args.split, threshold=args.threshold,
-                     maps=[m.strip() for m in args.maps.split(",") if m.strip()], oracle=args.oracle,
-                     checkpoint=args.checkpoint, data=args.data, device=args.device, batch_size=args.batch_size)
+        evaluate_run(
+            args.run,
+            split=args.split,
+            threshold=args.threshold,
+            maps=[m.strip() for m in args.maps.split(",") if m.strip()],
+            oracle=args.oracle,
+            checkpoint=args.checkpoint,
+            data=args.data,
+            device=args.device,
+            batch_size=args.batch_size,
+        )
     except (UsageError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

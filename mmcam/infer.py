@@ -69,15 +69,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of python -m mmcam.train")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--data", metavar="RAW_OR_CACHE", help="a raw dataset folder or a slice cache")
-    source.add_argument("--files", nargs="+", metavar="MODALITY=PATH[:C]",
-                        help="one subject's modality files (C: channel of a 4-D file)")
+    source.add_argument(
+        "--files",
+        nargs="+",
+        metavar="MODALITY=PATH[:C]",
+        help="one subject's modality files (C: channel of a 4-D file)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--subjects", nargs="+", metavar="ID", help="only these subjects (default: all)")
     p.add_argument("--subject-id", metavar="ID", help="the subject's id for --files (default: the first file's name)")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
-                   help="default: best_dice when the run has it, else last")
-    p.add_argument("--threshold", default=None, metavar="val|otsu|T",
-                   help="val (default: chosen on the validation split), otsu (per subject) or a number in (0, 1]")
+    p.add_argument(
+        "--checkpoint", choices=CHECKPOINTS, default=None, help="default: best_dice when the run has it, else last"
+    )
+    p.add_argument(
+        "--threshold",
+        default=None,
+        metavar="val|otsu|T",
+        help="val (default: chosen on the validation split), otsu (per subject) or a number in (0, 1]",
+    )
     p.add_argument("--map", default="cam", choices=MAP_TYPES, help="map type (default cam)")
     p.add_argument("--cache", metavar="DIR", help="where to prepare raw input (default: a temporary folder)")
     p.add_argument("--dataset", default="auto", help="layout of a raw --data folder (see mmcam.prepare)")
@@ -125,8 +134,7 @@ def _files_dataset(args, run: LoadedRun, dataset_name: str | None) -> Dataset:
     sources = parse_files(args.files)
     missing = [m for m in run.modalities if m not in sources]
     if missing:
-        raise UsageError(f"--files: the run's networks need the modalities {list(run.modalities)}; missing "
-                         f"{missing}")
+        raise UsageError(f"--files: the run's networks need the modalities {list(run.modalities)}; missing {missing}")
     first = next(iter(sources.values())).path
     subject_id = args.subject_id or first.name.removesuffix(".gz").removesuffix(".nii")
     subject_id = _SAFE.sub("_", subject_id).lstrip("._-") or "subject"
@@ -167,15 +175,19 @@ def _val_thresholds(run: LoadedRun, map_type: str, batch_size: int) -> tuple[dic
             results = json.loads(results_file.read_text())
             dice = results["dice"]
             if Path(str(results.get("checkpoint", ""))).stem == run.checkpoint and all(c in dice for c in run.channels):
-                return ({c: float(dice[c]["threshold"]) for c in run.channels},
-                        f"{results_file} (chosen by the trainer on the validation split, same checkpoint)")
+                return (
+                    {c: float(dice[c]["threshold"]) for c in run.channels},
+                    f"{results_file} (chosen by the trainer on the validation split, same checkpoint)",
+                )
         except (OSError, ValueError, KeyError, TypeError):
             pass  # unreadable or of another shape: recompute
     cache = training_cache(run.config)
     if cache is None:
-        raise UsageError(f"--threshold val: the run's cache (data {run.config.data or 'synthetic phantoms'}) is not "
-                         f"there to choose the threshold on its validation split, and {results_file} has none for "
-                         f"checkpoint {run.checkpoint} and map {map_type}; pass --threshold otsu or a number")
+        raise UsageError(
+            f"--threshold val: the run's cache (data {run.config.data or 'synthetic phantoms'}) is not "
+            f"there to choose the threshold on its validation split, and {results_file} has none for "
+            f"checkpoint {run.checkpoint} and map {map_type}; pass --threshold otsu or a number"
+        )
     thresholds, _ = choose_on_split(run, cache, "val", map_type, batch_size, "--threshold val: the validation split")
     return thresholds, f"recomputed on the validation split of {cache}"
 
@@ -207,18 +219,27 @@ def infer(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
             subjects = [s for s in subjects if s in set(args.subjects)]
         written = {}
         for subject in subjects:
-            written[subject] = _write_subject(run, cache, subject, args.map, rule, thresholds, out / subject,
-                                              args.batch_size)
+            written[subject] = _write_subject(
+                run, cache, subject, args.map, rule, thresholds, out / subject, args.batch_size
+            )
             log(f"{subject}: " + ", ".join(f"{c} {v['mask_voxels']} voxels" for c, v in written[subject].items()))
     manifest = {
-        "format": "mmcam-inference", "version": 1, "run_dir": str(run.run_dir), "checkpoint": run.checkpoint,
-        "map": args.map, "modalities": list(run.modalities),
-        "threshold": {"mode": rule.mode, "source": source,
-                      "values": thresholds if rule.mode != "otsu" else "per subject and channel"},
+        "format": "mmcam-inference",
+        "version": 1,
+        "run_dir": str(run.run_dir),
+        "checkpoint": run.checkpoint,
+        "map": args.map,
+        "modalities": list(run.modalities),
+        "threshold": {
+            "mode": rule.mode,
+            "source": source,
+            "values": thresholds if rule.mode != "otsu" else "per subject and channel",
+        },
         "pseudo_mask": f"{args.map} map (normalised to [0, 1], 0 where the network predicts no target) >= threshold",
         "combined": "mean of the modality maps, thresholded with the combined channel's threshold",
         "grid": "the input's voxel grid, affine and header; slices dropped as empty are 0",
-        "input": {"data": args.data, "files": args.files}, "subjects": written,
+        "input": {"data": args.data, "files": args.files},
+        "subjects": written,
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -226,8 +247,16 @@ def infer(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
     return manifest
 
 
-def _write_subject(run: LoadedRun, cache: Path, subject: str, map_type: str, rule: ThresholdRule,
-                   thresholds: dict, folder: Path, batch_size: int) -> dict:
+def _write_subject(
+    run: LoadedRun,
+    cache: Path,
+    subject: str,
+    map_type: str,
+    rule: ThresholdRule,
+    thresholds: dict,
+    folder: Path,
+    batch_size: int,
+) -> dict:
     """Write one subject's map and mask volumes; returns ``{channel: {threshold, files, voxel count}}``."""
     maps = subject_maps(run, cache, subject, map_type, batch_size)
     affine, header = maps.meta.affine, maps.meta.header()
@@ -240,8 +269,12 @@ def _write_subject(run: LoadedRun, cache: Path, subject: str, map_type: str, rul
         map_file, mask_file = folder / f"{map_type}_{channel}.nii.gz", folder / f"mask_{channel}.nii.gz"
         save_nifti(map_file, volume, affine, header)
         save_nifti(mask_file, mask.astype(np.uint8), affine, header)
-        record[channel] = {"threshold": t if math.isfinite(t) else None, "map": str(map_file),
-                           "mask": str(mask_file), "mask_voxels": int(mask.sum())}
+        record[channel] = {
+            "threshold": t if math.isfinite(t) else None,
+            "map": str(map_file),
+            "mask": str(mask_file),
+            "mask_voxels": int(mask.sum()),
+        }
     return record
 
 

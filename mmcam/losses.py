@@ -1,4 +1,5 @@
-"""The equivariance part of the training loss: ER and CMER of every modality's network (docs/method.md, docs/operator.md).
+"""The equivariance part of the training loss: ER and CMER of every modality's network (docs/method.md,
+docs/operator.md).
 
 :func:`equivariance_terms` is the single entry point used by training, tests and benchmarks. It returns
 a ``(2, M)`` tensor: row 0 the within-modality equivariance loss ``L_ER`` of each network, row 1 its

@@ -51,7 +51,7 @@ BASE_WIDTHS = (64, 128, 256, 256)
 BACKBONE_LAYER = "backbone"
 #: Classes of the CAM: 0 = no target, 1 = target (the foreground channel of the equivariance terms).
 NUM_CLASSES = 2
-_DOWNSAMPLING = 2 ** 3  # three max-pools
+_DOWNSAMPLING = 2**3  # three max-pools
 
 
 # ----------------------------------------------------------------------------------- input norm
@@ -224,7 +224,7 @@ class CAMUNet(nn.Module):
 
         if padded:
             # contiguous, so that the mean below reduces in the same order as any later mean of the CAM
-            cam = cam[..., top: top + h, left: left + w].contiguous()
+            cam = cam[..., top : top + h, left : left + w].contiguous()
         logits = cam.mean(dim=(-2, -1))
         return logits, cam
 
@@ -289,7 +289,7 @@ class MultiModalCAM(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, M, H, W) -> (logits (N, M, 2), cams (N, M, 2, H, W))``."""
         check_images(images, self.modalities)
-        outputs = [self.networks[name](images[:, m: m + 1]) for m, name in enumerate(self.modalities)]
+        outputs = [self.networks[name](images[:, m : m + 1]) for m, name in enumerate(self.modalities)]
         logits = torch.stack([z for z, _ in outputs], dim=1)
         cams = torch.stack([a for _, a in outputs], dim=1)
         return logits, cams

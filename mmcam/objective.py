@@ -163,8 +163,12 @@ class ObjectiveResult:
     def scalars(self) -> dict:
         """Detached values for logging, as python floats (one host sync):
         ``loss``, ``loss/<modality>``, ``<term>/<modality>`` and ``acc/<modality>``, ``acc_t/<modality>``."""
-        per_modality = [("loss", self.per_network), *self.terms.items(),
-                        ("acc", self.accuracy), ("acc_t", self.accuracy_t)]
+        per_modality = [
+            ("loss", self.per_network),
+            *self.terms.items(),
+            ("acc", self.accuracy),
+            ("acc_t", self.accuracy_t),
+        ]
         keys = ["loss"] + [f"{prefix}/{m}" for prefix, _ in per_modality for m in self.modalities]
         parts = [self.total.detach().reshape(1)] + [v.detach().to(self.total.dtype) for _, v in per_modality]
         values = torch.cat(parts)
@@ -217,7 +221,7 @@ def distillation_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         # kl_div(input=log q, target=log p, log_target=True) = p (log p - log q) = KL(p || q) summed over c
         kl = F.kl_div(log_student, teacher, reduction="none", log_target=True).sum(dim=-1)  # (N, M)
         total = kl if total is None else total + kl
-    return total.mean(dim=0) * (temperature ** 2 / (m - 1))
+    return total.mean(dim=0) * (temperature**2 / (m - 1))
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -244,9 +248,7 @@ def _check_arguments(model, images, labels, generator, config) -> tuple[tuple, t
     if not isinstance(config, ObjectiveConfig):
         raise TypeError(f"config must be an ObjectiveConfig, got {type(config).__name__}")
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator (the seeded source of π), got {type(generator).__name__}"
-        )
+        raise TypeError(f"generator must be a torch.Generator (the seeded source of π), got {type(generator).__name__}")
     check_images(images, modalities)
     if len(modalities) < 2 and (config.use_kd or config.use_cmer):
         raise ValueError(

@@ -37,48 +37,96 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="python -m mmcam.prepare",
         description="Build the slice cache of a raw BraTS or MSD prostate dataset.",
     )
-    parser.add_argument("--data", type=Path, required=True, metavar="RAW",
-                        help="raw dataset directory (subject directories, HGG/LGG, or the MSD task "
-                             "directory with dataset.json)")
-    parser.add_argument("--out", type=Path, required=True, metavar="CACHE",
-                        help="output cache directory (new, or an unfinished cache to resume)")
-    parser.add_argument("--dataset", default="auto",
-                        choices=("auto",) + tuple(DATASET_FAMILIES) + DATASETS,
-                        help="layout and label convention: auto (detect), brats (detect the "
-                             "release), prostate, or a release; BraTS 2024 must be named "
-                             "(brats2024): its layout equals 2023's")
-    parser.add_argument("--size", type=int, default=None, metavar="S",
-                        help="store slices at S x S (default: native in-plane size; BraTS is "
-                             "natively 240)")
-    parser.add_argument("--fit", choices=FITS, default="crop",
-                        help="how --size is reached: crop (crop/pad around the foreground, voxel "
-                             "size kept; default) or scale (pad to a square, resize)")
-    parser.add_argument("--splits", default="0.7,0.1,0.2", metavar="TRAIN,VAL,TEST",
-                        help="patient fractions, non-negative, summing to 1 (default 0.7,0.1,0.2)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        metavar="RAW",
+        help="raw dataset directory (subject directories, HGG/LGG, or the MSD task directory with dataset.json)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="CACHE",
+        help="output cache directory (new, or an unfinished cache to resume)",
+    )
+    parser.add_argument(
+        "--dataset",
+        default="auto",
+        choices=("auto",) + tuple(DATASET_FAMILIES) + DATASETS,
+        help="layout and label convention: auto (detect), brats (detect the "
+        "release), prostate, or a release; BraTS 2024 must be named "
+        "(brats2024): its layout equals 2023's",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=None,
+        metavar="S",
+        help="store slices at S x S (default: native in-plane size; BraTS is natively 240)",
+    )
+    parser.add_argument(
+        "--fit",
+        choices=FITS,
+        default="crop",
+        help="how --size is reached: crop (crop/pad around the foreground, voxel "
+        "size kept; default) or scale (pad to a square, resize)",
+    )
+    parser.add_argument(
+        "--splits",
+        default="0.7,0.1,0.2",
+        metavar="TRAIN,VAL,TEST",
+        help="patient fractions, non-negative, summing to 1 (default 0.7,0.1,0.2)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the patient split")
-    parser.add_argument("--folds", type=int, default=None, metavar="K",
-                        help="K-fold cross-validation over the non-test patients (the val fraction "
-                             "is then unused)")
-    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), metavar="N",
-                        help="worker processes (default: min(4, CPUs))")
-    parser.add_argument("--dtype", choices=IMAGE_DTYPES, default="float32",
-                        help="stored image type (float16 halves the disk)")
-    parser.add_argument("--clip-percentiles", type=float, nargs=2, default=DEFAULT_PERCENTILES,
-                        metavar=("LOW", "HIGH"),
-                        help="intensity clipping percentiles inside the foreground (default 0.5 "
-                             "99.5)")
-    parser.add_argument("--no-normalize", action="store_true",
-                        help="store raw intensities (no percentile clipping and scaling)")
-    parser.add_argument("--nonfinite", choices=NONFINITE_POLICIES, default="error",
-                        help="NaN/inf image voxels: error (default) or zero (treated as background, "
-                             "with a warning naming the file)")
-    parser.add_argument("--keep-empty-slices", action="store_true",
-                        help="also store slices where every modality is 0 and the mask is empty")
-    parser.add_argument("--affine-tolerance", type=float, default=1e-3, metavar="MM",
-                        help="largest allowed affine difference between a subject's files "
-                             "(default 1e-3 mm)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rebuild a complete cache of other files or options")
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="K-fold cross-validation over the non-test patients (the val fraction is then unused)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        metavar="N",
+        help="worker processes (default: min(4, CPUs))",
+    )
+    parser.add_argument(
+        "--dtype", choices=IMAGE_DTYPES, default="float32", help="stored image type (float16 halves the disk)"
+    )
+    parser.add_argument(
+        "--clip-percentiles",
+        type=float,
+        nargs=2,
+        default=DEFAULT_PERCENTILES,
+        metavar=("LOW", "HIGH"),
+        help="intensity clipping percentiles inside the foreground (default 0.5 99.5)",
+    )
+    parser.add_argument(
+        "--no-normalize", action="store_true", help="store raw intensities (no percentile clipping and scaling)"
+    )
+    parser.add_argument(
+        "--nonfinite",
+        choices=NONFINITE_POLICIES,
+        default="error",
+        help="NaN/inf image voxels: error (default) or zero (treated as background, with a warning naming the file)",
+    )
+    parser.add_argument(
+        "--keep-empty-slices",
+        action="store_true",
+        help="also store slices where every modality is 0 and the mask is empty",
+    )
+    parser.add_argument(
+        "--affine-tolerance",
+        type=float,
+        default=1e-3,
+        metavar="MM",
+        help="largest allowed affine difference between a subject's files (default 1e-3 mm)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="rebuild a complete cache of other files or options")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -92,19 +140,26 @@ def summary(cache_dir: Path) -> str:
     n_slices = sum(len(m.slice_index) for m in metas)
     n_positive = sum(int(m.slice_labels[region].sum()) for m in labeled)
     size = f"{index.size}x{index.size}" if index.size else "native size"
-    lines = [f"{cache_dir}: {index.dataset}, {len(metas)} subjects, {n_slices} slices "
-             f"({n_positive} containing {region}), modalities {', '.join(index.modalities)}, {size}"]
+    lines = [
+        f"{cache_dir}: {index.dataset}, {len(metas)} subjects, {n_slices} slices "
+        f"({n_positive} containing {region}), modalities {', '.join(index.modalities)}, {size}"
+    ]
     if index.unlabeled:
-        lines.append(f"warning: {len(index.unlabeled)} subject(s) without a label mask, for inference "
-                     f"only (split 'unlabeled'): {list(index.unlabeled[:10])}")
+        lines.append(
+            f"warning: {len(index.unlabeled)} subject(s) without a label mask, for inference "
+            f"only (split 'unlabeled'): {list(index.unlabeled[:10])}"
+        )
     absent = [m.id for m in labeled if not m.slice_labels[region].any()]
     if absent:
         lines.append(f"warning: {len(absent)} subject(s) without any {region} voxel: {absent[:10]}")
-    repaired = [f"{m.id} ({name}: {record['nonfinite']})" for m in metas
-                for name, record in (m.intensity or {}).items() if record.get("nonfinite")]
+    repaired = [
+        f"{m.id} ({name}: {record['nonfinite']})"
+        for m in metas
+        for name, record in (m.intensity or {}).items()
+        if record.get("nonfinite")
+    ]
     if repaired:
-        lines.append(f"warning: non-finite voxels set to 0 in {len(repaired)} volume(s): "
-                     f"{repaired[:10]}")
+        lines.append(f"warning: non-finite voxels set to 0 in {len(repaired)} volume(s): {repaired[:10]}")
     return "\n".join(lines)
 
 
@@ -112,17 +167,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         fractions = parse_fractions(args.splits)
-        options = BuildOptions(args.dtype, not args.keep_empty_slices, args.affine_tolerance,
-                               not args.no_normalize, tuple(args.clip_percentiles), args.nonfinite,
-                               args.size, args.fit)
+        options = BuildOptions(
+            args.dtype,
+            not args.keep_empty_slices,
+            args.affine_tolerance,
+            not args.no_normalize,
+            tuple(args.clip_percentiles),
+            args.nonfinite,
+            args.size,
+            args.fit,
+        )
         if isinstance(args.workers, int) and args.workers < 1:
             raise DataError(f"--workers must be >= 1, got {args.workers}")
         dataset = discover(args.data, args.dataset)
         split = {"fractions": fractions, "seed": args.seed, "folds": args.folds}
         labeled = [s.id for s in dataset.subjects if s.label is not None]
         splits_record(labeled, unlabeled=dataset.unlabeled, **split)  # bad split options fail early
-        build_cache(dataset, args.out, options=options, workers=args.workers,
-                    overwrite=args.overwrite, progress=not args.no_progress)
+        build_cache(
+            dataset,
+            args.out,
+            options=options,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
         write_splits(args.out, **split)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -8,8 +8,8 @@ from tqdm.auto import tqdm
 __all__ = ["progress_bar"]
 
 
-def progress_bar(total: int, *, enabled: bool, description: str | None = None, unit: str = "it",
-                 initial: int = 0) -> tqdm:
+def progress_bar(
+    total: int, *, enabled: bool, description: str | None = None, unit: str = "it", initial: int = 0
+) -> tqdm:
     """A progress bar over ``total`` items starting at ``initial``; disabled bars print nothing."""
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=description, unit=unit,
-                dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=description, unit=unit, dynamic_ncols=True)

@@ -27,8 +27,11 @@ from mmcam.training.cache_location import resolve_cache
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m mmcam.train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m mmcam.train",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. lr=1e-4 use_kd=false")
     p.add_argument("--data", help="raw dataset folder or prepared cache (default: synthetic phantoms)")
     p.add_argument("--dataset", help="brats | prostate | auto (or a specific layout, see mmcam.prepare)")
@@ -56,11 +59,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def cli_options(args: argparse.Namespace) -> dict:
     """The config keys set by command-line options (None = not given)."""
     return {
-        "data": args.data, "dataset": args.dataset, "modalities": args.modalities, "device": args.device,
-        "amp": args.amp, "channels_last": args.channels_last, "deterministic": args.deterministic,
-        "seed": args.seed, "epochs": args.epochs, "batch_size": args.batch_size, "max_steps": args.max_steps,
-        "limit_subjects": args.limit_subjects, "workers": args.workers,
-        "equivariance_backend": args.equivariance_backend, "transform": args.transform,
+        "data": args.data,
+        "dataset": args.dataset,
+        "modalities": args.modalities,
+        "device": args.device,
+        "amp": args.amp,
+        "channels_last": args.channels_last,
+        "deterministic": args.deterministic,
+        "seed": args.seed,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "max_steps": args.max_steps,
+        "limit_subjects": args.limit_subjects,
+        "workers": args.workers,
+        "equivariance_backend": args.equivariance_backend,
+        "transform": args.transform,
     }
 
 
@@ -73,8 +86,9 @@ def resolved_config(args: argparse.Namespace) -> tuple[cfg.TrainConfig, Path]:
     config: only resumable keys such as max_steps may differ)."""
     options = cli_options(args)
     if args.resume is None:
-        return cfg.resolve(preset_name=args.preset, config_file=args.config, options=options,
-                           overrides=args.overrides), new_run_dir(args)
+        return cfg.resolve(
+            preset_name=args.preset, config_file=args.config, options=options, overrides=args.overrides
+        ), new_run_dir(args)
     from mmcam.training.run_dir import RunDirectory
 
     run_dir = Path(args.resume)
@@ -89,8 +103,10 @@ def resolved_config(args: argparse.Namespace) -> tuple[cfg.TrainConfig, Path]:
     changed = cfg.differences(saved.to_dict(), resumed.to_dict())
     if changed:
         detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise cfg.ConfigError(f"--resume {run_dir}: the run was made with a different config ({detail}); "
-                              f"only {', '.join(sorted(cfg.RESUMABLE_KEYS))} may change when resuming")
+        raise cfg.ConfigError(
+            f"--resume {run_dir}: the run was made with a different config ({detail}); "
+            f"only {', '.join(sorted(cfg.RESUMABLE_KEYS))} may change when resuming"
+        )
     return resumed, run_dir
 
 
@@ -117,8 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cache = resolve_cache(config, run_dir.log)
         trainer = Trainer(config, cache, run_dir, distributed)
         if trainer.steps_per_epoch() == 0:
-            raise DataError(f"the training split of {cache} has {len(trainer.train_set)} slices, fewer than one "
-                            f"batch of {config.batch_size * distributed.world}")
+            raise DataError(
+                f"the training split of {cache} has {len(trainer.train_set)} slices, fewer than one "
+                f"batch of {config.batch_size * distributed.world}"
+            )
     except (DataError, cfg.ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -127,8 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_dir.log(f"resumed at step {trainer.state.step} (epoch {trainer.state.epoch})")
     else:
         run_dir.write_config(config.to_dict(), config.seed)
-    run_dir.log(f"training {', '.join(trainer.modalities)} on {cache}: {len(trainer.train_set)} slices, "
-                f"{trainer.total_steps()} steps, backend {config.equivariance_backend}")
+    run_dir.log(
+        f"training {', '.join(trainer.modalities)} on {cache}: {len(trainer.train_set)} slices, "
+        f"{trainer.total_steps()} steps, backend {config.equivariance_backend}"
+    )
     try:
         trainer.fit(progress=not args.no_progress)
     except StopRequested as stop:
@@ -138,8 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["run_dir"] = str(run_path)
     run_dir.write_results(results)
     combined = results["dice"]["combined"]
-    run_dir.log("test Dice (per patient, 3-D, threshold chosen on validation): " + ", ".join(
-        f"{name} {r['mean']:.3f} ± {r['std']:.3f} (t={r['threshold']:.2f})" for name, r in results["dice"].items()))
+    run_dir.log(
+        "test Dice (per patient, 3-D, threshold chosen on validation): "
+        + ", ".join(
+            f"{name} {r['mean']:.3f} ± {r['std']:.3f} (t={r['threshold']:.2f})" for name, r in results["dice"].items()
+        )
+    )
     run_dir.log(f"combined Dice {combined['mean']:.3f}; results in {run_path / 'results.json'}")
     if distributed.world > 1:
         torch.distributed.destroy_process_group()

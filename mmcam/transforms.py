@@ -83,9 +83,7 @@ def _check_real(t, name: str, shapes: Sequence[tuple], layout: str) -> torch.Ten
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(t).__name__}")
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must be a real-valued tensor, got {t.dtype}")
-    if not any(
-        t.dim() == len(s) and all(want is None or want == got for want, got in zip(s, t.shape)) for s in shapes
-    ):
+    if not any(t.dim() == len(s) and all(want is None or want == got for want, got in zip(s, t.shape)) for s in shapes):
         raise ValueError(f"{name} must have shape {layout}, got {tuple(t.shape)}")
     t = t.detach().to(device="cpu", dtype=torch.float64)
     if not bool(torch.isfinite(t).all()):
@@ -333,8 +331,10 @@ def affine_matrix(
         if not bool((sh.abs() < 90).all()):
             raise ValueError("shear angles must lie in (-90, 90) degrees")
         tan_x, tan_y = torch.tan(torch.deg2rad(sh[:, 0])), torch.tan(torch.deg2rad(sh[:, 1]))
-    t = torch.zeros(n, 2, dtype=torch.float64) if translation is None else _check_real(
-        translation, "translation", [(n, 2)], f"({n}, 2)"
+    t = (
+        torch.zeros(n, 2, dtype=torch.float64)
+        if translation is None
+        else _check_real(translation, "translation", [(n, 2)], f"({n}, 2)")
     )
     if center is None:
         ctr = torch.tensor([(w - 1) / 2.0, (h - 1) / 2.0], dtype=torch.float64).expand(n, 2)

@@ -10,11 +10,17 @@ import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
-    "default", derandomize=True, deadline=None, max_examples=40,
+    "default",
+    derandomize=True,
+    deadline=None,
+    max_examples=40,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
-    "explore", derandomize=False, deadline=None, max_examples=300,
+    "explore",
+    derandomize=False,
+    deadline=None,
+    max_examples=300,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

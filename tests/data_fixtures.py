@@ -20,15 +20,15 @@ import numpy as np
 
 SHAPE = (9, 7, 6)  # (X, Y, Z)
 NIBABEL_DATA = pathlib.Path(nib.__file__).parent / "tests" / "data"
-ANATOMICAL = NIBABEL_DATA / "anatomical.nii"        # 3-D, big-endian int16
-EXAMPLE_4D = NIBABEL_DATA / "example4d.nii.gz"      # (128, 96, 24, 2) int16, oblique affine
+ANATOMICAL = NIBABEL_DATA / "anatomical.nii"  # 3-D, big-endian int16
+EXAMPLE_4D = NIBABEL_DATA / "example4d.nii.gz"  # (128, 96, 24, 2) int16, oblique affine
 
 
 @dataclass
 class RawSubject:
-    images: list          # per modality (X, Y, Z) arrays, in the dataset's modality order
-    seg: np.ndarray       # (X, Y, Z) integer mask
-    affine: np.ndarray    # (4, 4)
+    images: list  # per modality (X, Y, Z) arrays, in the dataset's modality order
+    seg: np.ndarray  # (X, Y, Z) integer mask
+    affine: np.ndarray  # (4, 4)
 
 
 def affine_for(index: int) -> np.ndarray:
@@ -65,16 +65,14 @@ def subject_arrays(seed: int, n_modalities: int, tumour_labels, shape=SHAPE):
     return images, seg
 
 
-def _flat_brats(root, ids, suffixes, separator, ending, tumour_labels, *, big_endian=False,
-                seg_names=None):
+def _flat_brats(root, ids, suffixes, separator, ending, tumour_labels, *, big_endian=False, seg_names=None):
     subjects = {}
     for n, subject_id in enumerate(ids):
         images, seg = subject_arrays(n, 4, tumour_labels)
         affine = affine_for(n)
         directory = pathlib.Path(root) / subject_id
         for suffix, image in zip(suffixes, images):
-            write_nifti(directory / f"{subject_id}{separator}{suffix}{ending}", image, affine,
-                        big_endian=big_endian)
+            write_nifti(directory / f"{subject_id}{separator}{suffix}{ending}", image, affine, big_endian=big_endian)
         seg_name = (seg_names or {}).get(subject_id, f"{subject_id}{separator}seg{ending}")
         write_nifti(directory / seg_name, seg, affine, big_endian=big_endian)
         subjects[subject_id] = RawSubject(images, seg, affine)
@@ -84,18 +82,33 @@ def _flat_brats(root, ids, suffixes, separator, ending, tumour_labels, *, big_en
 def make_brats2018(root) -> dict:
     """BraTS 2018: HGG/ and LGG/ grade directories, big-endian files."""
     subjects = {}
-    for grade, ids in (("HGG", ["Brats18_2013_10_1", "Brats18_CBICA_AAB_1"]),
-                       ("LGG", ["Brats18_2013_0_1"])):
-        subjects.update(_flat_brats(pathlib.Path(root) / grade, ids, ("t1", "t1ce", "t2", "flair"),
-                                    "_", ".nii.gz", (2, 1, 4), big_endian=True))
+    for grade, ids in (("HGG", ["Brats18_2013_10_1", "Brats18_CBICA_AAB_1"]), ("LGG", ["Brats18_2013_0_1"])):
+        subjects.update(
+            _flat_brats(
+                pathlib.Path(root) / grade,
+                ids,
+                ("t1", "t1ce", "t2", "flair"),
+                "_",
+                ".nii.gz",
+                (2, 1, 4),
+                big_endian=True,
+            )
+        )
     return dict(sorted(subjects.items()))
 
 
 def make_brats2020(root) -> dict:
     """BraTS 2020: flat, uncompressed .nii, subject 355's mask W39_1998.09.19_Segm.nii, CSV beside."""
     ids = ["BraTS20_Training_001", "BraTS20_Training_355"]
-    subjects = _flat_brats(root, ids, ("t1", "t1ce", "t2", "flair"), "_", ".nii", (2, 1, 4),
-                           seg_names={"BraTS20_Training_355": "W39_1998.09.19_Segm.nii"})
+    subjects = _flat_brats(
+        root,
+        ids,
+        ("t1", "t1ce", "t2", "flair"),
+        "_",
+        ".nii",
+        (2, 1, 4),
+        seg_names={"BraTS20_Training_355": "W39_1998.09.19_Segm.nii"},
+    )
     (pathlib.Path(root) / "name_mapping.csv").write_text("BraTS_2020_subject_ID\n")
     return subjects
 
@@ -143,19 +156,19 @@ def make_brats2023(root, *, with_resection_cavity: bool = False) -> dict:
         for subject_id, subject in subjects.items():
             subject.seg[0:2, 0:2, 3] = 4  # beside the tumour
             subject.seg[0:2, 0:2, 5] = 4  # alone: a slice with no tumour
-            write_nifti(pathlib.Path(root) / subject_id / f"{subject_id}-seg.nii.gz", subject.seg,
-                        subject.affine)
+            write_nifti(pathlib.Path(root) / subject_id / f"{subject_id}-seg.nii.gz", subject.seg, subject.affine)
     return subjects
 
 
 def write_msd_json(root, ids, modality=None, labels=None) -> None:
     record = {
-        "name": "Prostate", "tensorImageSize": "4D",
+        "name": "Prostate",
+        "tensorImageSize": "4D",
         "modality": modality or {"0": "T2", "1": "ADC"},
         "labels": labels or {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": len(ids), "numTest": 0,
-        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"}
-                     for i in ids],
+        "numTraining": len(ids),
+        "numTest": 0,
+        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids],
         "test": [],
     }
     (pathlib.Path(root) / "dataset.json").write_text(json.dumps(record))
@@ -169,11 +182,11 @@ def make_msd_prostate(root) -> dict:
     for n, subject_id in enumerate(ids):
         images, seg = subject_arrays(10 + n, 2, (1, 2))
         affine = affine_for(n)
-        write_nifti(root / "imagesTr" / f"{subject_id}.nii.gz",
-                    np.stack(images, axis=-1).astype(np.float32) / 7, affine)
+        write_nifti(
+            root / "imagesTr" / f"{subject_id}.nii.gz", np.stack(images, axis=-1).astype(np.float32) / 7, affine
+        )
         write_nifti(root / "labelsTr" / f"{subject_id}.nii.gz", seg, affine)
-        subjects[subject_id] = RawSubject([(im.astype(np.float32) / 7) for im in images], seg,
-                                          affine)
+        subjects[subject_id] = RawSubject([(im.astype(np.float32) / 7) for im in images], seg, affine)
         for folder in ("imagesTr", "labelsTr"):
             (root / folder / f"._{subject_id}.nii.gz").write_bytes(b"\0\5\26\7 not nifti")
     write_msd_json(root, ids)

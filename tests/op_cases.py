@@ -22,8 +22,9 @@ def random_affine(n: int, src_size, dst_size, gen: torch.Generator, dtype=torch.
     sx, sy = 0.5 + 1.5 * u[:, 1], 0.5 + 1.5 * u[:, 2]
     shear = (2 * u[:, 3] - 1) * 0.4
     c, s = torch.cos(angle), torch.sin(angle)
-    a = torch.stack([torch.stack([c * sx, -s * sy + shear * c * sx], -1),
-                     torch.stack([s * sx, c * sy + shear * s * sx], -1)], -2)  # (N, 2, 2), det = sx*sy
+    a = torch.stack(
+        [torch.stack([c * sx, -s * sy + shear * c * sx], -1), torch.stack([s * sx, c * sy + shear * s * sx], -1)], -2
+    )  # (N, 2, 2), det = sx*sy
     hs, ws = src_size
     hd, wd = dst_size
     centre_src = torch.tensor([(ws - 1) / 2, (hs - 1) / 2], dtype=torch.float64)

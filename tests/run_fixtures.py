@@ -21,14 +21,17 @@ from mmcam.training.config import TrainConfig
 from mmcam.training.run_dir import RunDirectory
 
 
-def untrained_run(run_dir: Path, cache: Path, modalities, *, width_divisor: int = 16, seed: int = 0,
-                  name: str = "last") -> Path:
+def untrained_run(
+    run_dir: Path, cache: Path, modalities, *, width_divisor: int = 16, seed: int = 0, name: str = "last"
+) -> Path:
     config = TrainConfig(data=str(cache), modalities=list(modalities), width_divisor=width_divisor, seed=seed)
     RunDirectory(run_dir).write_config(config.to_dict(), seed)
     torch.manual_seed(seed)
     model = MultiModalCAM(list(modalities), width_divisor=width_divisor)
-    ckpt.atomic_save({"model": model.state_dict(), "modalities": list(modalities), "config": config.to_dict()},
-                     run_dir / f"{name}.pt")
+    ckpt.atomic_save(
+        {"model": model.state_dict(), "modalities": list(modalities), "config": config.to_dict()},
+        run_dir / f"{name}.pt",
+    )
     return run_dir
 
 

@@ -54,12 +54,13 @@ def _to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     H, W = size
     if h >= H and w >= W:
         top, left = (h - H) // 2, (w - W) // 2
-        return maps[:, top: top + H, left: left + W]
+        return maps[:, top : top + H, left : left + W]
     return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
 
 
-def gradcam_maps(model: torch.nn.Module, images: torch.Tensor, method: str = "gradcam",
-                 target_class: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def gradcam_maps(
+    model: torch.nn.Module, images: torch.Tensor, method: str = "gradcam", target_class: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised Grad-CAM (``method="gradcam"``) or Grad-CAM++ (``"gradcampp"``) maps of every
     modality's network, in the format of :func:`mmcam.cams.pseudo_masks.foreground_maps`.
 
@@ -86,7 +87,7 @@ def gradcam_maps(model: torch.nn.Module, images: torch.Tensor, method: str = "gr
         handle = layer.register_forward_hook(lambda _module, _inputs, output: captured.append(output))
         try:
             with torch.enable_grad():
-                logits, _ = model.network(name)(inputs[:, m: m + 1])
+                logits, _ = model.network(name)(inputs[:, m : m + 1])
                 (gradients,) = torch.autograd.grad(logits[:, target_class].sum(), captured[0])
         finally:
             handle.remove()

@@ -34,8 +34,9 @@ def foreground_maps(model: torch.nn.Module, images: torch.Tensor) -> tuple[torch
     return maps * (pred == 1)[:, :, None, None].to(maps.dtype), pred
 
 
-def class_maps(model: torch.nn.Module, images: torch.Tensor, map_type: str = "cam"
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def class_maps(
+    model: torch.nn.Module, images: torch.Tensor, map_type: str = "cam"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalised target maps of ``map_type`` (one of :data:`MAP_TYPES`): ``(maps (N, M, H, W) in
     [0, 1], pred (N, M))`` as :func:`foreground_maps` returns them."""
     if map_type == "cam":

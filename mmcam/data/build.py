@@ -35,8 +35,7 @@ from mmcam.data.nifti import NONFINITE_POLICIES, Volume, header_to_text, load_im
 from mmcam.data.splits import DEFAULT_FRACTIONS, check_fractions, kfold_patients, split_patients
 from mmcam.progress import progress_bar
 
-__all__ = ["IMAGE_DTYPES", "BuildOptions", "build_subject", "build_cache", "splits_record",
-           "write_splits"]
+__all__ = ["IMAGE_DTYPES", "BuildOptions", "build_subject", "build_cache", "splits_record", "write_splits"]
 
 IMAGE_DTYPES = ("float32", "float16")
 
@@ -77,8 +76,7 @@ class BuildOptions:
         object.__setattr__(self, "clip_percentiles", check_percentiles(self.clip_percentiles))
         if self.nonfinite not in NONFINITE_POLICIES:
             raise DataError(f"nonfinite must be one of {NONFINITE_POLICIES}, got {self.nonfinite!r}")
-        if self.size is not None and (isinstance(self.size, bool) or
-                                      not isinstance(self.size, int) or self.size < 1):
+        if self.size is not None and (isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 1):
             raise DataError(f"size must be a positive int or None, got {self.size!r}")
         if self.fit not in FITS:
             raise DataError(f"fit must be one of {FITS}, got {self.fit!r}")
@@ -86,13 +84,11 @@ class BuildOptions:
 
 def _source_record(path: Path, channel: int | None) -> dict:
     stat = path.stat()
-    return {"path": str(path.resolve()), "channel": channel, "size": stat.st_size,
-            "mtime_ns": stat.st_mtime_ns}
+    return {"path": str(path.resolve()), "channel": channel, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _sources(subject: Subject, modalities: tuple[str, ...]) -> dict:
-    records = {name: _source_record(src.path, src.channel)
-               for name, src in zip(modalities, subject.images)}
+    records = {name: _source_record(src.path, src.channel) for name, src in zip(modalities, subject.images)}
     if subject.label is not None:
         records["label"] = _source_record(subject.label, None)
     return records
@@ -100,22 +96,32 @@ def _sources(subject: Subject, modalities: tuple[str, ...]) -> dict:
 
 def _check_same_grid(volume: Volume, reference: Volume, tolerance: float) -> None:
     if volume.data.shape != reference.data.shape:
-        raise DataError(f"{volume.path}: shape {volume.data.shape} differs from {reference.path} "
-                        f"{reference.data.shape}")
+        raise DataError(
+            f"{volume.path}: shape {volume.data.shape} differs from {reference.path} {reference.data.shape}"
+        )
     difference = float(np.abs(volume.affine - reference.affine).max())
     if difference > tolerance:
-        raise DataError(f"{volume.path}: affine differs from {reference.path}'s by up to "
-                        f"{difference:.3g} mm (tolerance {tolerance:g}; see affine_tolerance)")
+        raise DataError(
+            f"{volume.path}: affine differs from {reference.path}'s by up to "
+            f"{difference:.3g} mm (tolerance {tolerance:g}; see affine_tolerance)"
+        )
 
 
 def _settings(dataset: Dataset, options: BuildOptions) -> dict:
     """The settings a subject is written with, as they read back from JSON (tuples become lists)."""
-    return json.loads(json.dumps({"dataset": dataset.name, "label_spec": dataset.spec.name,
-                                  "modalities": list(dataset.modalities), **asdict(options)}))
+    return json.loads(
+        json.dumps(
+            {
+                "dataset": dataset.name,
+                "label_spec": dataset.spec.name,
+                "modalities": list(dataset.modalities),
+                **asdict(options),
+            }
+        )
+    )
 
 
-def _read_subject(subject: Subject, spec: LabelSpec, options: BuildOptions
-                  ) -> tuple[list[Volume], Volume | None]:
+def _read_subject(subject: Subject, spec: LabelSpec, options: BuildOptions) -> tuple[list[Volume], Volume | None]:
     """The checked image volumes and label volume (``None`` without a mask) of ``subject``."""
     labels = None
     if subject.label is not None:
@@ -128,8 +134,9 @@ def _read_subject(subject: Subject, spec: LabelSpec, options: BuildOptions
     return images, labels
 
 
-def _normalized_stack(images: list[Volume], modalities: Sequence[str], options: BuildOptions
-                      ) -> tuple[np.ndarray, dict]:
+def _normalized_stack(
+    images: list[Volume], modalities: Sequence[str], options: BuildOptions
+) -> tuple[np.ndarray, dict]:
     """``(M, X, Y, Z)`` float32 intensities (normalised if asked) and the per-modality record."""
     stack = np.empty((len(images),) + images[0].data.shape, dtype=np.float32)
     record = {}
@@ -143,8 +150,7 @@ def _normalized_stack(images: list[Volume], modalities: Sequence[str], options: 
     return stack, record
 
 
-def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptions
-                  ) -> fmt.SubjectMeta:
+def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptions) -> fmt.SubjectMeta:
     """Read, check and write one subject into ``cache_dir/subjects/<id>`` (atomically).
 
     Raises:
@@ -154,7 +160,7 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
     """
     spec: LabelSpec = dataset.spec
     images, labels = _read_subject(subject, spec, options)
-    raw_nonzero = np.stack([v.data != 0 for v in images]).any(axis=0)      # (X, Y, Z)
+    raw_nonzero = np.stack([v.data != 0 for v in images]).any(axis=0)  # (X, Y, Z)
     mask = labels.data != 0 if labels is not None else np.zeros_like(raw_nonzero)
     reference = labels if labels is not None else images[0]  # geometry and header to carry
     affine, zooms, header = reference.affine, reference.zooms, header_to_text(reference.header)
@@ -171,33 +177,49 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
     geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, occupied.any(axis=2))
     cut = geometry.voxels_outside(mask.transpose(2, 0, 1))
     if cut:
-        raise DataError(f"{subject.label}: --size {options.size} (fit crop) would cut off {cut} "
-                        f"voxels of the label mask of a {stack.shape[1:3]} plane; use a larger size "
-                        "or fit 'scale'")
-    image = geometry.apply(stack[..., keep].transpose(3, 0, 1, 2), "linear")   # (S, M, H, W)
+        raise DataError(
+            f"{subject.label}: --size {options.size} (fit crop) would cut off {cut} "
+            f"voxels of the label mask of a {stack.shape[1:3]} plane; use a larger size "
+            "or fit 'scale'"
+        )
+    image = geometry.apply(stack[..., keep].transpose(3, 0, 1, 2), "linear")  # (S, M, H, W)
     del stack
     with np.errstate(over="ignore"):  # float16 overflow is reported below
         image = np.ascontiguousarray(image, dtype=options.image_dtype)
     if not np.isfinite(image).all():
-        raise DataError(f"{subject.images[0].path} (subject {subject.id}): intensities overflow "
-                        f"{options.image_dtype}; build with image_dtype='float32' or normalisation")
+        raise DataError(
+            f"{subject.images[0].path} (subject {subject.id}): intensities overflow "
+            f"{options.image_dtype}; build with image_dtype='float32' or normalisation"
+        )
     slice_labels, mask_values = {}, None
     if labels is not None:
-        mask_values = np.ascontiguousarray(geometry.apply(
-            labels.data[..., keep].transpose(2, 0, 1).astype(np.uint8), "nearest"))  # (S, H, W)
-        slice_labels = {region: spec.region_mask(mask_values, region).any(axis=(1, 2))
-                        .astype(np.int64) for region in spec.regions}
+        mask_values = np.ascontiguousarray(
+            geometry.apply(labels.data[..., keep].transpose(2, 0, 1).astype(np.uint8), "nearest")
+        )  # (S, H, W)
+        slice_labels = {
+            region: spec.region_mask(mask_values, region).any(axis=(1, 2)).astype(np.int64) for region in spec.regions
+        }
     meta = fmt.SubjectMeta(
-        subject.id, tuple(mask.shape), keep.astype(np.int64), slice_labels, affine, zooms, header,
-        _sources(subject, dataset.modalities), _settings(dataset, options),
-        labels is not None, geometry, intensity,
+        subject.id,
+        tuple(mask.shape),
+        keep.astype(np.int64),
+        slice_labels,
+        affine,
+        zooms,
+        header,
+        _sources(subject, dataset.modalities),
+        _settings(dataset, options),
+        labels is not None,
+        geometry,
+        intensity,
     )
     _write_subject(cache_dir, subject.id, image, mask_values, meta)
     return meta
 
 
-def _write_subject(cache_dir, subject_id: str, image: np.ndarray, mask_values: np.ndarray | None,
-                   meta: fmt.SubjectMeta) -> None:
+def _write_subject(
+    cache_dir, subject_id: str, image: np.ndarray, mask_values: np.ndarray | None, meta: fmt.SubjectMeta
+) -> None:
     """Write one subject's arrays and meta into a temporary directory, then rename it into place."""
     final = fmt.subject_dir(cache_dir, subject_id)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -222,8 +244,7 @@ def _reusable(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptio
         return False
     try:
         meta = fmt.read_subject_meta(cache_dir, subject.id)
-        return (meta.settings == _settings(dataset, options)
-                and meta.sources == _sources(subject, dataset.modalities))
+        return meta.settings == _settings(dataset, options) and meta.sources == _sources(subject, dataset.modalities)
     except (DataError, OSError):
         return False
 
@@ -240,11 +261,13 @@ def _prepare_directory(cache_dir: Path) -> None:
         if not cache_dir.is_dir():
             raise DataError(f"{cache_dir}: exists and is not a directory")
         ours = {"subjects", MANIFEST_FILE}
-        foreign = sorted(p.name for p in cache_dir.iterdir() if p.name not in ours
-                         and not p.name.startswith(TEMP_PREFIX))
+        foreign = sorted(
+            p.name for p in cache_dir.iterdir() if p.name not in ours and not p.name.startswith(TEMP_PREFIX)
+        )
         if foreign:
-            raise DataError(f"{cache_dir}: not empty and not an mmcam cache (holds {foreign[:5]}); "
-                            "choose a new directory")
+            raise DataError(
+                f"{cache_dir}: not empty and not an mmcam cache (holds {foreign[:5]}); choose a new directory"
+            )
     (cache_dir / "subjects").mkdir(parents=True, exist_ok=True)
     for stale in [*cache_dir.glob(TEMP_PREFIX + "*"), *(cache_dir / "subjects").glob(TEMP_PREFIX + "*")]:
         if stale.is_dir():  # left by a killed build
@@ -253,9 +276,15 @@ def _prepare_directory(cache_dir: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOptions(),
-                workers: int = 1, overwrite: bool = False, progress: bool = False
-                ) -> fmt.CacheIndex:
+def build_cache(
+    dataset: Dataset,
+    cache_dir,
+    *,
+    options: BuildOptions = BuildOptions(),
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> fmt.CacheIndex:
     """Write the cache of ``dataset`` into ``cache_dir``.
 
     Args:
@@ -277,20 +306,37 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise DataError(f"workers must be an int >= 1, got {workers!r}")
     cache_dir = Path(cache_dir)
-    index = fmt.CacheIndex(cache_dir, dataset.name, dataset.spec.name, dataset.modalities,
-                           options.image_dtype, options.drop_empty_slices,
-                           tuple(s.id for s in dataset.subjects), str(dataset.root.resolve()),
-                           dataset.unlabeled, options.size, _settings(dataset, options))
+    index = fmt.CacheIndex(
+        cache_dir,
+        dataset.name,
+        dataset.spec.name,
+        dataset.modalities,
+        options.image_dtype,
+        options.drop_empty_slices,
+        tuple(s.id for s in dataset.subjects),
+        str(dataset.root.resolve()),
+        dataset.unlabeled,
+        options.size,
+        _settings(dataset, options),
+    )
     if (cache_dir / fmt.INDEX_FILE).exists() and not overwrite:
-        if fmt.read_cache_index(cache_dir) == index and \
-                all(_reusable(s, dataset, cache_dir, options) for s in dataset.subjects):
+        if fmt.read_cache_index(cache_dir) == index and all(
+            _reusable(s, dataset, cache_dir, options) for s in dataset.subjects
+        ):
             return index  # up to date
-        raise DataError(f"{cache_dir}: already holds a complete cache of other data or options; "
-                        "pass overwrite=True (--overwrite) to rebuild it")
+        raise DataError(
+            f"{cache_dir}: already holds a complete cache of other data or options; "
+            "pass overwrite=True (--overwrite) to rebuild it"
+        )
     _prepare_directory(cache_dir)
     todo = [s for s in dataset.subjects if not _reusable(s, dataset, cache_dir, options)]
-    bar = progress_bar(len(dataset.subjects), enabled=progress, description=f"prepare {dataset.name}",
-                       unit="subject", initial=len(dataset.subjects) - len(todo))
+    bar = progress_bar(
+        len(dataset.subjects),
+        enabled=progress,
+        description=f"prepare {dataset.name}",
+        unit="subject",
+        initial=len(dataset.subjects) - len(todo),
+    )
     try:
         if workers == 1 or len(todo) <= 1:
             for subject in todo:
@@ -311,14 +357,19 @@ def build_cache(dataset: Dataset, cache_dir, *, options: BuildOptions = BuildOpt
                     raise
     finally:
         bar.close()
-    write_manifest(cache_dir, index,
-                   [fmt.read_subject_meta(cache_dir, s.id) for s in dataset.subjects])
+    write_manifest(cache_dir, index, [fmt.read_subject_meta(cache_dir, s.id) for s in dataset.subjects])
     atomic_write_json(cache_dir / fmt.INDEX_FILE, index.to_json())
     return index
 
 
-def splits_record(subject_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0,
-                  folds: int | None = None, unlabeled: Sequence[str] = ()) -> dict:
+def splits_record(
+    subject_ids,
+    *,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    folds: int | None = None,
+    unlabeled: Sequence[str] = (),
+) -> dict:
     """The ``splits.json`` record of the labelled ``subject_ids`` (plus the ``unlabeled`` ids).
 
     Without ``folds``: one train/val fold (:func:`~mmcam.data.splits.split_patients` with
@@ -335,7 +386,9 @@ def splits_record(subject_ids, *, fractions: Sequence[float] = DEFAULT_FRACTIONS
     else:
         splits = kfold_patients(ids, folds=folds, test_fraction=fractions[2], seed=seed)
     return {
-        "seed": seed, "fractions": list(fractions), "folds_requested": folds,
+        "seed": seed,
+        "fractions": list(fractions),
+        "folds_requested": folds,
         "test": list(splits[0].test),
         "folds": [{"train": list(s.train), "val": list(s.val)} for s in splits],
         "unlabeled": sorted(unlabeled),

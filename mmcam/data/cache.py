@@ -43,9 +43,21 @@ from mmcam.data.geometry import InPlaneGeometry
 from mmcam.data.nifti import header_from_text
 
 __all__ = [
-    "CACHE_FORMAT", "CACHE_VERSION", "INDEX_FILE", "SPLITS_FILE", "IMAGE_FILE", "LABELS_FILE",
-    "META_FILE", "SPLIT_PARTS", "CacheIndex", "SubjectMeta", "subject_dir", "read_cache_index",
-    "read_subject_meta", "read_split", "center_crop_or_pad",
+    "CACHE_FORMAT",
+    "CACHE_VERSION",
+    "INDEX_FILE",
+    "SPLITS_FILE",
+    "IMAGE_FILE",
+    "LABELS_FILE",
+    "META_FILE",
+    "SPLIT_PARTS",
+    "CacheIndex",
+    "SubjectMeta",
+    "subject_dir",
+    "read_cache_index",
+    "read_subject_meta",
+    "read_split",
+    "center_crop_or_pad",
 ]
 
 CACHE_FORMAT = "mmcam-slice-cache"
@@ -105,14 +117,22 @@ class CacheIndex:
 
     def to_json(self) -> dict:
         from mmcam import __version__
+
         return {
-            "format": CACHE_FORMAT, "version": CACHE_VERSION, "mmcam_version": __version__,
-            "dataset": self.dataset, "label_spec": self.label_spec,
-            "modalities": list(self.modalities), "image_dtype": self.image_dtype,
-            "drop_empty_slices": self.drop_empty_slices, "source_root": self.source_root,
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "mmcam_version": __version__,
+            "dataset": self.dataset,
+            "label_spec": self.label_spec,
+            "modalities": list(self.modalities),
+            "image_dtype": self.image_dtype,
+            "drop_empty_slices": self.drop_empty_slices,
+            "source_root": self.source_root,
             "slicing": "image[h, w] = volume[h, w, k]: slices along the third voxel axis",
-            "size": self.size, "options": self.options,
-            "subjects": list(self.subjects), "unlabeled": list(self.unlabeled),
+            "size": self.size,
+            "options": self.options,
+            "subjects": list(self.subjects),
+            "unlabeled": list(self.unlabeled),
         }
 
 
@@ -125,19 +145,30 @@ def read_cache_index(cache_dir) -> CacheIndex:
     root = Path(cache_dir)
     path = root / INDEX_FILE
     if not path.is_file():
-        raise DataError(f"{root}: not a complete mmcam cache (no {INDEX_FILE}); build one with "
-                        "python -m mmcam.prepare SOURCE CACHE")
+        raise DataError(
+            f"{root}: not a complete mmcam cache (no {INDEX_FILE}); build one with python -m mmcam.prepare SOURCE CACHE"
+        )
     record = _read_json(path, "the cache index")
     if record.get("format") != CACHE_FORMAT or record.get("version") != CACHE_VERSION:
-        raise DataError(f"{path}: cache format {record.get('format')!r} version "
-                        f"{record.get('version')!r}, expected {CACHE_FORMAT!r} version "
-                        f"{CACHE_VERSION}; rebuild it with python -m mmcam.prepare --overwrite")
+        raise DataError(
+            f"{path}: cache format {record.get('format')!r} version "
+            f"{record.get('version')!r}, expected {CACHE_FORMAT!r} version "
+            f"{CACHE_VERSION}; rebuild it with python -m mmcam.prepare --overwrite"
+        )
     try:
-        return CacheIndex(root, record["dataset"], record["label_spec"],
-                          tuple(record["modalities"]), record["image_dtype"],
-                          bool(record["drop_empty_slices"]), tuple(record["subjects"]),
-                          record["source_root"], tuple(record["unlabeled"]), record["size"],
-                          record["options"])
+        return CacheIndex(
+            root,
+            record["dataset"],
+            record["label_spec"],
+            tuple(record["modalities"]),
+            record["image_dtype"],
+            bool(record["drop_empty_slices"]),
+            tuple(record["subjects"]),
+            record["source_root"],
+            tuple(record["unlabeled"]),
+            record["size"],
+            record["options"],
+        )
     except (KeyError, TypeError) as exc:
         raise DataError(f"{path}: malformed cache index ({type(exc).__name__}: {exc})") from exc
 
@@ -193,24 +224,35 @@ class SubjectMeta:
 
     def to_json(self) -> dict:
         return {
-            "id": self.id, "shape": list(self.shape), "slice_index": self.slice_index.tolist(),
+            "id": self.id,
+            "shape": list(self.shape),
+            "slice_index": self.slice_index.tolist(),
             "slice_labels": {r: v.tolist() for r, v in self.slice_labels.items()},
-            "affine": self.affine.tolist(), "zooms": list(self.zooms),
-            "header": self.header_text, "sources": self.sources, "settings": self.settings,
-            "labeled": self.labeled, "geometry": self.geometry.to_json(),
+            "affine": self.affine.tolist(),
+            "zooms": list(self.zooms),
+            "header": self.header_text,
+            "sources": self.sources,
+            "settings": self.settings,
+            "labeled": self.labeled,
+            "geometry": self.geometry.to_json(),
             "intensity": self.intensity or {},
         }
 
     @classmethod
     def from_json(cls, record: dict) -> SubjectMeta:
         return cls(
-            record["id"], tuple(int(v) for v in record["shape"]),
+            record["id"],
+            tuple(int(v) for v in record["shape"]),
             np.asarray(record["slice_index"], dtype=np.int64),
             {r: np.asarray(v, dtype=np.int64) for r, v in record["slice_labels"].items()},
             np.asarray(record["affine"], dtype=np.float64),
-            tuple(float(v) for v in record["zooms"]), record["header"], record["sources"],
-            record["settings"], bool(record["labeled"]),
-            InPlaneGeometry.from_json(record["geometry"]), dict(record["intensity"]),
+            tuple(float(v) for v in record["zooms"]),
+            record["header"],
+            record["sources"],
+            record["settings"],
+            bool(record["labeled"]),
+            InPlaneGeometry.from_json(record["geometry"]),
+            dict(record["intensity"]),
         )
 
     def uncrop(self, planes: np.ndarray, interpolation: str = "auto", fill=0) -> np.ndarray:
@@ -225,13 +267,13 @@ class SubjectMeta:
         """
         planes = np.asarray(planes)
         if planes.ndim < 2:
-            raise DataError(f"subject {self.id}: uncrop needs (..., h, w) planes, got shape "
-                            f"{planes.shape}")
+            raise DataError(f"subject {self.id}: uncrop needs (..., h, w) planes, got shape {planes.shape}")
         planes = center_crop_or_pad(planes, self.geometry.size)
         return self.geometry.invert(planes, interpolation, fill)
 
-    def restack(self, planes: np.ndarray, slice_index: Sequence[int] | None = None,
-                fill=0, interpolation: str = "auto") -> np.ndarray:
+    def restack(
+        self, planes: np.ndarray, slice_index: Sequence[int] | None = None, fill=0, interpolation: str = "auto"
+    ) -> np.ndarray:
         """Put per-slice results back into a full volume of shape ``(X, Y, Z)`` on the input's grid.
 
         Args:
@@ -249,8 +291,9 @@ class SubjectMeta:
         planes = np.asarray(planes)
         index = self.slice_index if slice_index is None else np.asarray(slice_index, dtype=np.int64)
         if planes.ndim != 3 or planes.shape[0] != len(index):
-            raise DataError(f"subject {self.id}: restack needs (K, h, w) planes for {len(index)} "
-                            f"slices, got shape {planes.shape}")
+            raise DataError(
+                f"subject {self.id}: restack needs (K, h, w) planes for {len(index)} slices, got shape {planes.shape}"
+            )
         if len(index) and (index.min() < 0 or index.max() >= self.shape[2]):
             raise DataError(f"subject {self.id}: slice index out of range [0, {self.shape[2]})")
         volume = np.full(self.shape, fill, dtype=planes.dtype)

@@ -65,10 +65,17 @@ class SliceDataset(torch.utils.data.Dataset):
         subject_ids, modalities, region, spec, index: the selection and the cache's index.
     """
 
-    def __init__(self, cache_dir, split: str | Sequence[str] | None = None,
-                 modalities: Sequence[str] | None = None, *, region: str | None = None,
-                 fold: int = 0, spatial_size: Sequence[int] | None = None,
-                 max_open_subjects: int = 32):
+    def __init__(
+        self,
+        cache_dir,
+        split: str | Sequence[str] | None = None,
+        modalities: Sequence[str] | None = None,
+        *,
+        region: str | None = None,
+        fold: int = 0,
+        spatial_size: Sequence[int] | None = None,
+        max_open_subjects: int = 32,
+    ):
         self.index = fmt.read_cache_index(cache_dir)
         self.spec = get_label_spec(self.index.label_spec)
         self.region = self.spec.region_name(region)
@@ -76,8 +83,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.has_masks = self._check_labeled()
         self.modalities, self._channels = select_modalities(modalities, self.index.modalities)
         self.spatial_size = self._check_size(spatial_size)
-        if isinstance(max_open_subjects, bool) or not isinstance(max_open_subjects, int) \
-                or max_open_subjects < 1:
+        if isinstance(max_open_subjects, bool) or not isinstance(max_open_subjects, int) or max_open_subjects < 1:
             raise DataError(f"max_open_subjects must be an int >= 1, got {max_open_subjects!r}")
         self.max_open_subjects = max_open_subjects
 
@@ -90,8 +96,8 @@ class SliceDataset(torch.utils.data.Dataset):
             slice_index.append(meta.slice_index)
             if self.has_masks:
                 labels.append(meta.slice_labels[self.region])
-        self._owner = np.concatenate(owners)          # item -> subject number
-        self._position = np.concatenate(positions)    # item -> row in the subject's arrays
+        self._owner = np.concatenate(owners)  # item -> subject number
+        self._position = np.concatenate(positions)  # item -> row in the subject's arrays
         self._slice_index = np.concatenate(slice_index)  # item -> k in the volume
         self.labels = np.concatenate(labels) if self.has_masks else None
         self._lookup = self.spec.lookup_table(self.region)
@@ -103,12 +109,12 @@ class SliceDataset(torch.utils.data.Dataset):
             return self.index.subjects
         if isinstance(split, str):
             if split not in fmt.SPLIT_PARTS:
-                raise DataError(f"unknown split {split!r}; choose one of {', '.join(fmt.SPLIT_PARTS)} "
-                                "or pass a list of subject ids")
+                raise DataError(
+                    f"unknown split {split!r}; choose one of {', '.join(fmt.SPLIT_PARTS)} or pass a list of subject ids"
+                )
             wanted = set(fmt.read_split(self.index.root, split, fold))
             if not wanted:
-                raise DataError(f"{self.index.root / fmt.SPLITS_FILE}: split {split!r} (fold {fold}) "
-                                "is empty")
+                raise DataError(f"{self.index.root / fmt.SPLITS_FILE}: split {split!r} (fold {fold}) is empty")
         else:
             wanted = set(split)
             if not wanted:
@@ -122,9 +128,11 @@ class SliceDataset(torch.utils.data.Dataset):
         without = set(self.index.unlabeled)
         unlabeled = [s for s in self.subject_ids if s in without]
         if unlabeled and len(unlabeled) != len(self.subject_ids):
-            raise DataError(f"{self.index.root}: the selection mixes subjects with and without a label "
-                            f"mask ({unlabeled[:5]} have none); select split 'unlabeled' or labelled "
-                            "subjects only")
+            raise DataError(
+                f"{self.index.root}: the selection mixes subjects with and without a label "
+                f"mask ({unlabeled[:5]} have none); select split 'unlabeled' or labelled "
+                "subjects only"
+            )
         return not unlabeled
 
     @staticmethod
@@ -132,8 +140,7 @@ class SliceDataset(torch.utils.data.Dataset):
         if size is None:
             return None
         size = tuple(size)
-        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                                 or v < 1 for v in size):
+        if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in size):
             raise DataError(f"spatial_size must be two positive ints (H, W), got {size!r}")
         return int(size[0]), int(size[1])
 
@@ -155,9 +162,10 @@ class SliceDataset(torch.utils.data.Dataset):
             return self._open[s]
         directory = fmt.subject_dir(self.index.root, self.subject_ids[s])
         try:
-            arrays = (np.load(directory / fmt.IMAGE_FILE, mmap_mode="r"),
-                      np.load(directory / fmt.LABELS_FILE, mmap_mode="r") if self.has_masks
-                      else None)
+            arrays = (
+                np.load(directory / fmt.IMAGE_FILE, mmap_mode="r"),
+                np.load(directory / fmt.LABELS_FILE, mmap_mode="r") if self.has_masks else None,
+            )
         except (OSError, ValueError) as exc:
             raise DataError(f"{directory}: cannot read the cached arrays ({exc})") from exc
         self._open[s] = arrays
@@ -180,7 +188,8 @@ class SliceDataset(torch.utils.data.Dataset):
                     raise DataError(
                         f"subject {self.subject_ids[s]} slice {int(self._slice_index[i])}: "
                         f"spatial_size {self.spatial_size} cuts off part of the {self.region} mask of "
-                        f"a {mask.shape} slice; use a larger spatial_size")
+                        f"a {mask.shape} slice; use a larger spatial_size"
+                    )
                 mask = cropped
             image = fmt.center_crop_or_pad(image, self.spatial_size)
         item = {"image": torch.from_numpy(np.ascontiguousarray(image))}

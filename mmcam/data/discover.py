@@ -46,8 +46,16 @@ from mmcam.data.errors import DataError, DataWarning
 from mmcam.data.labels import LabelSpec, get_label_spec
 from mmcam.data.modalities import BRATS_MODALITIES, PROSTATE_MODALITIES
 
-__all__ = ["DATASETS", "DATASET_FAMILIES", "ImageSource", "Subject", "Dataset", "detect_dataset",
-           "resolve_dataset", "discover"]
+__all__ = [
+    "DATASETS",
+    "DATASET_FAMILIES",
+    "ImageSource",
+    "Subject",
+    "Dataset",
+    "detect_dataset",
+    "resolve_dataset",
+    "discover",
+]
 
 _BRATS_LEGACY_SUFFIXES = {m: m for m in BRATS_MODALITIES}
 _BRATS_2023_SUFFIXES = {"t1": "t1n", "t1ce": "t1c", "t2": "t2w", "flair": "t2f"}
@@ -115,8 +123,7 @@ def _subject_dirs(parent: Path) -> list[Path]:
 
 def _nifti_file(directory: Path, stem: str) -> Path | None:
     """``directory/stem.nii.gz`` or ``.nii``; ``None`` if neither; an error if both exist."""
-    found = [directory / (stem + ending) for ending in _NIFTI_ENDINGS
-             if (directory / (stem + ending)).is_file()]
+    found = [directory / (stem + ending) for ending in _NIFTI_ENDINGS if (directory / (stem + ending)).is_file()]
     if len(found) > 1:
         raise DataError(f"{directory}: both {found[0].name} and {found[1].name} exist; keep one")
     return found[0] if found else None
@@ -124,8 +131,9 @@ def _nifti_file(directory: Path, stem: str) -> Path | None:
 
 def _check_id(subject_id: str, where: Path) -> str:
     if not _SAFE_ID.match(subject_id):
-        raise DataError(f"{where}: subject id {subject_id!r} is not usable as a file name "
-                        "(letters, digits, '.', '_', '-' only)")
+        raise DataError(
+            f"{where}: subject id {subject_id!r} is not usable as a file name (letters, digits, '.', '_', '-' only)"
+        )
     return subject_id
 
 
@@ -143,13 +151,19 @@ def _brats_subject(directory: Path, separator: str, suffixes: dict[str, str]) ->
     if label is None:  # BraTS 2020 subject 355: W39_1998.09.19_Segm.nii
         used = {source.path.name for source in images}
         candidates = sorted(
-            p for p in directory.iterdir()
-            if p.is_file() and _visible(p) and p.name.endswith(_NIFTI_ENDINGS)
-            and p.name not in used and "seg" in p.name.lower()
+            p
+            for p in directory.iterdir()
+            if p.is_file()
+            and _visible(p)
+            and p.name.endswith(_NIFTI_ENDINGS)
+            and p.name not in used
+            and "seg" in p.name.lower()
         )
         if len(candidates) > 1:
-            raise DataError(f"{directory}: no label mask {subject_id}{separator}seg.nii.gz and "
-                            f"several candidates {[p.name for p in candidates]}; keep one")
+            raise DataError(
+                f"{directory}: no label mask {subject_id}{separator}seg.nii.gz and "
+                f"several candidates {[p.name for p in candidates]}; keep one"
+            )
         label = candidates[0] if candidates else None  # None: unlabelled (e.g. a validation set)
     return Subject(subject_id, tuple(images), label)
 
@@ -158,15 +172,14 @@ def _brats_grade_dirs(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
     grades = [root / grade for grade in ("HGG", "LGG") if (root / grade).is_dir()]
     if not grades:
         raise DataError(f"{root}: expected HGG/ and/or LGG/ subject directories (BraTS 2018/2019)")
-    subjects = [_brats_subject(d, "_", _BRATS_LEGACY_SUFFIXES)
-                for grade in grades for d in _subject_dirs(grade)]
+    subjects = [_brats_subject(d, "_", _BRATS_LEGACY_SUFFIXES) for grade in grades for d in _subject_dirs(grade)]
     return BRATS_MODALITIES, sorted(subjects, key=lambda s: s.id)
 
 
 def _brats_flat(separator: str, suffixes: dict[str, str]) -> Callable[[Path], tuple]:
     def read(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
-        return BRATS_MODALITIES, [_brats_subject(d, separator, suffixes)
-                                  for d in _subject_dirs(root)]
+        return BRATS_MODALITIES, [_brats_subject(d, separator, suffixes) for d in _subject_dirs(root)]
+
     return read
 
 
@@ -188,11 +201,14 @@ def _msd_json(root: Path) -> tuple[dict, list[str]]:
             raise TypeError("'test' is not a list")
         labels = set(meta["labels"])
     except (KeyError, TypeError) as exc:
-        raise DataError(f"{path}: expected 'modality' {{'0': ..., '1': ...}}, 'labels' and "
-                        f"'training' entries ({type(exc).__name__}: {exc})") from exc
+        raise DataError(
+            f"{path}: expected 'modality' {{'0': ..., '1': ...}}, 'labels' and "
+            f"'training' entries ({type(exc).__name__}: {exc})"
+        ) from exc
     if [n.lower() for n in names] != ["t2", "adc"]:
-        raise DataError(f"{path}: expected modalities T2 (channel 0) and ADC (channel 1) of "
-                        f"Task05_Prostate, got {names}")
+        raise DataError(
+            f"{path}: expected modalities T2 (channel 0) and ADC (channel 1) of Task05_Prostate, got {names}"
+        )
     if labels != {"0", "1", "2"}:
         raise DataError(f"{path}: expected labels 0 background, 1 PZ, 2 TZ, got {sorted(labels)}")
     return meta, names
@@ -211,8 +227,7 @@ def _msd_prostate(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
         try:
             image, label = root / entry["image"], root / entry["label"]
         except (KeyError, TypeError):
-            raise DataError(f"{listing}: a 'training' entry is not "
-                            f"{{'image': ..., 'label': ...}}: {entry!r}") from None
+            raise DataError(f"{listing}: a 'training' entry is not {{'image': ..., 'label': ...}}: {entry!r}") from None
         if not _visible(image):
             continue
         for path in (image, label):
@@ -228,8 +243,9 @@ def _msd_prostate(root: Path) -> tuple[tuple[str, ...], list[Subject]]:
         if not _visible(image):
             continue
         if not image.is_file():
-            warnings.warn(f"{listing} lists the test image {image}, which does not exist: skipped",
-                          DataWarning, stacklevel=3)
+            warnings.warn(
+                f"{listing} lists the test image {image}, which does not exist: skipped", DataWarning, stacklevel=3
+            )
             continue
         images = tuple(ImageSource(image, channel) for channel in channels)
         subjects.append(Subject(_msd_subject_id(image), images, None))
@@ -250,16 +266,14 @@ _READERS: dict[str, Callable[[Path], tuple]] = {
 #: The dataset names :func:`discover` accepts (besides ``"auto"`` and :data:`DATASET_FAMILIES`).
 DATASETS = tuple(_READERS)
 #: Family names -> the datasets they stand for; the release is detected from the layout.
-DATASET_FAMILIES = {"brats": tuple(n for n in DATASETS if n.startswith("brats")),
-                    "prostate": ("msd_prostate",)}
+DATASET_FAMILIES = {"brats": tuple(n for n in DATASETS if n.startswith("brats")), "prostate": ("msd_prostate",)}
 
 
 def _detect(root: Path) -> str | None:
     if (root / "dataset.json").is_file() and (root / "imagesTr").is_dir():
         return "msd_prostate"
     if any((root / grade).is_dir() for grade in ("HGG", "LGG")):
-        first = next((d.name for g in ("HGG", "LGG") if (root / g).is_dir()
-                      for d in _subject_dirs(root / g)), "")
+        first = next((d.name for g in ("HGG", "LGG") if (root / g).is_dir() for d in _subject_dirs(root / g)), "")
         return "brats2018" if first.startswith("Brats18") else "brats2019"
     for directory in _subject_dirs(root):
         name = directory.name
@@ -307,13 +321,13 @@ def resolve_dataset(root, dataset: str = "auto") -> str:
             return family[0]
         found = detect_dataset(root)
         if found not in family:
-            raise DataError(f"{root}: holds a {found} layout, not {dataset}; pass dataset='auto' or "
-                            f"the right one")
+            raise DataError(f"{root}: holds a {found} layout, not {dataset}; pass dataset='auto' or the right one")
         return found
     if dataset in _READERS:
         return dataset
-    raise DataError(f"unknown dataset {dataset!r}; choose auto, {', '.join(DATASET_FAMILIES)} or one "
-                    f"of {', '.join(DATASETS)}")
+    raise DataError(
+        f"unknown dataset {dataset!r}; choose auto, {', '.join(DATASET_FAMILIES)} or one of {', '.join(DATASETS)}"
+    )
 
 
 def discover(root, dataset: str = "auto") -> Dataset:

@@ -49,14 +49,12 @@ def _resize(planes: np.ndarray, size: tuple[int, int], interpolation: str) -> np
     if planes.shape[-2:] == tuple(size):
         return planes
     lead = planes.shape[:-2]
-    tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).reshape(
-        -1, 1, *planes.shape[-2:])
+    tensor = torch.from_numpy(np.ascontiguousarray(planes, dtype=np.float32)).reshape(-1, 1, *planes.shape[-2:])
     if interpolation == "nearest":
         out = F.interpolate(tensor, size=size, mode="nearest-exact")
     else:
         shrinking = size[0] < planes.shape[-2] or size[1] < planes.shape[-1]
-        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False,
-                            antialias=shrinking)
+        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
     return out.reshape(*lead, *size).numpy().astype(planes.dtype, copy=False)
 
 
@@ -111,8 +109,7 @@ class InPlaneGeometry:
     def _overlap(self) -> tuple[tuple[slice, slice], tuple[slice, slice]]:
         """Index slices of the box's part inside the plane: (in the plane, in the box array)."""
         plane, box = [], []
-        for start, stop, n in ((self.box[0], self.box[2], self.shape[0]),
-                               (self.box[1], self.box[3], self.shape[1])):
+        for start, stop, n in ((self.box[0], self.box[2], self.shape[0]), (self.box[1], self.box[3], self.shape[1])):
             lo, hi = max(start, 0), min(stop, n)
             hi = max(hi, lo)
             plane.append(slice(lo, hi))
@@ -149,8 +146,9 @@ class InPlaneGeometry:
         """
         planes = np.asarray(planes)
         if planes.shape[-2:] != self.size:
-            raise DataError(f"inverse geometry expects (..., {self.size[0]}, {self.size[1]}) planes, "
-                            f"got shape {planes.shape}")
+            raise DataError(
+                f"inverse geometry expects (..., {self.size[0]}, {self.size[1]}) planes, got shape {planes.shape}"
+            )
         if self.is_identity:
             return planes
         mode = _interpolation(planes, interpolation)
@@ -163,21 +161,29 @@ class InPlaneGeometry:
     def stored_affine(self, affine: np.ndarray) -> np.ndarray:
         """The voxel->world matrix of the stored grid ``(i, j, k)``, from the volume's ``affine``."""
         sx, sy = self.scale
-        to_volume = np.array([[sx, 0.0, 0.0, self.box[0] + 0.5 * sx - 0.5],
-                              [0.0, sy, 0.0, self.box[1] + 0.5 * sy - 0.5],
-                              [0.0, 0.0, 1.0, 0.0],
-                              [0.0, 0.0, 0.0, 1.0]])
+        to_volume = np.array(
+            [
+                [sx, 0.0, 0.0, self.box[0] + 0.5 * sx - 0.5],
+                [0.0, sy, 0.0, self.box[1] + 0.5 * sy - 0.5],
+                [0.0, 0.0, 1.0, 0.0],
+                [0.0, 0.0, 0.0, 1.0],
+            ]
+        )
         return np.asarray(affine, dtype=np.float64) @ to_volume
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "box": list(self.box), "size": list(self.size),
-                "scale": list(self.scale), "padding": [list(p) for p in self.padding]}
+        return {
+            "shape": list(self.shape),
+            "box": list(self.box),
+            "size": list(self.size),
+            "scale": list(self.scale),
+            "padding": [list(p) for p in self.padding],
+        }
 
     @classmethod
     def from_json(cls, record: dict) -> InPlaneGeometry:
         shape, box, size = (tuple(int(v) for v in record[k]) for k in ("shape", "box", "size"))
-        if len(shape) != 2 or len(box) != 4 or len(size) != 2 or min(size) < 1 \
-                or box[2] <= box[0] or box[3] <= box[1]:
+        if len(shape) != 2 or len(box) != 4 or len(size) != 2 or min(size) < 1 or box[2] <= box[0] or box[3] <= box[1]:
             raise ValueError(f"malformed in-plane geometry {record!r}")
         return cls(shape, box, size)
 
@@ -191,8 +197,9 @@ def _crop_start(n: int, size: int, occupied: np.ndarray) -> int:
     return int(min(max(int(np.floor(centre - size / 2)), 0), n - size))
 
 
-def plan_geometry(shape: Sequence[int], size: int | None, fit: str = "crop",
-                  foreground: np.ndarray | None = None) -> InPlaneGeometry:
+def plan_geometry(
+    shape: Sequence[int], size: int | None, fit: str = "crop", foreground: np.ndarray | None = None
+) -> InPlaneGeometry:
     """The geometry storing ``(X, Y)`` planes at ``size x size`` (module doc); identity if ``size`` is
     ``None``.
 

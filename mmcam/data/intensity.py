@@ -52,15 +52,13 @@ def check_percentiles(percentiles) -> tuple[float, float]:
     try:
         lo, hi = (float(p) for p in percentiles)
     except (TypeError, ValueError):
-        raise DataError(f"clip percentiles must be two numbers (low, high), got {percentiles!r}") \
-            from None
+        raise DataError(f"clip percentiles must be two numbers (low, high), got {percentiles!r}") from None
     if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo < hi <= 100.0):
         raise DataError(f"clip percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
     return lo, hi
 
 
-def normalize_intensity(volume: np.ndarray, percentiles=DEFAULT_PERCENTILES
-                        ) -> tuple[np.ndarray, IntensityStats]:
+def normalize_intensity(volume: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> tuple[np.ndarray, IntensityStats]:
     """Clip ``volume`` to foreground percentiles and scale the foreground to ``[0, 1]`` (module doc).
 
     Args:

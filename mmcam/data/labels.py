@@ -61,8 +61,7 @@ class LabelSpec:
             return self.default_region
         if not isinstance(region, str) or region.upper() not in self.regions:
             raise DataError(
-                f"unknown region {region!r} for label spec {self.name!r}; "
-                f"choose one of {', '.join(self.regions)}"
+                f"unknown region {region!r} for label spec {self.name!r}; choose one of {', '.join(self.regions)}"
             )
         return region.upper()
 
@@ -78,8 +77,7 @@ class LabelSpec:
         if unexpected:
             allowed = ", ".join(str(v) for v in sorted(self.values))
             message = (
-                f"{source}: unexpected label values {unexpected} for label spec {self.name!r} "
-                f"(allowed: {allowed})"
+                f"{source}: unexpected label values {unexpected} for label spec {self.name!r} (allowed: {allowed})"
             )
             raise DataError(message + (f"; {self.hint}" if self.hint else ""))
 
@@ -101,22 +99,30 @@ def _brats_spec(year: int) -> LabelSpec:
     """The BraTS glioma label spec of a release year (2018-2021, 2023, 2024)."""
     if year <= 2022:
         enhancing = 4
-        values = {0: "background", 1: "necrotic and non-enhancing tumour core (NCR/NET)",
-                  2: "peritumoral edema (ED)", 4: "GD-enhancing tumour (ET)"}
-        hint = ("label 3 is the enhancing tumour from BraTS 2023 on: use dataset brats2023 "
-                "(or brats2024)")
+        values = {
+            0: "background",
+            1: "necrotic and non-enhancing tumour core (NCR/NET)",
+            2: "peritumoral edema (ED)",
+            4: "GD-enhancing tumour (ET)",
+        }
+        hint = "label 3 is the enhancing tumour from BraTS 2023 on: use dataset brats2023 (or brats2024)"
     else:
         enhancing = 3
         core = "non-enhancing tumour core (NETC)" if year >= 2024 else "necrotic tumour core (NCR)"
-        values = {0: "background", 1: core,
-                  2: "surrounding non-enhancing FLAIR hyperintensity (SNFH)",
-                  3: "enhancing tumour (ET)"}
+        values = {
+            0: "background",
+            1: core,
+            2: "surrounding non-enhancing FLAIR hyperintensity (SNFH)",
+            3: "enhancing tumour (ET)",
+        }
         if year >= 2024:
             values[4] = "resection cavity (RC), part of no tumour region"
             hint = ""
         else:
-            hint = ("label 4 is the resection cavity of BraTS 2024: use dataset brats2024; "
-                    "BraTS 2018-2022 use 4 for the enhancing tumour: use brats2021")
+            hint = (
+                "label 4 is the resection cavity of BraTS 2024: use dataset brats2024; "
+                "BraTS 2018-2022 use 4 for the enhancing tumour: use brats2021"
+            )
     regions = {
         "WT": frozenset({1, 2, enhancing}),
         "TC": frozenset({1, enhancing}),
@@ -144,6 +150,4 @@ def get_label_spec(name: str) -> LabelSpec:
     try:
         return LABEL_SPECS[name]
     except (KeyError, TypeError):
-        raise DataError(
-            f"unknown label spec {name!r}; choose one of {', '.join(LABEL_SPECS)}"
-        ) from None
+        raise DataError(f"unknown label spec {name!r}; choose one of {', '.join(LABEL_SPECS)}") from None

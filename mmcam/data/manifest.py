@@ -43,9 +43,13 @@ MANIFEST_VERSION = 1
 
 def _subject_record(meta) -> dict:
     return {
-        "subject": meta.id, "labeled": meta.labeled, "shape": list(meta.shape),
-        "spacing": list(meta.zooms), "affine": meta.affine.tolist(),
-        "crop": meta.geometry.to_json(), "stored_affine": meta.stored_affine.tolist(),
+        "subject": meta.id,
+        "labeled": meta.labeled,
+        "shape": list(meta.shape),
+        "spacing": list(meta.zooms),
+        "affine": meta.affine.tolist(),
+        "crop": meta.geometry.to_json(),
+        "stored_affine": meta.stored_affine.tolist(),
         "slices": meta.slice_index.tolist(),
         "labels": {r: v.tolist() for r, v in meta.slice_labels.items()} if meta.labeled else None,
     }
@@ -57,10 +61,13 @@ def manifest_record(index, metas: Iterable) -> dict:
     from mmcam.data.labels import get_label_spec
 
     return {
-        "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "dataset": index.dataset,
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "dataset": index.dataset,
         "label_spec": index.label_spec,
         "default_region": get_label_spec(index.label_spec).default_region,
-        "modalities": list(index.modalities), "subjects": [_subject_record(m) for m in metas],
+        "modalities": list(index.modalities),
+        "subjects": [_subject_record(m) for m in metas],
     }
 
 
@@ -71,8 +78,7 @@ def write_manifest(cache_dir, index, metas: Iterable) -> Path:
     head = json.dumps(record, separators=(",", ":"))[:-1]
     lines = ",\n".join(json.dumps(s, separators=(",", ":")) for s in subjects)
     text = f'{head},"subjects":[\n{lines}\n]}}\n'
-    return atomic_write(Path(cache_dir) / MANIFEST_FILE,
-                        lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return atomic_write(Path(cache_dir) / MANIFEST_FILE, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def read_manifest(cache_dir) -> dict:
@@ -81,12 +87,13 @@ def read_manifest(cache_dir) -> dict:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DataError(f"{path}: missing manifest; build the cache with python -m mmcam.prepare") \
-            from None
+        raise DataError(f"{path}: missing manifest; build the cache with python -m mmcam.prepare") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path}: cannot read the manifest ({exc})") from exc
     if record.get("format") != MANIFEST_FORMAT or record.get("version") != MANIFEST_VERSION:
-        raise DataError(f"{path}: manifest format {record.get('format')!r} version "
-                        f"{record.get('version')!r}, expected {MANIFEST_FORMAT!r} version "
-                        f"{MANIFEST_VERSION}")
+        raise DataError(
+            f"{path}: manifest format {record.get('format')!r} version "
+            f"{record.get('version')!r}, expected {MANIFEST_FORMAT!r} version "
+            f"{MANIFEST_VERSION}"
+        )
     return record

@@ -14,8 +14,7 @@ import numpy as np
 
 from mmcam.data.errors import DataError
 
-__all__ = ["BRATS_MODALITIES", "PROSTATE_MODALITIES", "ALIASES", "canonical_modality",
-           "select_modalities"]
+__all__ = ["BRATS_MODALITIES", "PROSTATE_MODALITIES", "ALIASES", "canonical_modality", "select_modalities"]
 
 BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
 PROSTATE_MODALITIES = ("t2", "adc")
@@ -31,8 +30,7 @@ def canonical_modality(name: str) -> str:
     return ALIASES.get(lower, lower)
 
 
-def select_modalities(requested: Sequence[str] | None, available: Sequence[str]
-                      ) -> tuple[tuple[str, ...], np.ndarray]:
+def select_modalities(requested: Sequence[str] | None, available: Sequence[str]) -> tuple[tuple[str, ...], np.ndarray]:
     """Resolve ``requested`` names (aliases allowed) against the ``available`` canonical names.
 
     Returns:
@@ -46,11 +44,14 @@ def select_modalities(requested: Sequence[str] | None, available: Sequence[str]
     if requested is None:
         return available, np.arange(len(available), dtype=np.int64)
     if isinstance(requested, str):
-        raise DataError(f"modalities must be a sequence of names, not the single string "
-                        f"{requested!r} (write [{requested!r}])")
+        raise DataError(
+            f"modalities must be a sequence of names, not the single string {requested!r} (write [{requested!r}])"
+        )
     names = tuple(canonical_modality(m) for m in requested)
     unknown = [m for m, c in zip(requested, names) if c not in available]
     if unknown or not names or len(set(names)) != len(names):
-        raise DataError(f"modalities must be distinct names among {list(available)} (aliases: "
-                        f"{', '.join(f'{a}={c}' for a, c in ALIASES.items())}), got {list(requested)}")
+        raise DataError(
+            f"modalities must be distinct names among {list(available)} (aliases: "
+            f"{', '.join(f'{a}={c}' for a, c in ALIASES.items())}), got {list(requested)}"
+        )
     return names, np.array([available.index(m) for m in names], dtype=np.int64)

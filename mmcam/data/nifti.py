@@ -35,12 +35,18 @@ from nibabel.filebasedimages import ImageFileError
 from mmcam.atomic_files import atomic_write
 from mmcam.data.errors import DataError, DataWarning
 
-__all__ = ["NONFINITE_POLICIES", "Volume", "load_image", "load_labels", "save_nifti", "header_to_text",
-           "header_from_text"]
+__all__ = [
+    "NONFINITE_POLICIES",
+    "Volume",
+    "load_image",
+    "load_labels",
+    "save_nifti",
+    "header_to_text",
+    "header_from_text",
+]
 
 # What nibabel, gzip and numpy raise for missing, truncated or corrupt files.
-_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error, gzip.BadGzipFile,
-                MemoryError)
+_READ_ERRORS = (OSError, EOFError, ValueError, ImageFileError, zlib.error, gzip.BadGzipFile, MemoryError)
 
 #: What :func:`load_image` does with NaN / inf voxels: raise, or set them to 0 with a warning.
 NONFINITE_POLICIES = ("error", "zero")
@@ -95,11 +101,11 @@ def _spatial_shape(path: Path, shape: tuple[int, ...], channel: int | None) -> N
             raise DataError(f"{path}: expected a 3-D volume, got shape {shape}{extra}")
     else:
         if len(shape) != 4:
-            raise DataError(f"{path}: expected a 4-D (X, Y, Z, C) file to read channel {channel} "
-                            f"from, got shape {shape}")
+            raise DataError(
+                f"{path}: expected a 4-D (X, Y, Z, C) file to read channel {channel} from, got shape {shape}"
+            )
         if not 0 <= channel < shape[3]:
-            raise DataError(f"{path}: channel {channel} out of range, the file has {shape[3]} "
-                            f"channels (shape {shape})")
+            raise DataError(f"{path}: channel {channel} out of range, the file has {shape[3]} channels (shape {shape})")
     if min(shape[:3]) < 1:
         raise DataError(f"{path}: empty volume, shape {shape}")
 
@@ -143,10 +149,13 @@ def load_image(path, channel: int | None = None, nonfinite: str = "error") -> Vo
     if bad:
         where = f"{path}" + ("" if channel is None else f" (channel {channel})")
         if nonfinite == "error":
-            raise DataError(f"{where}: {bad} non-finite intensity values (NaN or inf); pass "
-                            "nonfinite='zero' (--nonfinite zero) to treat them as background")
-        warnings.warn(f"{where}: {bad} non-finite intensity values (NaN or inf) set to 0 "
-                      "(background)", DataWarning, stacklevel=2)
+            raise DataError(
+                f"{where}: {bad} non-finite intensity values (NaN or inf); pass "
+                "nonfinite='zero' (--nonfinite zero) to treat them as background"
+            )
+        warnings.warn(
+            f"{where}: {bad} non-finite intensity values (NaN or inf) set to 0 (background)", DataWarning, stacklevel=2
+        )
         data = np.where(finite, data, np.float32(0))
     return Volume(data, image.affine.astype(np.float64), image.header, path, bad)
 
@@ -168,8 +177,7 @@ def load_labels(path) -> Volume:
         whole = np.isfinite(data) & (data == np.round(data))
         if not whole.all():
             examples = np.unique(data[~whole])[:5].tolist()
-            raise DataError(f"{path}: label mask holds values that are not whole numbers, "
-                            f"e.g. {examples}")
+            raise DataError(f"{path}: label mask holds values that are not whole numbers, e.g. {examples}")
     return Volume(data.astype(np.int64), image.affine.astype(np.float64), image.header, path)
 
 
@@ -223,8 +231,10 @@ def save_nifti(path, data: np.ndarray, affine: np.ndarray, header=None) -> Path:
     image = image_class(data, affine, header)
     image.header.set_data_dtype(data.dtype)  # nibabel would keep the carried header's type
     image.header.set_slope_inter(1.0, 0.0)
-    image.set_qform(affine, code=int(header["qform_code"]) if header is not None
-                    and int(header["qform_code"]) > 0 else 1)
-    image.set_sform(affine, code=int(header["sform_code"]) if header is not None
-                    and int(header["sform_code"]) > 0 else 1)
+    image.set_qform(
+        affine, code=int(header["qform_code"]) if header is not None and int(header["qform_code"]) > 0 else 1
+    )
+    image.set_sform(
+        affine, code=int(header["sform_code"]) if header is not None and int(header["sform_code"]) > 0 else 1
+    )
     return atomic_write(path, lambda tmp: nib.save(image, tmp))

@@ -25,8 +25,14 @@ import numpy as np
 
 from mmcam.data.errors import DataError
 
-__all__ = ["DEFAULT_FRACTIONS", "PatientSplit", "parse_fractions", "check_fractions", "split_patients",
-           "kfold_patients"]
+__all__ = [
+    "DEFAULT_FRACTIONS",
+    "PatientSplit",
+    "parse_fractions",
+    "check_fractions",
+    "split_patients",
+    "kfold_patients",
+]
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 _PARTS = ("train", "val", "test")
@@ -51,15 +57,13 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         values = tuple(fractions)
     except TypeError:
         values = (fractions,)
-    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float, np.floating))
-                               for v in values):
+    if len(values) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, float, np.floating)) for v in values):
         raise DataError(f"split fractions must be three numbers (train, val, test), got {fractions!r}")
     values = tuple(float(v) for v in values)
     if not all(math.isfinite(v) and v >= 0 for v in values):
         raise DataError(f"split fractions must be non-negative, got {values}")
     if abs(sum(values) - 1.0) > 1e-6:
-        raise DataError(f"split fractions (train, val, test) must sum to 1, got {values} "
-                        f"(sum {sum(values):g})")
+        raise DataError(f"split fractions (train, val, test) must sum to 1, got {values} (sum {sum(values):g})")
     return values
 
 
@@ -69,8 +73,9 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     try:
         values = [float(p) for p in parts]
     except ValueError:
-        raise DataError(f"--splits expects three comma-separated numbers train,val,test such as "
-                        f"0.7,0.1,0.2, got {text!r}") from None
+        raise DataError(
+            f"--splits expects three comma-separated numbers train,val,test such as 0.7,0.1,0.2, got {text!r}"
+        ) from None
     if len(values) != 3:
         raise DataError(f"--splits expects three comma-separated numbers train,val,test, got {text!r}")
     return check_fractions(values)
@@ -99,8 +104,7 @@ def _sizes(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int
     n_train = n - n_test - n_val
     if train > 0:
         if n_train < 1:
-            raise DataError(f"{n} patients leave none for training with split fractions "
-                            f"{fractions} (train, val, test)")
+            raise DataError(f"{n} patients leave none for training with split fractions {fractions} (train, val, test)")
         return n_train, n_val, n_test
     if val > 0:
         n_val += n_train
@@ -115,8 +119,9 @@ def _split(train, val, test) -> PatientSplit:
     return PatientSplit(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
 
 
-def split_patients(subject_ids: Iterable[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
-                   seed: int = 0) -> PatientSplit:
+def split_patients(
+    subject_ids: Iterable[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, *, seed: int = 0
+) -> PatientSplit:
     """Split patients into train / val / test by ``fractions = (train, val, test)``.
 
     The shuffled order is dealt test first, then val, then train. No ids: an empty split.
@@ -129,11 +134,12 @@ def split_patients(subject_ids: Iterable[str], fractions: Sequence[float] = DEFA
     if not shuffled:
         return PatientSplit((), (), ())
     n_train, n_val, n_test = _sizes(len(shuffled), fractions)
-    return _split(shuffled[n_test + n_val:], shuffled[n_test:n_test + n_val], shuffled[:n_test])
+    return _split(shuffled[n_test + n_val :], shuffled[n_test : n_test + n_val], shuffled[:n_test])
 
 
-def kfold_patients(subject_ids: Iterable[str], *, folds: int, test_fraction: float = 0.2,
-                   seed: int = 0) -> list[PatientSplit]:
+def kfold_patients(
+    subject_ids: Iterable[str], *, folds: int, test_fraction: float = 0.2, seed: int = 0
+) -> list[PatientSplit]:
     """``folds`` train/val splits of the non-test patients (each patient validates in one fold).
 
     Raises:
@@ -141,8 +147,11 @@ def kfold_patients(subject_ids: Iterable[str], *, folds: int, test_fraction: flo
     """
     if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
         raise DataError(f"folds must be an int >= 2, got {folds!r}")
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
-            or not 0.0 <= test_fraction <= 1.0:
+    if (
+        isinstance(test_fraction, bool)
+        or not isinstance(test_fraction, (int, float))
+        or not 0.0 <= test_fraction <= 1.0
+    ):
         raise DataError(f"test_fraction must be a number in [0, 1], got {test_fraction!r}")
     shuffled = _shuffled(subject_ids, seed)
     n_test = min(_count(test_fraction, len(shuffled)), len(shuffled))
@@ -152,6 +161,5 @@ def kfold_patients(subject_ids: Iterable[str], *, folds: int, test_fraction: flo
     splits = []
     for part in np.array_split(np.arange(len(rest)), folds):
         val = set(part.tolist())
-        splits.append(_split([r for i, r in enumerate(rest) if i not in val],
-                             [rest[i] for i in sorted(val)], test))
+        splits.append(_split([r for i, r in enumerate(rest) if i not in val], [rest[i] for i in sorted(val)], test))
     return splits

@@ -76,8 +76,17 @@ from mmcam.data.errors import DataError
 from mmcam.data.nifti import save_nifti
 from mmcam.progress import progress_bar
 
-__all__ = ["LAYOUTS", "DEFAULT_SHAPES", "FIELDS_OF_VIEW", "spacing", "SyntheticSubject", "make_subject",
-           "generate_synthetic", "prepare_synthetic", "main"]
+__all__ = [
+    "LAYOUTS",
+    "DEFAULT_SHAPES",
+    "FIELDS_OF_VIEW",
+    "spacing",
+    "SyntheticSubject",
+    "make_subject",
+    "generate_synthetic",
+    "prepare_synthetic",
+    "main",
+]
 
 LAYOUTS = ("brats", "prostate")
 #: Default volume shape (X, Y, Z) of each layout.
@@ -164,15 +173,13 @@ def _blur(volume: np.ndarray, sigma: Sequence[float]) -> np.ndarray:
         pad[axis] = (radius, radius)
         padded = np.pad(out, pad, mode="edge")
         n = out.shape[axis]
-        out = sum(w * np.take(padded, np.arange(t, t + n), axis=axis)
-                  for t, w in enumerate(weights))
+        out = sum(w * np.take(padded, np.arange(t, t + n), axis=axis) for t, w in enumerate(weights))
     return out.astype(np.float32, copy=False)
 
 
 def _grid(shape, spacing, centre_mm) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """World coordinates (mm) of every voxel relative to ``centre_mm``, each ``(X, Y, Z)``."""
-    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * s - c
-            for n, s, c in zip(shape, spacing, centre_mm)]
+    axes = [(np.arange(n, dtype=np.float32) - (n - 1) / 2) * s - c for n, s, c in zip(shape, spacing, centre_mm)]
     return np.meshgrid(*axes, indexing="ij")
 
 
@@ -199,7 +206,9 @@ def _compose(tissue_masks: dict, table: dict, modality: int, shape) -> np.ndarra
 def _affine(shape, spacing, flips=(1.0, 1.0, 1.0), rotation=None) -> np.ndarray:
     """Voxel->world matrix: ``rotation @ diag(flips * spacing)`` (rotation: identity when ``None``), the volume
     centre at the origin."""
-    linear = np.asarray(np.eye(3) if rotation is None else rotation, dtype=np.float64) @ np.diag(np.multiply(flips, spacing))
+    linear = np.asarray(np.eye(3) if rotation is None else rotation, dtype=np.float64) @ np.diag(
+        np.multiply(flips, spacing)
+    )
     affine = np.eye(4)
     affine[:3, :3] = linear
     affine[:3, 3] = -linear @ ((np.asarray(shape, dtype=np.float64) - 1) / 2)
@@ -287,11 +296,15 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
         image = _compose(tissues, table, m, shape) * heterogeneity
         image = _blur(image, (0.6, 0.6, 0.4))
         image *= np.exp(0.2 * _smooth_noise(rng, shape, (3, 3, 2)))  # bias field
-        image = _rician(rng, image, 0.025) * brain                  # skull-stripped
+        image = _rician(rng, image, 0.025) * brain  # skull-stripped
         images.append(_to_int16(image, rng.uniform(400, 1200)))
-    return SyntheticSubject(np.stack(images), labels,
-                            _affine(shape, voxel, flips=(-1.0, -1.0, 1.0)),
-                            ("t1", "t1ce", "t2", "flair"), {"wmh": wmh, "plexus": tissues["plexus"]})
+    return SyntheticSubject(
+        np.stack(images),
+        labels,
+        _affine(shape, voxel, flips=(-1.0, -1.0, 1.0)),
+        ("t1", "t1ce", "t2", "flair"),
+        {"wmh": wmh, "plexus": tissues["plexus"]},
+    )
 
 
 def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
@@ -308,19 +321,28 @@ def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
 
     gland_centre = np.array([rng.uniform(-3, 3), rng.uniform(-4, 0), rng.uniform(-8, 8)])
     gland_axes = np.array([rng.uniform(19, 24), rng.uniform(14, 18), rng.uniform(17, 23)])
-    g = _ellipsoid_radius((x - gland_centre[0], y - gland_centre[1], z - gland_centre[2]),
-                          gland_axes) + 0.06 * _smooth_noise(rng, shape, (8, 8, 5))
+    g = _ellipsoid_radius(
+        (x - gland_centre[0], y - gland_centre[1], z - gland_centre[2]), gland_axes
+    ) + 0.06 * _smooth_noise(rng, shape, (8, 8, 5))
     gland = g < 1
     # transition zone: anterior-central, larger towards the base (superior slices)
     base = np.clip((z - gland_centre[2]) / gland_axes[2], -1, 1)
     tz_scale = rng.uniform(0.55, 0.7) * (1.0 + 0.25 * base)
-    tz = gland & (_ellipsoid_radius((x - gland_centre[0], y - gland_centre[1] + 4,
-                                     z - gland_centre[2]), [a * tz_scale for a in gland_axes]) < 1)
+    tz = gland & (
+        _ellipsoid_radius(
+            (x - gland_centre[0], y - gland_centre[1] + 4, z - gland_centre[2]), [a * tz_scale for a in gland_axes]
+        )
+        < 1
+    )
     labels = np.zeros(shape, dtype=np.uint8)
     labels[gland] = 1
     labels[tz] = 2
-    bladder = _ellipsoid_radius((x - gland_centre[0], y - gland_centre[1] + 6,
-                                 z - gland_centre[2] - gland_axes[2] - 20), (24, 20, 22)) < 1
+    bladder = (
+        _ellipsoid_radius(
+            (x - gland_centre[0], y - gland_centre[1] + 6, z - gland_centre[2] - gland_axes[2] - 20), (24, 20, 22)
+        )
+        < 1
+    )
     lesion = np.zeros(shape, dtype=bool)
     if rng.uniform() < 0.5:
         pz = np.argwhere(labels == 1)
@@ -347,17 +369,16 @@ def _pelvis(rng: np.random.Generator, shape) -> SyntheticSubject:
     t2 = _to_int16(_rician(rng, t2, 0.02), rng.uniform(300, 900))
     adc = _blur(_compose(tissues, _PELVIS_TISSUES, 1, shape), (1.5, 1.5, 0.4))
     adc = _to_int16(_rician(rng, adc, 0.05), rng.uniform(1500, 2500))
-    return SyntheticSubject(np.stack([t2, adc]), labels,
-                            _affine(shape, voxel, rotation=_rotation(rng, 12.0, 5.0)), ("t2", "adc"),
-                            {})
+    return SyntheticSubject(
+        np.stack([t2, adc]), labels, _affine(shape, voxel, rotation=_rotation(rng, 12.0, 5.0)), ("t2", "adc"), {}
+    )
 
 
 def _check_layout_shape(layout: str, shape) -> tuple[int, int, int]:
     if layout not in LAYOUTS:
         raise DataError(f"unknown synthetic layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     shape = DEFAULT_SHAPES[layout] if shape is None else tuple(shape)
-    if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer))
-                              or v < 8 for v in shape):
+    if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 8 for v in shape):
         raise DataError(f"shape must be three ints >= 8 (X, Y, Z), got {shape!r}")
     return tuple(int(v) for v in shape)
 
@@ -394,18 +415,21 @@ def _write_msd_subject(root: Path, subject_id: str, subject: SyntheticSubject) -
 
 def _msd_dataset_json(ids: Sequence[str]) -> dict:
     return {
-        "name": "mmcam synthetic prostate", "description": "synthetic phantoms, MSD Task05 layout",
-        "tensorImageSize": "4D", "modality": {"0": "T2", "1": "ADC"},
+        "name": "mmcam synthetic prostate",
+        "description": "synthetic phantoms, MSD Task05 layout",
+        "tensorImageSize": "4D",
+        "modality": {"0": "T2", "1": "ADC"},
         "labels": {"0": "background", "1": "PZ", "2": "TZ"},
-        "numTraining": len(ids), "numTest": 0,
-        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"}
-                     for i in ids],
+        "numTraining": len(ids),
+        "numTest": 0,
+        "training": [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids],
         "test": [],
     }
 
 
-def generate_synthetic(root, layout: str = "brats", n_subjects: int = 20, seed: int = 0,
-                       shape=None, progress: bool = False) -> Path:
+def generate_synthetic(
+    root, layout: str = "brats", n_subjects: int = 20, seed: int = 0, shape=None, progress: bool = False
+) -> Path:
     """Write ``n_subjects`` phantoms to ``root`` in the raw ``layout`` and return ``root``.
 
     ``brats``: BraTS 2021 layout, ids ``synth_00000``...; ``prostate``: MSD Task05 layout with
@@ -424,8 +448,10 @@ def generate_synthetic(root, layout: str = "brats", n_subjects: int = 20, seed: 
     if marker.is_file():
         if json.loads(marker.read_text()) == params:
             return root
-        raise DataError(f"{root}: holds synthetic data generated with other parameters "
-                        f"({marker.read_text().strip()}); choose a new directory")
+        raise DataError(
+            f"{root}: holds synthetic data generated with other parameters "
+            f"({marker.read_text().strip()}); choose a new directory"
+        )
     if root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: not empty; choose a new directory for the synthetic data")
     prefix = "synth" if layout == "brats" else "prostate"
@@ -445,8 +471,16 @@ def generate_synthetic(root, layout: str = "brats", n_subjects: int = 20, seed: 
     return root
 
 
-def prepare_synthetic(workdir, layout: str = "brats", n_subjects: int = 20, seed: int = 0,
-                      shape=None, workers: int = 1, progress: bool = False, options=None) -> Path:
+def prepare_synthetic(
+    workdir,
+    layout: str = "brats",
+    n_subjects: int = 20,
+    seed: int = 0,
+    shape=None,
+    workers: int = 1,
+    progress: bool = False,
+    options=None,
+) -> Path:
     """Generate phantoms into ``workdir/raw`` and build their cache with splits into
     ``workdir/cache`` (default split: seed ``seed``, fractions 0.7, 0.1, 0.2; ``options``: a
     :class:`~mmcam.data.build.BuildOptions`); return the cache directory. Reuses both when already
@@ -460,8 +494,7 @@ def prepare_synthetic(workdir, layout: str = "brats", n_subjects: int = 20, seed
     raw = generate_synthetic(workdir / "raw", layout, n_subjects, seed, shape, progress)
     cache_dir = workdir / "cache"
     if not (cache_dir / INDEX_FILE).is_file():
-        build_cache(discover(raw), cache_dir, options=options or BuildOptions(), workers=workers,
-                    progress=progress)
+        build_cache(discover(raw), cache_dir, options=options or BuildOptions(), workers=workers, progress=progress)
     if not (cache_dir / SPLITS_FILE).is_file():
         write_splits(cache_dir, seed=seed)
     return cache_dir
@@ -472,20 +505,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mmcam.data.synthetic",
         description="Write synthetic multi-modal MRI phantoms in a real raw layout (brats: BraTS "
-                    "2021, prostate: MSD Task05); then run python -m mmcam.prepare --data DIR.")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="output directory (new or empty)")
-    parser.add_argument("--subjects", type=int, default=20, metavar="N",
-                        help="number of subjects (default 20)")
+        "2021, prostate: MSD Task05); then run python -m mmcam.prepare --data DIR.",
+    )
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output directory (new or empty)")
+    parser.add_argument("--subjects", type=int, default=20, metavar="N", help="number of subjects (default 20)")
     parser.add_argument("--layout", choices=LAYOUTS, default="brats")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shape", type=int, nargs=3, metavar=("X", "Y", "Z"),
-                        help="volume shape (default brats 96 96 40, prostate 96 96 24)")
+    parser.add_argument(
+        "--shape",
+        type=int,
+        nargs=3,
+        metavar=("X", "Y", "Z"),
+        help="volume shape (default brats 96 96 40, prostate 96 96 24)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        generate_synthetic(args.out, args.layout, args.subjects, args.seed, args.shape,
-                           progress=not args.no_progress)
+        generate_synthetic(args.out, args.layout, args.subjects, args.seed, args.shape, progress=not args.no_progress)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

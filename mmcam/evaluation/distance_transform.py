@@ -34,7 +34,7 @@ def squared_distance_along_lines(f: np.ndarray, spacing: float) -> np.ndarray:
     """
     lines, n = f.shape
     x = np.arange(n, dtype=np.float64) * float(spacing)
-    height = f + x * x                       # f(j) + x_j², the parabola of sample j shifted up
+    height = f + x * x  # f(j) + x_j², the parabola of sample j shifted up
     vertex = np.zeros((lines, n), dtype=np.int64)  # samples whose parabolas form the envelope
     bound = np.full((lines, n + 1), np.inf)  # envelope piece k covers [bound[k], bound[k + 1])
     bound[:, 0] = -np.inf

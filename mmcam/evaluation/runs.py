@@ -34,8 +34,20 @@ from mmcam.models import MultiModalCAM
 from mmcam.training import checkpoint as ckpt
 from mmcam.training import config as cfg
 
-__all__ = ["CHECKPOINTS", "COMBINED", "UsageError", "LoadedRun", "load_run", "training_cache", "SubjectMaps",
-           "subject_maps", "truth_volume", "check_map_types", "labelled_split", "patient_volumes"]
+__all__ = [
+    "CHECKPOINTS",
+    "COMBINED",
+    "UsageError",
+    "LoadedRun",
+    "load_run",
+    "training_cache",
+    "SubjectMaps",
+    "subject_maps",
+    "truth_volume",
+    "check_map_types",
+    "labelled_split",
+    "patient_volumes",
+]
 
 #: Checkpoint names of a run directory (``RUN_DIR/<name>.pt``, written by :mod:`mmcam.training.trainer`).
 CHECKPOINTS = ("best", "best_dice", "last")
@@ -112,8 +124,9 @@ def load_run(run_dir, checkpoint: str | None = None, device: str = "cpu") -> Loa
         raise UsageError("--device cuda: no CUDA device is available")
     try:
         saved = ckpt.load(path)
-        model = MultiModalCAM(saved["modalities"], width_divisor=saved.get("config", {}).get(
-            "width_divisor", config.width_divisor))
+        model = MultiModalCAM(
+            saved["modalities"], width_divisor=saved.get("config", {}).get("width_divisor", config.width_divisor)
+        )
         model.load_state_dict(saved["model"])
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: not a usable checkpoint of python -m mmcam.train ({exc})") from None
@@ -174,8 +187,9 @@ class SubjectMaps:
         return self.meta.restack(np.ascontiguousarray(self.stored(channel), dtype=np.float32), fill=0.0)
 
 
-def subject_maps(run: LoadedRun, cache_dir, subject_id: str, map_type: str = "cam",
-                 batch_size: int = 32) -> SubjectMaps:
+def subject_maps(
+    run: LoadedRun, cache_dir, subject_id: str, map_type: str = "cam", batch_size: int = 32
+) -> SubjectMaps:
     """Run every modality's network on its own modality of every stored slice of one subject.
 
     Args:
@@ -193,8 +207,9 @@ def subject_maps(run: LoadedRun, cache_dir, subject_id: str, map_type: str = "ca
         m, p = class_maps(run.model, batch["image"].to(run.device), map_type)
         maps.append(m.float().cpu().numpy())
         predicted.append(p.cpu().numpy())
-    return SubjectMaps(dataset.subject_meta(subject_id), tuple(run.modalities), np.concatenate(maps),
-                       np.concatenate(predicted))
+    return SubjectMaps(
+        dataset.subject_meta(subject_id), tuple(run.modalities), np.concatenate(maps), np.concatenate(predicted)
+    )
 
 
 def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.ndarray:
@@ -221,8 +236,9 @@ def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.nd
     try:
         labels = load_labels(source)
     except DataError as exc:
-        raise UsageError(f"{exc} (needed as the ground truth of {subject_id}: the cache stores resized "
-                         "masks)") from None
+        raise UsageError(
+            f"{exc} (needed as the ground truth of {subject_id}: the cache stores resized masks)"
+        ) from None
     return get_label_spec(dataset.index.label_spec).region_mask(labels.data, dataset.region)
 
 
@@ -234,13 +250,16 @@ def labelled_split(run: LoadedRun, cache_dir, split: str, option: str = "--split
     except DataError as exc:
         raise UsageError(f"{option} {split}: {exc}") from None
     if not dataset.has_masks:
-        raise UsageError(f"{option} {split}: the subjects of this split of {cache_dir} have no ground-truth "
-                         "masks; evaluation needs labels (use python -m mmcam.infer for unlabelled data)")
+        raise UsageError(
+            f"{option} {split}: the subjects of this split of {cache_dir} have no ground-truth "
+            "masks; evaluation needs labels (use python -m mmcam.infer for unlabelled data)"
+        )
     return dataset
 
 
-def patient_volumes(run: LoadedRun, dataset: SliceDataset, map_type: str = "cam", batch_size: int = 32
-                    ) -> Iterator[tuple[str, SubjectMaps, dict, np.ndarray]]:
+def patient_volumes(
+    run: LoadedRun, dataset: SliceDataset, map_type: str = "cam", batch_size: int = 32
+) -> Iterator[tuple[str, SubjectMaps, dict, np.ndarray]]:
     """``(subject, SubjectMaps, {channel: (X, Y, Z) float32 map}, truth (X, Y, Z) bool)`` for every patient
     of a labelled ``dataset``, one at a time (channels: :attr:`LoadedRun.channels`)."""
     for subject in dataset.subject_ids:

@@ -31,20 +31,31 @@ import numpy as np
 from mmcam.evaluation.distance_transform import distance_transform
 from mmcam.evaluation.overlap import OverlapCounts
 
-__all__ = ["EMPTY_MASK_CONVENTION", "METRIC_DEFINITIONS", "CaseMetrics", "surface", "surface_distances",
-           "dice", "hd95", "assd", "slice_dice", "case_metrics"]
+__all__ = [
+    "EMPTY_MASK_CONVENTION",
+    "METRIC_DEFINITIONS",
+    "CaseMetrics",
+    "surface",
+    "surface_distances",
+    "dice",
+    "hd95",
+    "assd",
+    "slice_dice",
+    "case_metrics",
+]
 
 EMPTY_MASK_CONVENTION = (
     "both prediction and truth empty: Dice 1, HD95 0 mm, ASSD 0 mm, 2-D Dice 1; exactly one empty: Dice 0, "
-    "2-D Dice 0, HD95 and ASSD undefined (NaN), left out of their mean and std and counted as n_undefined")
+    "2-D Dice 0, HD95 and ASSD undefined (NaN), left out of their mean and std and counted as n_undefined"
+)
 METRIC_DEFINITIONS = {
     "dice": "3-D Dice 2|P∩G|/(|P|+|G|) of the patient's volume on the original voxel grid",
     "hd95_mm": "max of the two directed 95th percentiles (linear interpolation) of the distances between "
-               "surface voxels (6-connected boundary), in mm from the header's voxel spacing (as MONAI "
-               "compute_hausdorff_distance(percentile=95))",
+    "surface voxels (6-connected boundary), in mm from the header's voxel spacing (as MONAI "
+    "compute_hausdorff_distance(percentile=95))",
     "assd_mm": "average symmetric surface distance: mean of the distances from every surface voxel of each "
-               "mask to the other mask's surface, both directions pooled, in mm (as MONAI "
-               "compute_average_surface_distance(symmetric=True))",
+    "mask to the other mask's surface, both directions pooled, in mm (as MONAI "
+    "compute_average_surface_distance(symmetric=True))",
     "dice_2d": "mean per-slice 2-D Dice over the slices [:, :, k] in which prediction or truth is non-empty",
 }
 
@@ -81,8 +92,7 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, ...]:
     return tuple(box)
 
 
-def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def surface_distances(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     """``(d(p, ∂G) for p in ∂P, d(g, ∂P) for g in ∂G)`` in mm, two 1-D float64 arrays.
 
     Both masks must be non-empty. The volumes are cropped to the bounding box of ``pred | truth`` first
@@ -155,5 +165,4 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float]) 
     """All metrics of one patient (one pair of distance transforms for HD95 and ASSD)."""
     pred, truth = _check(pred, truth, spacing)
     hd, average = _hd95_and_assd(pred, truth, spacing)
-    return CaseMetrics(dice(pred, truth), hd, average, slice_dice(pred, truth), int(pred.sum()),
-                       int(truth.sum()))
+    return CaseMetrics(dice(pred, truth), hd, average, slice_dice(pred, truth), int(pred.sum()), int(truth.sum()))

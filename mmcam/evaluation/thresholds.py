@@ -25,12 +25,21 @@ import torch
 from mmcam.evaluation.overlap import PatientDice, threshold_grid
 from mmcam.evaluation.runs import LoadedRun, UsageError, labelled_split, patient_volumes
 
-__all__ = ["THRESHOLD_MODES", "ORACLE_WARNING", "ThresholdRule", "parse_threshold", "otsu_threshold",
-           "sweep_thresholds", "choose_on_split"]
+__all__ = [
+    "THRESHOLD_MODES",
+    "ORACLE_WARNING",
+    "ThresholdRule",
+    "parse_threshold",
+    "otsu_threshold",
+    "sweep_thresholds",
+    "choose_on_split",
+]
 
 THRESHOLD_MODES = ("val", "otsu", "fixed", "oracle")
-ORACLE_WARNING = ("ORACLE: the threshold was swept on the labels of the evaluated split itself; an upper bound "
-                  "for the threshold choice, not a valid result")
+ORACLE_WARNING = (
+    "ORACLE: the threshold was swept on the labels of the evaluated split itself; an upper bound "
+    "for the threshold choice, not a valid result"
+)
 
 
 @dataclass(frozen=True)
@@ -54,15 +63,21 @@ class ThresholdRule:
     def describe(self, split: str = "test") -> str:
         """One sentence stating how the threshold is chosen (for summaries and reports)."""
         if self.mode == "val":
-            return ("per channel, the grid value (0.05 ... 0.95) of highest mean per-patient 3-D Dice on the "
-                    "validation split; no label of the evaluated split is used")
+            return (
+                "per channel, the grid value (0.05 ... 0.95) of highest mean per-patient 3-D Dice on the "
+                "validation split; no label of the evaluated split is used"
+            )
         if self.mode == "otsu":
-            return ("label-free: per patient and channel, Otsu's threshold (256 bins on [0, 1]) of the non-zero "
-                    "voxels of the map volume")
+            return (
+                "label-free: per patient and channel, Otsu's threshold (256 bins on [0, 1]) of the non-zero "
+                "voxels of the map volume"
+            )
         if self.mode == "fixed":
             return f"fixed at {self.value:g} for every channel and patient"
-        return (f"ORACLE (not a valid result): per channel, the grid value of highest mean per-patient 3-D Dice "
-                f"on the labels of the evaluated {split} split itself")
+        return (
+            f"ORACLE (not a valid result): per channel, the grid value of highest mean per-patient 3-D Dice "
+            f"on the labels of the evaluated {split} split itself"
+        )
 
 
 def parse_threshold(text: str | None) -> ThresholdRule:
@@ -76,8 +91,10 @@ def parse_threshold(text: str | None) -> ThresholdRule:
     except ValueError:
         value = math.nan
     if not 0.0 < value <= 1.0:
-        raise UsageError(f"--threshold {text!r}: expected val, otsu or a number in (0, 1] (maps lie in [0, 1], "
-                         "and 0 would select every voxel)")
+        raise UsageError(
+            f"--threshold {text!r}: expected val, otsu or a number in (0, 1] (maps lie in [0, 1], "
+            "and 0 would select every voxel)"
+        )
     return ThresholdRule("fixed", value)
 
 
@@ -93,7 +110,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
         return math.nan
     counts, edges = np.histogram(np.clip(values, 0.0, 1.0), bins=bins, range=(0.0, 1.0))
     centres = (edges[:-1] + edges[1:]) / 2
-    below = np.cumsum(counts)[:-1].astype(np.float64)          # weight of values < edges[k + 1]
+    below = np.cumsum(counts)[:-1].astype(np.float64)  # weight of values < edges[k + 1]
     above = values.size - below
     sum_below = np.cumsum(counts * centres)[:-1]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -106,8 +123,11 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])
 
 
-def sweep_thresholds(cases: Iterable[tuple[str, Mapping[str, np.ndarray], np.ndarray]], channels: Sequence[str],
-                     grid: Sequence[float] | None = None) -> tuple[dict[str, float], dict[str, float]]:
+def sweep_thresholds(
+    cases: Iterable[tuple[str, Mapping[str, np.ndarray], np.ndarray]],
+    channels: Sequence[str],
+    grid: Sequence[float] | None = None,
+) -> tuple[dict[str, float], dict[str, float]]:
     """Per channel, the grid threshold of highest mean per-patient 3-D Dice (ties: the smallest).
 
     Args:
@@ -132,8 +152,9 @@ def sweep_thresholds(cases: Iterable[tuple[str, Mapping[str, np.ndarray], np.nda
     return chosen, {c: dice[c].mean(t) for c, t in chosen.items()}
 
 
-def choose_on_split(run: LoadedRun, cache_dir, split: str, map_type: str = "cam", batch_size: int = 32,
-                    option: str = "--split") -> tuple[dict[str, float], dict[str, float]]:
+def choose_on_split(
+    run: LoadedRun, cache_dir, split: str, map_type: str = "cam", batch_size: int = 32, option: str = "--split"
+) -> tuple[dict[str, float], dict[str, float]]:
     """:func:`sweep_thresholds` over the patients of a labelled ``split`` of ``cache_dir`` (every channel of
     ``run``); ``option`` names the command-line option in errors (e.g. a missing validation split)."""
     dataset = labelled_split(run, cache_dir, split, option)

@@ -109,9 +109,7 @@ def check_equivariance_args(
     check_cam_dtype(src, "src")
     check_same(src, "src", dst, "dst")
     if src.shape[:2] != dst.shape[:2]:
-        raise ValueError(
-            f"src and dst must agree in N and C: src is {_shape(src)}, dst is {_shape(dst)}"
-        )
+        raise ValueError(f"src and dst must agree in N and C: src is {_shape(src)}, dst is {_shape(dst)}")
     check_nonempty_spatial(src, "src")
     check_nonempty_spatial(dst, "dst")
     check_matrix(matrix, src.shape[0], src.device)

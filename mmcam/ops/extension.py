@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 _REBUILD_HINT = (
-    "Rebuild mmcam against the installed torch: "
-    "pip install --no-build-isolation --force-reinstall --no-deps ."
+    "Rebuild mmcam against the installed torch: pip install --no-build-isolation --force-reinstall --no-deps ."
 )
 
 
@@ -73,5 +72,6 @@ def build_info() -> dict:
     """How ``mmcam._C`` was built: ``mmcam_version``, ``torch_version``; ``cuda`` (whether the CUDA kernels
     were built), ``cuda_status`` (one line: what was built, or why CUDA was left out),
     ``cuda_version`` and ``cuda_architectures`` (comma-separated CMake architectures such as
-    ``"80-real,90-real"``, empty without CUDA); ``openmp``, ``parallel_backend`` (ATen's thread settings now) and ``cxx_standard``."""
+    ``"80-real,90-real"``, empty without CUDA); ``openmp``, ``parallel_backend`` (ATen's thread settings now)
+    and ``cxx_standard``."""
     return dict(_C.build_info())

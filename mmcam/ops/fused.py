@@ -34,7 +34,9 @@ def _check_kernels_built(t: torch.Tensor, name: str) -> None:
         raise RuntimeError(f"{name} is on {t.device}; mmcam's fused operators run on cpu and cuda")
 
 
-def warp_normalized(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int], *, eps: float = 1e-8) -> torch.Tensor:
+def warp_normalized(
+    src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int], *, eps: float = 1e-8
+) -> torch.Tensor:
     """Min-max normalise each plane of ``src``, then warp it bilinearly with zero padding.
 
     Args:
@@ -92,7 +94,9 @@ def equivariance_loss(
     """
     checks.check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
     _check_kernels_built(src, "src")
-    return _ops.equivariance_loss(src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction)
+    return _ops.equivariance_loss(
+        src, matrix, dst, weight, distance, l2_normalize, float(eps), float(l2_eps), reduction
+    )
 
 
 def fused_equivariance_terms(
@@ -138,6 +142,7 @@ def fused_equivariance_terms(
     """
     _check_kernels_built(cams, "cams")
     keep = torch.is_grad_enabled() and (cams.requires_grad or cams_t.requires_grad)
-    terms, _warped, _stats = _ops.equivariance_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance,
-                                                     float(eps), float(l2_eps), keep)
+    terms, _warped, _stats = _ops.equivariance_terms(
+        cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, float(eps), float(l2_eps), keep
+    )
     return terms

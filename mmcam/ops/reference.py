@@ -54,9 +54,7 @@ def _normalization(size: int) -> tuple[float, float, float, float]:
     return 2.0 / (size - 1), -1.0, half, half
 
 
-def pixel_matrix_to_theta(
-    matrix: torch.Tensor, src_size: Sequence[int], dst_size: Sequence[int]
-) -> torch.Tensor:
+def pixel_matrix_to_theta(matrix: torch.Tensor, src_size: Sequence[int], dst_size: Sequence[int]) -> torch.Tensor:
     r"""Turn a source->destination pixel affine into the ``theta`` of :func:`F.affine_grid`.
 
     ``affine_grid`` wants the inverse map, destination -> source, in normalised coordinates

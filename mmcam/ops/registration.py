@@ -34,8 +34,9 @@ def _equivariance_loss_fake(src, matrix, dst, weight, distance, l2_normalize, ep
 
 
 @torch.library.register_fake("mmcam::equivariance_loss_backward")
-def _equivariance_loss_backward_fake(grad, src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps,
-                                     reduction, need_src, need_dst):
+def _equivariance_loss_backward_fake(
+    grad, src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction, need_src, need_dst
+):
     return _grad_like(src, need_src), _grad_like(dst, need_dst)
 
 
@@ -48,13 +49,30 @@ def _equivariance_terms_fake(cams, cams_t, matrix, labels, pred_mask, pred_t_mas
     terms = cams.new_empty((2, m))
     if not keep:
         return terms, cams.new_empty((0,)), cams.new_empty((0,), dtype=torch.float64)
-    return (terms, cams.new_empty((n, m) + tuple(cams_t.shape[2:])),
-            cams.new_empty((n, m, _KEPT_STATS_PER_PLANE), dtype=torch.float64))
+    return (
+        terms,
+        cams.new_empty((n, m) + tuple(cams_t.shape[2:])),
+        cams.new_empty((n, m, _KEPT_STATS_PER_PLANE), dtype=torch.float64),
+    )
 
 
 @torch.library.register_fake("mmcam::equivariance_terms_backward")
-def _equivariance_terms_backward_fake(grad, cams, cams_t, matrix, labels, pred_mask, pred_t_mask, kept_warped,
-                                      kept_stats, er_distance, eps, l2_eps, need_cams, need_cams_t):
+def _equivariance_terms_backward_fake(
+    grad,
+    cams,
+    cams_t,
+    matrix,
+    labels,
+    pred_mask,
+    pred_t_mask,
+    kept_warped,
+    kept_stats,
+    er_distance,
+    eps,
+    l2_eps,
+    need_cams,
+    need_cams_t,
+):
     return _grad_like(cams, need_cams), _grad_like(cams_t, need_cams_t)
 
 
@@ -84,8 +102,9 @@ def _backward_equivariance_loss(ctx, grad):
     need_src, need_dst = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
     grad_src = grad_dst = None
     if need_src or need_dst:
-        grad_src, grad_dst = _ops.equivariance_loss_backward(grad, src, matrix, dst, weight, *ctx.options,
-                                                             need_src, need_dst)
+        grad_src, grad_dst = _ops.equivariance_loss_backward(
+            grad, src, matrix, dst, weight, *ctx.options, need_src, need_dst
+        )
     return (grad_src if need_src else None, None, grad_dst if need_dst else None) + (None,) * 6
 
 
@@ -107,19 +126,25 @@ def _backward_equivariance_terms(ctx, grad, _grad_warped, _grad_stats):
     grad_cams = grad_cams_t = None
     if grad is not None and (need_cams or need_cams_t):
         if not ctx.kept:
-            raise RuntimeError("mmcam::equivariance_terms was called with keep_for_backward=False on inputs that "
-                               "require grad; call it through mmcam.losses.equivariance_terms")
-        grad_cams, grad_cams_t = _ops.equivariance_terms_backward(grad, *ctx.saved_tensors, *ctx.options,
-                                                                  need_cams, need_cams_t)
+            raise RuntimeError(
+                "mmcam::equivariance_terms was called with keep_for_backward=False on inputs that "
+                "require grad; call it through mmcam.losses.equivariance_terms"
+            )
+        grad_cams, grad_cams_t = _ops.equivariance_terms_backward(
+            grad, *ctx.saved_tensors, *ctx.options, need_cams, need_cams_t
+        )
     return (grad_cams if need_cams else None, grad_cams_t if need_cams_t else None) + (None,) * 8
 
 
-torch.library.register_autograd("mmcam::warp_normalized", _backward_warp_normalized,
-                                setup_context=_setup_warp_normalized)
-torch.library.register_autograd("mmcam::equivariance_loss", _backward_equivariance_loss,
-                                setup_context=_setup_equivariance_loss)
-torch.library.register_autograd("mmcam::equivariance_terms", _backward_equivariance_terms,
-                                setup_context=_setup_equivariance_terms)
+torch.library.register_autograd(
+    "mmcam::warp_normalized", _backward_warp_normalized, setup_context=_setup_warp_normalized
+)
+torch.library.register_autograd(
+    "mmcam::equivariance_loss", _backward_equivariance_loss, setup_context=_setup_equivariance_loss
+)
+torch.library.register_autograd(
+    "mmcam::equivariance_terms", _backward_equivariance_terms, setup_context=_setup_equivariance_terms
+)
 
 # Under CPU autocast (e.g. bfloat16 model outputs) the CPU kernels run in float32 on upcast inputs.
 for _name in ("warp_normalized", "equivariance_loss", "equivariance_terms"):

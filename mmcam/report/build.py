@@ -74,8 +74,9 @@ def _resolve_cache(run: RunOutputs, data: str | None) -> Path:
 
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER_FILE).is_file())):
-        raise ReportError(f"--out {out} exists and is not a previous report (no {MARKER_FILE}); "
-                          "choose a new or empty folder")
+        raise ReportError(
+            f"--out {out} exists and is not a previous report (no {MARKER_FILE}); choose a new or empty folder"
+        )
 
 
 # ---------------------------------------------------------------------------------------- slices
@@ -86,8 +87,15 @@ def _entry_values(entry: str, m: int | None, maps: SliceMaps) -> tuple[np.ndarra
     return maps.image[m], maps.maps[m]
 
 
-def _draw_entry(folder: Path, entry: str, m: int | None, all_maps: list[SliceMaps], threshold: float,
-                lut: np.ndarray, modalities: list[str]) -> dict[str, Any]:
+def _draw_entry(
+    folder: Path,
+    entry: str,
+    m: int | None,
+    all_maps: list[SliceMaps],
+    threshold: float,
+    lut: np.ndarray,
+    modalities: list[str],
+) -> dict[str, Any]:
     """The panels and the stand-alone figure of one entry; returns its part of report.json."""
     rows, records = [], []
     directory = folder / "slices" / _safe_name(entry)
@@ -105,39 +113,72 @@ def _draw_entry(folder: Path, entry: str, m: int | None, all_maps: list[SliceMap
             files[kind] = path.relative_to(folder).as_posix()
         predicted = "target" if (m is None or maps.pred[m] == 1) else "no target"
         dice = slice_dice(pseudo, maps.mask)
-        records.append({"subject": where.subject, "slice": where.slice, "dataset_index": where.index,
-                        "lesion_pixels": where.area, "scale": scale, "size": list(panels["image"].shape[:2]),
-                        "files": files, "slice_dice": dice, "predicted": predicted if m is not None else None,
-                        "pseudo_mask_pixels": int(pseudo.sum())})
+        records.append(
+            {
+                "subject": where.subject,
+                "slice": where.slice,
+                "dataset_index": where.index,
+                "lesion_pixels": where.area,
+                "scale": scale,
+                "size": list(panels["image"].shape[:2]),
+                "files": files,
+                "slice_dice": dice,
+                "predicted": predicted if m is not None else None,
+                "pseudo_mask_pixels": int(pseudo.sum()),
+            }
+        )
         rows.append((f"{where.subject} z={where.slice}\nslice Dice {dice:.2f}", [panels[k] for k in PANEL_KINDS]))
     background = modalities[0] if m is None else entry
     figure_path = folder / "figures" / f"overlays_{_safe_name(entry)}.png"
-    title = (f"{entry}: CAM and pseudo-mask (threshold {threshold:g}) over the {background} image"
-             if m is None else f"{entry}: CAM and pseudo-mask (threshold {threshold:g})")
-    overlay_figure(figure_path, title, rows, [PANEL_TITLES[k] for k in PANEL_KINDS],
-                   legend="heat map: mn(relu(CAM)) in [0, 1], inferno colour map")
-    return {"threshold": threshold, "background": background, "figure": figure_path.relative_to(folder).as_posix(),
-            "slices": records}
+    title = (
+        f"{entry}: CAM and pseudo-mask (threshold {threshold:g}) over the {background} image"
+        if m is None
+        else f"{entry}: CAM and pseudo-mask (threshold {threshold:g})"
+    )
+    overlay_figure(
+        figure_path,
+        title,
+        rows,
+        [PANEL_TITLES[k] for k in PANEL_KINDS],
+        legend="heat map: mn(relu(CAM)) in [0, 1], inferno colour map",
+    )
+    return {
+        "threshold": threshold,
+        "background": background,
+        "figure": figure_path.relative_to(folder).as_posix(),
+        "slices": records,
+    }
 
 
 def _slices_section(drawn: dict[str, dict], modalities: list[str], split: str, threshold_note: str) -> str:
-    parts = [H.paragraph(
-        f"Each row: one slice of the {split} split (the largest lesion of each of the first patients). "
-        "Green: ground-truth contour (inner boundary of the mask). Heat map: the normalised foreground CAM "
-        "mn(relu(CAM)), zero where the network predicts no target (inferno colour map, 0 black, 1 yellow). "
-        f"Red: the pseudo-mask, map >= threshold ({threshold_note}). Slices are shown in the stored grid "
-        "of the cache (rows = first voxel axis); each pixel is enlarged to a block.", "note")]
+    parts = [
+        H.paragraph(
+            f"Each row: one slice of the {split} split (the largest lesion of each of the first patients). "
+            "Green: ground-truth contour (inner boundary of the mask). Heat map: the normalised foreground CAM "
+            "mn(relu(CAM)), zero where the network predicts no target (inferno colour map, 0 black, 1 yellow). "
+            f"Red: the pseudo-mask, map >= threshold ({threshold_note}). Slices are shown in the stored grid "
+            "of the cache (rows = first voxel axis); each pixel is enlarged to a block.",
+            "note",
+        )
+    ]
     for entry, info in drawn.items():
-        body = [H.paragraph(f"threshold {info['threshold']:g}; background: {info['background']} image; "
-                            f"stand-alone figure: {info['figure']}", "note")]
+        body = [
+            H.paragraph(
+                f"threshold {info['threshold']:g}; background: {info['background']} image; "
+                f"stand-alone figure: {info['figure']}",
+                "note",
+            )
+        ]
         for record in info["slices"]:
             caption = f"{record['subject']} slice {record['slice']}: {record['lesion_pixels']} lesion pixels"
             if record["predicted"] is not None:
                 caption += f", network predicts {record['predicted']}"
             caption += f", slice Dice {record['slice_dice']:.3f}"
             height, width = record["size"]
-            cells = [H.figure(record["files"][kind], PANEL_TITLES[kind], css_class="panel", width=width,
-                              height=height) for kind in PANEL_KINDS]
+            cells = [
+                H.figure(record["files"][kind], PANEL_TITLES[kind], css_class="panel", width=width, height=height)
+                for kind in PANEL_KINDS
+            ]
             body.append(f"<div>{''.join(cells)}<p class=note>{H.escape(caption)}</p></div>")
         body.append(H.figure(info["figure"], f"{entry}: stand-alone figure"))
         title = f"{entry} (mean of {', '.join(modalities)})" if entry == COMBINED else entry
@@ -152,18 +193,42 @@ def _metrics_section(run: RunOutputs, copied: list[dict]) -> str:
     rows = []
     for name, entry in results["dice"].items():
         patients = entry.get("per_patient", {})
-        rows.append((name, entry["threshold"], {"mean": entry["mean"], "std": entry["std"]}, len(patients),
-                     accuracy.get(name, "")))
-    body = [H.table(["entry", "threshold (validation)", "test Dice (mean ± std over patients)", "patients",
-                     "test slice accuracy"], rows),
-            H.paragraph(f"Protocol (results.json, checkpoint {results.get('checkpoint', '?')}): "
-                        f"{results.get('protocol', 'not stated')}", "note")]
+        rows.append(
+            (
+                name,
+                entry["threshold"],
+                {"mean": entry["mean"], "std": entry["std"]},
+                len(patients),
+                accuracy.get(name, ""),
+            )
+        )
+    body = [
+        H.table(
+            [
+                "entry",
+                "threshold (validation)",
+                "test Dice (mean ± std over patients)",
+                "patients",
+                "test slice accuracy",
+            ],
+            rows,
+        ),
+        H.paragraph(
+            f"Protocol (results.json, checkpoint {results.get('checkpoint', '?')}): "
+            f"{results.get('protocol', 'not stated')}",
+            "note",
+        ),
+    ]
     per_patient = {name: entry.get("per_patient", {}) for name, entry in results["dice"].items()}
     subjects = sorted({s for values in per_patient.values() for s in values})
     if subjects:
-        body.append("<details><summary>per-patient test Dice</summary>" + H.table(
-            ["patient", *per_patient], [(s, *[per_patient[n].get(s, "") for n in per_patient]) for s in subjects])
-            + "</details>")
+        body.append(
+            "<details><summary>per-patient test Dice</summary>"
+            + H.table(
+                ["patient", *per_patient], [(s, *[per_patient[n].get(s, "") for n in per_patient]) for s in subjects]
+            )
+            + "</details>"
+        )
     for record in copied:
         evaluation = record["evaluation"]
         part = [H.evaluation_summary(evaluation.summary, evaluation.known_format)]
@@ -174,8 +239,13 @@ def _metrics_section(run: RunOutputs, copied: list[dict]) -> str:
         part.append(f"<p class=note>files: {links}</p>")
         body.append(H.section(f"evaluation: {evaluation.name}", "".join(part), level=3))
     if not copied:
-        body.append(H.paragraph("No evaluation summaries (RUN_DIR/eval/*_summary.json); "
-                                "python -m mmcam.evaluate --run RUN_DIR writes them.", "note"))
+        body.append(
+            H.paragraph(
+                "No evaluation summaries (RUN_DIR/eval/*_summary.json); "
+                "python -m mmcam.evaluate --run RUN_DIR writes them.",
+                "note",
+            )
+        )
     return H.section("Metrics", "".join(body), anchor="metrics")
 
 
@@ -197,31 +267,50 @@ def _copy_evaluations(run: RunOutputs, folder: Path) -> list[dict]:
 def _draw_curves(run: RunOutputs, folder: Path, modalities: list[str]) -> dict[str, str]:
     curves, config = run.curves, run.config
     train_loss = {"total (sum over networks)": curves.get(("train", "loss"), [])}
-    train_loss.update({f"network {m}": curves[("train", f"loss/{m}")] for m in modalities
-                       if ("train", f"loss/{m}") in curves})
-    terms = {f"{TERM_LABELS[t]} {m}": curves[("train", f"{t}/{m}")] for t in TERMS for m in modalities
-             if config.get(f"use_{t}", True) and ("train", f"{t}/{m}") in curves}
+    train_loss.update(
+        {f"network {m}": curves[("train", f"loss/{m}")] for m in modalities if ("train", f"loss/{m}") in curves}
+    )
+    terms = {
+        f"{TERM_LABELS[t]} {m}": curves[("train", f"{t}/{m}")]
+        for t in TERMS
+        for m in modalities
+        if config.get(f"use_{t}", True) and ("train", f"{t}/{m}") in curves
+    }
     accuracy = {m: curves[("val", f"acc/{m}")] for m in modalities if ("val", f"acc/{m}") in curves}
     dice = {n: curves[("val", f"dice/{n}")] for n in [*modalities, COMBINED] if ("val", f"dice/{n}") in curves}
     training = folder / "figures" / "curves_training.png"
     validation = folder / "figures" / "curves_validation.png"
-    curves_figure(training, f"training ({run.path.name})",
-                  [("loss", "loss", train_loss), ("loss terms (enabled)", "term value", terms)],
-                  log_scale=[False, True])
-    curves_figure(validation, f"validation ({run.path.name})",
-                  [("slice classification accuracy", "accuracy", accuracy),
-                   ("patient Dice at the best validation threshold", "Dice", dice)])
-    return {name: path.relative_to(folder).as_posix()
-            for name, path in (("training", training), ("validation", validation))}
+    curves_figure(
+        training,
+        f"training ({run.path.name})",
+        [("loss", "loss", train_loss), ("loss terms (enabled)", "term value", terms)],
+        log_scale=[False, True],
+    )
+    curves_figure(
+        validation,
+        f"validation ({run.path.name})",
+        [
+            ("slice classification accuracy", "accuracy", accuracy),
+            ("patient Dice at the best validation threshold", "Dice", dice),
+        ],
+    )
+    return {
+        name: path.relative_to(folder).as_posix() for name, path in (("training", training), ("validation", validation))
+    }
 
 
 def _curves_section(files: dict[str, str], has_metrics: bool) -> str:
-    note = ("From metrics.csv: training scalars every log_every steps; validation at each epoch end. The "
-            "validation Dice uses, at each evaluation, the threshold that is best on the validation split.")
+    note = (
+        "From metrics.csv: training scalars every log_every steps; validation at each epoch end. The "
+        "validation Dice uses, at each evaluation, the threshold that is best on the validation split."
+    )
     if not has_metrics:
         note = "The run has no metrics.csv: the plots are empty."
-    body = H.paragraph(note, "note") + H.figure(files["training"], "training curves") + \
-        H.figure(files["validation"], "validation curves")
+    body = (
+        H.paragraph(note, "note")
+        + H.figure(files["training"], "training curves")
+        + H.figure(files["validation"], "validation curves")
+    )
     return H.section("Training curves", body, anchor="curves")
 
 
@@ -233,8 +322,9 @@ def _thresholds(run: RunOutputs, split: str, checkpoint_file: Path) -> tuple[dic
     found = evaluation_thresholds(run.evaluations, split, checkpoint_file.stem, run.names)
     if found is not None:
         thresholds, evaluation = found
-        return thresholds, (f"chosen on the validation split, from {evaluation.summary_file.parent.name}/"
-                            f"{evaluation.summary_file.name}")
+        return thresholds, (
+            f"chosen on the validation split, from {evaluation.summary_file.parent.name}/{evaluation.summary_file.name}"
+        )
     note = "chosen on the validation split by the training run, results.json"
     used = str(run.results.get("checkpoint", ""))
     if used and Path(used).stem != checkpoint_file.stem:
@@ -245,17 +335,24 @@ def _thresholds(run: RunOutputs, split: str, checkpoint_file: Path) -> tuple[dic
 def _run_section(run: RunOutputs, split: str, checkpoint: Path, modalities: list[str]) -> str:
     config, versions = run.config, run.environment.get("versions", {})
     switches = ", ".join(f"{k}={config.get(k)}" for k in ("use_cls", "use_kd", "use_er", "use_cmer"))
-    items = [("run directory", str(run.path)), ("modalities", ", ".join(modalities)),
-             ("data", config.get("data") or f"synthetic {config.get('synthetic_layout')} phantoms"),
-             ("preset", config.get("preset")), ("epochs / batch / lr", f"{config.get('epochs')} / "
-                                                f"{config.get('batch_size')} / {config.get('lr')}"),
-             ("seed", config.get("seed")), ("loss terms", switches), ("slices drawn with", checkpoint.name),
-             ("split shown", split), ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v))]
+    items = [
+        ("run directory", str(run.path)),
+        ("modalities", ", ".join(modalities)),
+        ("data", config.get("data") or f"synthetic {config.get('synthetic_layout')} phantoms"),
+        ("preset", config.get("preset")),
+        ("epochs / batch / lr", f"{config.get('epochs')} / {config.get('batch_size')} / {config.get('lr')}"),
+        ("seed", config.get("seed")),
+        ("loss terms", switches),
+        ("slices drawn with", checkpoint.name),
+        ("split shown", split),
+        ("versions", ", ".join(f"{k} {v}" for k, v in versions.items() if v)),
+    ]
     return H.section("Run", H.definition_list(items), anchor="run")
 
 
-def write_report(run_dir, out=None, *, split: str = "test", slices: int = 4, checkpoint: str | None = None,
-                 data: str | None = None) -> Path:
+def write_report(
+    run_dir, out=None, *, split: str = "test", slices: int = 4, checkpoint: str | None = None, data: str | None = None
+) -> Path:
     """Write the report of a finished run directory; returns the path of ``index.html``.
 
     Args:
@@ -292,19 +389,35 @@ def write_report(run_dir, out=None, *, split: str = "test", slices: int = 4, che
     try:
         lut = heat_lut()
         entries = [(m, i) for i, m in enumerate(modalities)] + [(COMBINED, None)]
-        drawn = {entry: _draw_entry(folder, entry, m, all_maps, thresholds[entry], lut, modalities)
-                 for entry, m in entries if entry in thresholds}
+        drawn = {
+            entry: _draw_entry(folder, entry, m, all_maps, thresholds[entry], lut, modalities)
+            for entry, m in entries
+            if entry in thresholds
+        }
         curves = _draw_curves(run, folder, modalities)
         copied = _copy_evaluations(run, folder)
         title = f"mmcam report: {run.path.name}"
-        body = [_run_section(run, split, checkpoint_file, modalities), _metrics_section(run, copied),
-                _curves_section(curves, bool(run.curves)), _slices_section(drawn, modalities, split, threshold_note),
-                H.paragraph(f"Written by python -m mmcam.report at {time.strftime('%Y-%m-%d %H:%M:%S')}.", "note")]
+        body = [
+            _run_section(run, split, checkpoint_file, modalities),
+            _metrics_section(run, copied),
+            _curves_section(curves, bool(run.curves)),
+            _slices_section(drawn, modalities, split, threshold_note),
+            H.paragraph(f"Written by python -m mmcam.report at {time.strftime('%Y-%m-%d %H:%M:%S')}.", "note"),
+        ]
         (folder / "index.html").write_text(H.page(title, body), encoding="utf-8")
-        atomic_write_json(folder / MARKER_FILE, {
-            "run_dir": str(run.path), "split": split, "checkpoint": checkpoint_file.name,
-            "thresholds": {e: thresholds[e] for e in drawn}, "threshold_source": threshold_note,
-            "entries": drawn, "curves": curves, "evaluations": [name for e in copied for name in e["files"]]})
+        atomic_write_json(
+            folder / MARKER_FILE,
+            {
+                "run_dir": str(run.path),
+                "split": split,
+                "checkpoint": checkpoint_file.name,
+                "thresholds": {e: thresholds[e] for e in drawn},
+                "threshold_source": threshold_note,
+                "entries": drawn,
+                "curves": curves,
+                "evaluations": [name for e in copied for name in e["files"]],
+            },
+        )
         replace_directory(folder, out)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)

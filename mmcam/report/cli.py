@@ -13,7 +13,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m mmcam.report",
         description="HTML report of a training run: slice overlays (image, ground-truth contour, CAM, "
-                    "pseudo-mask) per modality, the metrics table with its protocol, the training curves.")
+        "pseudo-mask) per modality, the metrics table with its protocol, the training curves.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory of python -m mmcam.train (with results.json)")
     p.add_argument("--out", help="output folder (default RUN_DIR/report; a previous report there is replaced)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split of the slices shown")
@@ -28,8 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mmcam.report.build import write_report
 
     try:
-        index = write_report(args.run_dir, args.out, split=args.split, slices=args.slices,
-                             checkpoint=args.checkpoint, data=args.data)
+        index = write_report(
+            args.run_dir, args.out, split=args.split, slices=args.slices, checkpoint=args.checkpoint, data=args.data
+        )
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

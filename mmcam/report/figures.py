@@ -29,8 +29,10 @@ def require_matplotlib() -> None:
         for module in ("matplotlib", "PIL"):  # PIL: a dependency of matplotlib, writes the exact panels
             importlib.import_module(module)
     except ImportError as exc:
-        raise ReportError(f"the report needs matplotlib ({exc}); install the optional extra: "
-                          "pip install 'mmcam[report]' (or pip install 'matplotlib>=3.7')") from None
+        raise ReportError(
+            f"the report needs matplotlib ({exc}); install the optional extra: "
+            "pip install 'mmcam[report]' (or pip install 'matplotlib>=3.7')"
+        ) from None
 
 
 def heat_lut(name: str = HEAT_COLORMAP, size: int = 256) -> np.ndarray:
@@ -68,8 +70,9 @@ def _save_figure(figure, path: Path) -> Path:
     return _write_bytes(path, buffer.getvalue())
 
 
-def overlay_figure(path: Path, title: str, rows: Sequence[tuple[str, Sequence[np.ndarray]]],
-                   columns: Sequence[str], legend: str) -> Path:
+def overlay_figure(
+    path: Path, title: str, rows: Sequence[tuple[str, Sequence[np.ndarray]]], columns: Sequence[str], legend: str
+) -> Path:
     """A stand-alone figure: one row per slice (``(row title, panels)``), one column per panel kind,
     with the title, column headings and a legend of the colours."""
     from matplotlib.figure import Figure
@@ -89,15 +92,19 @@ def overlay_figure(path: Path, title: str, rows: Sequence[tuple[str, Sequence[np
             if c == 0:
                 ax.set_ylabel(row_title, fontsize=8)
     figure.suptitle(title, fontsize=11)
-    handles = [Patch(color=np.array(CONTOUR_RGB) / 255, label="ground truth (contour)"),
-               Patch(color=np.array(MASK_RGB) / 255, alpha=0.6, label="pseudo-mask")]
-    figure.legend(handles=handles, loc="outside lower center", ncol=2, fontsize=8, title=legend,
-                  title_fontsize=8, frameon=False)
+    handles = [
+        Patch(color=np.array(CONTOUR_RGB) / 255, label="ground truth (contour)"),
+        Patch(color=np.array(MASK_RGB) / 255, alpha=0.6, label="pseudo-mask"),
+    ]
+    figure.legend(
+        handles=handles, loc="outside lower center", ncol=2, fontsize=8, title=legend, title_fontsize=8, frameon=False
+    )
     return _save_figure(figure, path)
 
 
-def curves_figure(path: Path, title: str, panels: Sequence[tuple[str, str, dict]], *,
-                  log_scale: Sequence[bool] = ()) -> Path:
+def curves_figure(
+    path: Path, title: str, panels: Sequence[tuple[str, str, dict]], *, log_scale: Sequence[bool] = ()
+) -> Path:
     """Line plots side by side: each panel ``(heading, y label, {label: [(step, value), ...]})``; points
     that are not finite are skipped; ``log_scale[i]``: logarithmic y axis of panel ``i``."""
     from matplotlib.figure import Figure

@@ -10,8 +10,17 @@ from typing import Any
 
 from mmcam.report.run_outputs import finite
 
-__all__ = ["escape", "table", "figure", "section", "page", "format_value", "flatten_summary", "csv_table",
-           "definition_list"]
+__all__ = [
+    "escape",
+    "table",
+    "figure",
+    "section",
+    "page",
+    "format_value",
+    "flatten_summary",
+    "csv_table",
+    "definition_list",
+]
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -48,8 +57,9 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, numeric_from
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = []
     for row in rows:
-        cells = "".join(f'<td{" class=num" if i >= numeric_from else ""}>{escape(format_value(v))}</td>'
-                        for i, v in enumerate(row))
+        cells = "".join(
+            f"<td{' class=num' if i >= numeric_from else ''}>{escape(format_value(v))}</td>" for i, v in enumerate(row)
+        )
         body.append(f"<tr>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -58,13 +68,14 @@ def definition_list(items: Iterable[tuple[str, Any]]) -> str:
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(format_value(v))}</dd>" for k, v in items) + "</dl>"
 
 
-def figure(src: str, caption: str, *, width: int | None = None, height: int | None = None,
-           css_class: str = "") -> str:
+def figure(src: str, caption: str, *, width: int | None = None, height: int | None = None, css_class: str = "") -> str:
     """An image (relative ``src``) with its caption; ``width``/``height``: the PNG's pixel size."""
     size = (f' width="{width}"' if width else "") + (f' height="{height}"' if height else "")
     cls = f' class="{escape(css_class)}"' if css_class else ""
-    return (f'<figure><img src="{escape(src)}" alt="{escape(caption)}"{size}{cls}>'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="{escape(src)}" alt="{escape(caption)}"{size}{cls}>'
+        f"<figcaption>{escape(caption)}</figcaption></figure>"
+    )
 
 
 def section(title: str, body: str, *, level: int = 2, anchor: str | None = None) -> str:
@@ -82,13 +93,16 @@ def link(href: str, text: str) -> str:
 
 
 def page(title: str, body: Sequence[str]) -> str:
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{escape(title)}</title>"
-            f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>{''.join(body)}</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{escape(title)}</title>'
+        f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>{''.join(body)}</body></html>\n"
+    )
 
 
-def flatten_summary(summary: Any, prefix: str = "", limit: int = 400
-                    ) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
+def flatten_summary(
+    summary: Any, prefix: str = "", limit: int = 400
+) -> tuple[list[tuple[str, Any]], list[tuple[str, str]]]:
     """An evaluation summary of unknown shape as ``(rows, texts)``: ``rows`` = ``(key path, value)`` for
     numbers, ``{"mean", "std"}`` pairs and short scalars; ``texts`` = ``(key path, text)`` for strings
     longer than 60 characters (protocol statements). At most ``limit`` rows."""
@@ -167,7 +181,13 @@ def evaluation_summary(summary: dict, known_format: bool) -> str:
     rows = []
     for map_type, result in summary.get("maps", {}).items():
         for channel, stats in (result.get("channels", {}) if isinstance(result, dict) else {}).items():
-            rows.append([map_type, channel, stats.get("threshold", ""),
-                         *[_statistic(stats.get(key)) for key, _ in EVALUATION_METRICS]])
+            rows.append(
+                [
+                    map_type,
+                    channel,
+                    stats.get("threshold", ""),
+                    *[_statistic(stats.get(key)) for key, _ in EVALUATION_METRICS],
+                ]
+            )
     parts.append(table(["map", "channel", "threshold", *[h for _, h in EVALUATION_METRICS]], rows, numeric_from=2))
     return "".join(parts)

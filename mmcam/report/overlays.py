@@ -14,8 +14,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CONTOUR_RGB", "MASK_RGB", "MASK_ALPHA", "HEAT_ALPHA", "PANEL_KINDS", "mask_boundary", "grey_image",
-           "draw_contour", "tint", "heat_overlay", "enlarge", "display_scale", "slice_dice", "slice_panels"]
+__all__ = [
+    "CONTOUR_RGB",
+    "MASK_RGB",
+    "MASK_ALPHA",
+    "HEAT_ALPHA",
+    "PANEL_KINDS",
+    "mask_boundary",
+    "grey_image",
+    "draw_contour",
+    "tint",
+    "heat_overlay",
+    "enlarge",
+    "display_scale",
+    "slice_dice",
+    "slice_panels",
+]
 
 #: Colour of the ground-truth contour.
 CONTOUR_RGB = (0, 255, 0)
@@ -40,7 +54,7 @@ def mask_boundary(mask: np.ndarray) -> np.ndarray:
     (pixels on the image border count as having an outside neighbour). ``(H, W)`` bool."""
     inside = _check_plane(mask, "mask").astype(bool)
     padded = np.pad(inside, 1, constant_values=False)
-    interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return inside & ~interior
 
 
@@ -49,7 +63,7 @@ def grey_image(image: np.ndarray, low: float = 1.0, high: float = 99.0) -> np.nd
     percentiles of the slice (a constant slice is black)."""
     image = _check_plane(image, "image").astype(np.float64)
     finite = image[np.isfinite(image)]
-    lo, hi = (np.percentile(finite, [low, high]) if finite.size else (0.0, 0.0))
+    lo, hi = np.percentile(finite, [low, high]) if finite.size else (0.0, 0.0)
     scaled = np.zeros_like(image) if hi <= lo else np.clip((image - lo) / (hi - lo), 0.0, 1.0)
     grey = np.round(np.nan_to_num(scaled) * 255).astype(np.uint8)
     return np.repeat(grey[:, :, None], 3, axis=2)
@@ -100,8 +114,9 @@ def slice_dice(predicted: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if denominator == 0 else 2.0 * int((p & g).sum()) / denominator
 
 
-def slice_panels(image: np.ndarray, truth: np.ndarray, values: np.ndarray, pseudo_mask: np.ndarray,
-                 lut: np.ndarray, scale: int) -> dict[str, np.ndarray]:
+def slice_panels(
+    image: np.ndarray, truth: np.ndarray, values: np.ndarray, pseudo_mask: np.ndarray, lut: np.ndarray, scale: int
+) -> dict[str, np.ndarray]:
     """The three panels of one slice, each with the ground-truth contour on top, enlarged ``scale`` times.
 
     Args:

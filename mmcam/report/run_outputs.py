@@ -19,8 +19,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ReportError", "Evaluation", "RunOutputs", "read_run", "read_curves", "read_evaluations",
-           "checkpoint_path"]
+__all__ = ["ReportError", "Evaluation", "RunOutputs", "read_run", "read_curves", "read_evaluations", "checkpoint_path"]
 
 EVAL_FOLDER = "eval"
 SUMMARY_SUFFIX = "_summary.json"
@@ -142,8 +141,9 @@ def read_evaluations(run_dir: Path) -> list[Evaluation]:
     return out
 
 
-def evaluation_thresholds(evaluations: list[Evaluation], split: str, checkpoint: str,
-                          entries: list[str]) -> tuple[dict[str, float], Evaluation] | None:
+def evaluation_thresholds(
+    evaluations: list[Evaluation], split: str, checkpoint: str, entries: list[str]
+) -> tuple[dict[str, float], Evaluation] | None:
     """The CAM thresholds of the evaluation of ``split`` with the default rule (``<split>_summary.json``,
     threshold chosen on validation, not an oracle), when it used ``checkpoint`` (a file stem such as
     ``best_dice``) and gives one number for every entry; else ``None``."""
@@ -187,8 +187,10 @@ def read_run(run_dir) -> RunOutputs:
         raise ReportError(f"{run_dir} is not a run directory of python -m mmcam.train (no config.yaml)")
     results_file = run_dir / "results.json"
     if not results_file.is_file():
-        raise ReportError(f"{run_dir} is incomplete: no results.json (training or its test evaluation did not "
-                          f"finish; continue it with python -m mmcam.train --resume {run_dir})")
+        raise ReportError(
+            f"{run_dir} is incomplete: no results.json (training or its test evaluation did not "
+            f"finish; continue it with python -m mmcam.train --resume {run_dir})"
+        )
     try:
         config = yaml.safe_load(config_file.read_text())
     except yaml.YAMLError as exc:

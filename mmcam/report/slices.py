@@ -77,8 +77,7 @@ def select_slices(dataset: SliceDataset, count: int) -> list[SelectedSlice]:
         subject = item["subject"]
         if subject not in by_subject and len(by_subject) == count:
             break  # items are grouped by subject: the first `count` subjects are complete
-        by_subject.setdefault(subject, []).append(
-            SelectedSlice(index, subject, item["slice"], int(item["mask"].sum())))
+        by_subject.setdefault(subject, []).append(SelectedSlice(index, subject, item["slice"], int(item["mask"].sum())))
     ranked = [sorted(found, key=lambda s: (-s.area, s.index)) for found in by_subject.values()]
     chosen = []
     for depth in range(max((len(r) for r in ranked), default=0)):  # round-robin over the subjects
@@ -104,17 +103,26 @@ def load_model(path: Path) -> tuple[MultiModalCAM, list[str]]:
     return model.eval(), modalities
 
 
-def compute_maps(model: torch.nn.Module, dataset: SliceDataset, chosen: list[SelectedSlice],
-                 batch_size: int = 32) -> list[SliceMaps]:
+def compute_maps(
+    model: torch.nn.Module, dataset: SliceDataset, chosen: list[SelectedSlice], batch_size: int = 32
+) -> list[SliceMaps]:
     """Run the model on the chosen slices (eval mode: batch composition does not matter)."""
     out = []
     for start in range(0, len(chosen), batch_size):
-        part = chosen[start:start + batch_size]
+        part = chosen[start : start + batch_size]
         items = [dataset[s.index] for s in part]
         images = torch.stack([item["image"] for item in items])
         maps, pred = foreground_maps(model, images)
         combined = maps.mean(1)  # as the training run's evaluation computes it (float32)
         for k, (where, item) in enumerate(zip(part, items)):
-            out.append(SliceMaps(where, item["image"].numpy(), item["mask"].numpy(), maps[k].numpy(),
-                                 combined[k].numpy(), pred[k].numpy()))
+            out.append(
+                SliceMaps(
+                    where,
+                    item["image"].numpy(),
+                    item["mask"].numpy(),
+                    maps[k].numpy(),
+                    combined[k].numpy(),
+                    pred[k].numpy(),
+                )
+            )
     return out

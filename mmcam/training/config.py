@@ -96,8 +96,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-prostate": dict(lr=1e-4, weight_decay=0.5, batch_size=16, epochs=100, width_divisor=4),
     # CPU quick start on the synthetic phantoms (about 2-3 minutes of training on 2 cores)
     "quick": dict(
-        lr=1e-3, weight_decay=1e-4, batch_size=16, epochs=10, width_divisor=8, synthetic_subjects=24,
-        modalities=["t1ce", "flair"], log_every=5,
+        lr=1e-3,
+        weight_decay=1e-4,
+        batch_size=16,
+        epochs=10,
+        width_divisor=8,
+        synthetic_subjects=24,
+        modalities=["t1ce", "flair"],
+        log_every=5,
     ),
 }
 
@@ -179,8 +185,10 @@ def _validate_run_settings(config: TrainConfig) -> None:
         if getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)!r}")
     if config.lr <= 0 or config.weight_decay < 0:
-        raise ConfigError(f"config keys: lr must be > 0 and weight_decay >= 0, got lr={config.lr!r}, "
-                          f"weight_decay={config.weight_decay!r}")
+        raise ConfigError(
+            f"config keys: lr must be > 0 and weight_decay >= 0, got lr={config.lr!r}, "
+            f"weight_decay={config.weight_decay!r}"
+        )
     if config.max_steps is not None and config.max_steps < 1:
         raise ConfigError(f"config key 'max_steps' must be >= 1, got {config.max_steps}")
     if config.amp is not None and config.device != "cuda":

@@ -61,8 +61,14 @@ class RunDirectory:
         if not self.is_main:
             return
         atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=True))
-        env = {"versions": package_versions(), "build": mmcam.build_info(), "seed": seed,
-               "argv": sys.argv, "platform": platform.platform(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        env = {
+            "versions": package_versions(),
+            "build": mmcam.build_info(),
+            "seed": seed,
+            "argv": sys.argv,
+            "platform": platform.platform(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         env["build"].pop("parallel_backend", None)
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2, default=str))
 

@@ -69,8 +69,8 @@ class EpochBatches(torch.utils.data.Sampler):
         order = torch.randperm(self.n, generator=g).tolist()
         global_batch = self.batch_size * self.world
         for b in range(self.start, self.n // global_batch):
-            chunk = order[b * global_batch:(b + 1) * global_batch]
-            yield chunk[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            chunk = order[b * global_batch : (b + 1) * global_batch]
+            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
 
 @dataclass
@@ -112,8 +112,9 @@ class Trainer:
         self.val_set = SliceDataset(cache_dir, "val", self.modalities, region=config.region)
         self.test_set = SliceDataset(cache_dir, "test", self.modalities, region=config.region)
         if config.limit_subjects is not None:
-            self.train_set = SliceDataset(cache_dir, self.train_set.subject_ids[:config.limit_subjects], self.modalities,
-                                          region=config.region)
+            self.train_set = SliceDataset(
+                cache_dir, self.train_set.subject_ids[: config.limit_subjects], self.modalities, region=config.region
+            )
         torch.manual_seed(config.seed)
         model = MultiModalCAM(self.modalities, width_divisor=config.width_divisor).to(self.device)
         if config.channels_last:
@@ -143,11 +144,16 @@ class Trainer:
         return min(total, self.config.max_steps) if self.config.max_steps is not None else total
 
     def _loader(self, epoch: int, start: int) -> torch.utils.data.DataLoader:
-        sampler = EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, epoch, start,
-                               self.dist.rank, self.dist.world)
-        return torch.utils.data.DataLoader(self.train_set, batch_sampler=sampler, num_workers=self.config.workers,
-                                           pin_memory=self.device.type == "cuda",
-                                           persistent_workers=False)
+        sampler = EpochBatches(
+            len(self.train_set), self.config.batch_size, self.config.seed, epoch, start, self.dist.rank, self.dist.world
+        )
+        return torch.utils.data.DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=self.config.workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     # ------------------------------------------------------------ checkpoint
     def _checkpoint_state(self) -> dict[str, Any]:
@@ -169,7 +175,9 @@ class Trainer:
     def resume(self, path) -> None:
         saved = ckpt.load(path)
         if saved["modalities"] != self.modalities:
-            raise ValueError(f"checkpoint {path} was trained on modalities {saved['modalities']}, not {self.modalities}")
+            raise ValueError(
+                f"checkpoint {path} was trained on modalities {saved['modalities']}, not {self.modalities}"
+            )
         unwrap_model(self.model).load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         if self.scaler is not None and saved["scaler"] is not None:
@@ -259,13 +267,26 @@ class Trainer:
             best = model.state_dict()
             for name, weights in self.best_networks.items():
                 best.update({f"networks.{name}.{k}": v for k, v in weights.items()})
-            ckpt.atomic_save({"model": best, "modalities": self.modalities, "config": self.config.to_dict(),
-                              "best_accuracy": dict(self.state.best_accuracy)}, self.run_dir.checkpoint("best"))
+            ckpt.atomic_save(
+                {
+                    "model": best,
+                    "modalities": self.modalities,
+                    "config": self.config.to_dict(),
+                    "best_accuracy": dict(self.state.best_accuracy),
+                },
+                self.run_dir.checkpoint("best"),
+            )
             if summary["dice"] is not None and summary["dice"] > self.state.best_dice:
                 self.state.best_dice = summary["dice"]
-                ckpt.atomic_save({"model": model.state_dict(), "modalities": self.modalities,
-                                  "config": self.config.to_dict(), "dice": summary["dice"]},
-                                 self.run_dir.checkpoint("best_dice"))
+                ckpt.atomic_save(
+                    {
+                        "model": model.state_dict(),
+                        "modalities": self.modalities,
+                        "config": self.config.to_dict(),
+                        "dice": summary["dice"],
+                    },
+                    self.run_dir.checkpoint("best_dice"),
+                )
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -279,8 +300,9 @@ class Trainer:
         dice = {name: PatientDice(thresholds) for name in self.modalities + ["combined"]}
         correct = torch.zeros(len(self.modalities), dtype=torch.float64)
         count = 0
-        loader = torch.utils.data.DataLoader(dataset, batch_size=max(self.config.batch_size, 32),
-                                             num_workers=self.config.workers)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=max(self.config.batch_size, 32), num_workers=self.config.workers
+        )
         for batch in loader:
             maps, pred = foreground_maps(model, batch["image"].to(self.device))
             labels = batch["label"].to(self.device)
@@ -309,13 +331,20 @@ class Trainer:
         _, val_dice = self.predict(self.val_set)
         thresholds = {name: d.best_threshold() for name, d in val_dice.items()}
         accuracy, test_dice = self.predict(self.test_set, thresholds=sorted(set(thresholds.values())))
-        results = {"protocol": "per-patient 3-D Dice on the stored slice grid of the test split; pseudo-mask = "
-                               "mn(relu(foreground CAM)), zeroed when the network predicts no target, thresholded "
-                               "at the value with the best mean patient Dice on the validation split",
-                   "checkpoint": checkpoint.name if checkpoint.is_file() else "last",
-                   "test_accuracy": dict(zip(self.modalities, accuracy)), "dice": {}}
+        results = {
+            "protocol": "per-patient 3-D Dice on the stored slice grid of the test split; pseudo-mask = "
+            "mn(relu(foreground CAM)), zeroed when the network predicts no target, thresholded "
+            "at the value with the best mean patient Dice on the validation split",
+            "checkpoint": checkpoint.name if checkpoint.is_file() else "last",
+            "test_accuracy": dict(zip(self.modalities, accuracy)),
+            "dice": {},
+        }
         for name, t in thresholds.items():
             mean, std = mean_std(test_dice[name].per_patient(t).values())
-            results["dice"][name] = {"threshold": t, "mean": mean, "std": std,
-                                     "per_patient": test_dice[name].per_patient(t)}
+            results["dice"][name] = {
+                "threshold": t,
+                "mean": mean,
+                "std": std,
+                "per_patient": test_dice[name].per_patient(t),
+            }
         return results

@@ -26,23 +26,41 @@ def ablation():
 
 def fake_results(combined: float, t1ce: float, flair: float, accuracy: float = 0.8) -> dict:
     entry = lambda mean: {"threshold": 0.5, "mean": mean, "std": 0.0, "per_patient": {"a": mean}}  # noqa: E731
-    return {"protocol": "per-patient 3-D Dice (fake)", "checkpoint": "best_dice.pt",
-            "test_accuracy": {"t1ce": accuracy, "flair": accuracy},
-            "dice": {"t1ce": entry(t1ce), "flair": entry(flair), "combined": entry(combined)}}
+    return {
+        "protocol": "per-patient 3-D Dice (fake)",
+        "checkpoint": "best_dice.pt",
+        "test_accuracy": {"t1ce": accuracy, "flair": accuracy},
+        "dice": {"t1ce": entry(t1ce), "flair": entry(flair), "combined": entry(combined)},
+    }
 
 
 def fake_config(variant_switches: dict, seed: int, epochs: int = 3) -> dict:
-    return {"preset": "quick", "epochs": epochs, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4,
-            "width_divisor": 8, "transform": "all", "data": None, "synthetic_layout": "brats",
-            "synthetic_subjects": 24, "seed": seed, **variant_switches}
+    return {
+        "preset": "quick",
+        "epochs": epochs,
+        "batch_size": 16,
+        "lr": 1e-3,
+        "weight_decay": 1e-4,
+        "width_divisor": 8,
+        "transform": "all",
+        "data": None,
+        "synthetic_layout": "brats",
+        "synthetic_subjects": 24,
+        "seed": seed,
+        **variant_switches,
+    }
 
 
 def test_mean_and_sample_std_against_hand_computation(ablation):
     cam, full = ablation.ABLATIONS["cam"], ablation.ABLATIONS["full"]
-    runs = {"cam": {0: {"results": fake_results(0.2, 0.1, 0.3, 0.7), "config": fake_config(cam, 0)},
-                    1: {"results": fake_results(0.4, 0.3, 0.5, 0.8), "config": fake_config(cam, 1)},
-                    2: {"results": fake_results(0.9, 0.2, 0.1, 0.9), "config": fake_config(cam, 2)}},
-            "full": {0: {"results": fake_results(0.6, 0.5, 0.7), "config": fake_config(full, 0)}}}
+    runs = {
+        "cam": {
+            0: {"results": fake_results(0.2, 0.1, 0.3, 0.7), "config": fake_config(cam, 0)},
+            1: {"results": fake_results(0.4, 0.3, 0.5, 0.8), "config": fake_config(cam, 1)},
+            2: {"results": fake_results(0.9, 0.2, 0.1, 0.9), "config": fake_config(cam, 2)},
+        },
+        "full": {0: {"results": fake_results(0.6, 0.5, 0.7), "config": fake_config(full, 0)}},
+    }
     table = ablation.aggregate(runs)
     combined = table["cam"]["dice"]["combined"]
     # by hand: mean (0.2 + 0.4 + 0.9) / 3 = 0.5; deviations -0.3, -0.1, 0.4 -> sum of squares 0.26;
@@ -60,9 +78,16 @@ def test_mean_and_sample_std_against_hand_computation(ablation):
 
 
 def test_runs_with_another_budget_are_refused(ablation):
-    runs = {"cam": {0: {"results": fake_results(0.2, 0.1, 0.3), "config": fake_config(ablation.ABLATIONS["cam"], 0)}},
-            "er": {0: {"results": fake_results(0.2, 0.1, 0.3), "run_dir": "runs/er-seed0",
-                       "config": fake_config(ablation.ABLATIONS["er"], 0, epochs=4)}}}
+    runs = {
+        "cam": {0: {"results": fake_results(0.2, 0.1, 0.3), "config": fake_config(ablation.ABLATIONS["cam"], 0)}},
+        "er": {
+            0: {
+                "results": fake_results(0.2, 0.1, 0.3),
+                "run_dir": "runs/er-seed0",
+                "config": fake_config(ablation.ABLATIONS["er"], 0, epochs=4),
+            }
+        },
+    }
     with pytest.raises(ValueError, match=r"runs/er-seed0 differs .*\['epochs'\]"):
         ablation.shared_budget(runs)
 
@@ -71,12 +96,17 @@ def test_train_command_carries_seed_budget_and_switches(ablation):
     args = ablation.parse_args(["--epochs", "3", "--runs", "R", "--set", "batch_size=8"])
     argv = ablation.train_argv(args, "er_cmer", 2)
     assert argv[:2] == ["--run-dir", str(Path("R") / "er_cmer-seed2")]
-    assert ["--seed", "2"] == argv[argv.index("--seed"):argv.index("--seed") + 2]
-    assert ["--epochs", "3"] == argv[argv.index("--epochs"):argv.index("--epochs") + 2]
+    assert ["--seed", "2"] == argv[argv.index("--seed") : argv.index("--seed") + 2]
+    assert ["--epochs", "3"] == argv[argv.index("--epochs") : argv.index("--epochs") + 2]
     assert {"use_cls=true", "use_kd=false", "use_er=true", "use_cmer=true", "batch_size=8"} <= set(argv)
     config = ablation.expected_config(argv)
-    assert (config["seed"], config["epochs"], config["batch_size"], config["use_kd"], config["use_cmer"]) == \
-        (2, 3, 8, False, True)
+    assert (config["seed"], config["epochs"], config["batch_size"], config["use_kd"], config["use_cmer"]) == (
+        2,
+        3,
+        8,
+        False,
+        True,
+    )
     assert ablation.parse_seeds("3") == [0, 1, 2] and ablation.parse_seeds("4,7") == [4, 7]
     assert ablation.parse_seeds("5,") == [5]
     with pytest.raises(Exception, match="seeds"):
@@ -111,9 +141,23 @@ def test_finished_runs_are_read_not_retrained(ablation, tmp_path, monkeypatch, c
     assert markdown in capsys.readouterr().out
     # the same folder asked with another budget: refused, naming the run
     with pytest.raises(SystemExit, match=r"cam-seed0 was trained with another configuration \(epochs"):
-        ablation.main(["--seeds", "2", "--variants", "cam,full", "--epochs", "5", "--runs", str(runs),
-                       "--out", str(out)])
+        ablation.main(
+            ["--seeds", "2", "--variants", "cam,full", "--epochs", "5", "--runs", str(runs), "--out", str(out)]
+        )
     # a missing run with --aggregate-only: refused, naming the file
     with pytest.raises(SystemExit, match=r"er-seed0.results\.json is missing"):
-        ablation.main(["--seeds", "1", "--variants", "er", "--epochs", "3", "--runs", str(runs), "--out", str(out),
-                       "--aggregate-only"])
+        ablation.main(
+            [
+                "--seeds",
+                "1",
+                "--variants",
+                "er",
+                "--epochs",
+                "3",
+                "--runs",
+                str(runs),
+                "--out",
+                str(out),
+                "--aggregate-only",
+            ]
+        )

@@ -32,8 +32,23 @@ def bench():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    cmd = [sys.executable, str(SCRIPT), "--shapes", "tiny", "--repeats", "1", "--warmup", "1",
-           "--min-time", "0.001", "--threads", "1", "--no-compile", "--json", str(out / "run.json")]
+    cmd = [
+        sys.executable,
+        str(SCRIPT),
+        "--shapes",
+        "tiny",
+        "--repeats",
+        "1",
+        "--warmup",
+        "1",
+        "--min-time",
+        "0.001",
+        "--threads",
+        "1",
+        "--no-compile",
+        "--json",
+        str(out / "run.json"),
+    ]
     proc = subprocess.run(cmd, cwd=out, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "USDT:" not in proc.stderr  # the profiler's start/stop lines are filtered

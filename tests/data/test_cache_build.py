@@ -30,8 +30,14 @@ from mmcam.data.cache import subject_dir
 
 import data_fixtures as fx
 
-WT = {"brats2018": {1, 2, 4}, "brats2020": {1, 2, 4}, "brats2021": {1, 2, 4},
-      "brats2023": {1, 2, 3}, "brats2024": {1, 2, 3}, "msd_prostate": {1, 2}}
+WT = {
+    "brats2018": {1, 2, 4},
+    "brats2020": {1, 2, 4},
+    "brats2021": {1, 2, 4},
+    "brats2023": {1, 2, 3},
+    "brats2024": {1, 2, 3},
+    "msd_prostate": {1, 2},
+}
 RAW = BuildOptions(normalize=False)  # raw intensities: the cache can be compared value for value
 
 
@@ -92,14 +98,20 @@ def test_brats2024_resection_cavity_slice_is_not_a_tumour_slice(tmp_path):
     labels = np.load(subject_dir(cache, "BraTS-GLI-00000-000") / "labels.npy")
     assert (labels[4] == 4).any() and set(np.unique(labels[4])) == {0, 4}  # k = 5: cavity only
     assert {r: v.tolist() for r, v in meta.slice_labels.items()} == {
-        "WT": [0, 1, 1, 1, 0], "TC": [0, 0, 1, 1, 0], "ET": [0, 0, 1, 0, 0]}
+        "WT": [0, 1, 1, 1, 0],
+        "TC": [0, 0, 1, 1, 0],
+        "ET": [0, 0, 1, 0, 0],
+    }
 
 
-@pytest.mark.parametrize("layout, expected", [
-    ("brats2018", {"WT": [0, 1, 1, 1, 0], "TC": [0, 0, 1, 1, 0], "ET": [0, 0, 1, 0, 0]}),
-    ("brats2023", {"WT": [0, 1, 1, 1, 0], "TC": [0, 0, 1, 1, 0], "ET": [0, 0, 1, 0, 0]}),
-    ("msd_prostate", {"WG": [0, 1, 1, 1, 0], "PZ": [0, 1, 1, 1, 0], "TZ": [0, 0, 1, 1, 0]}),
-])
+@pytest.mark.parametrize(
+    "layout, expected",
+    [
+        ("brats2018", {"WT": [0, 1, 1, 1, 0], "TC": [0, 0, 1, 1, 0], "ET": [0, 0, 1, 0, 0]}),
+        ("brats2023", {"WT": [0, 1, 1, 1, 0], "TC": [0, 0, 1, 1, 0], "ET": [0, 0, 1, 0, 0]}),
+        ("msd_prostate", {"WG": [0, 1, 1, 1, 0], "PZ": [0, 1, 1, 1, 0], "TZ": [0, 0, 1, 1, 0]}),
+    ],
+)
 def test_region_slice_labels_hand_computed(tmp_path, layout, expected):
     # kept slices k = 1..5; k = 2: outer layer (edema / PZ), k = 3: all layers, k = 4: outer two
     written, cache = build(tmp_path, layout)
@@ -115,8 +127,7 @@ def test_spacing_is_read_from_the_header(tmp_path):
 
 
 def test_keep_empty_slices(tmp_path):
-    written, cache = build(tmp_path, "brats2021",
-                           options=BuildOptions(drop_empty_slices=False, normalize=False))
+    written, cache = build(tmp_path, "brats2021", options=BuildOptions(drop_empty_slices=False, normalize=False))
     raw = written["BraTS2021_00000"]
     meta = read_subject_meta(cache, "BraTS2021_00000")
     assert meta.slice_index.tolist() == list(range(raw.seg.shape[2]))
@@ -125,13 +136,12 @@ def test_keep_empty_slices(tmp_path):
 
 
 def test_float16_cache(tmp_path):
-    written, cache = build(tmp_path, "msd_prostate",
-                           options=BuildOptions(image_dtype="float16", normalize=False))
+    written, cache = build(tmp_path, "msd_prostate", options=BuildOptions(image_dtype="float16", normalize=False))
     image = np.load(subject_dir(cache, "prostate_04") / "image.npy")
     assert image.dtype == np.float16 and read_cache_index(cache).image_dtype == "float16"
-    np.testing.assert_allclose(image[:, 1].astype(np.float32),
-                               written["prostate_04"].images[1][:, :, 1:].transpose(2, 0, 1),
-                               rtol=1e-3)
+    np.testing.assert_allclose(
+        image[:, 1].astype(np.float32), written["prostate_04"].images[1][:, :, 1:].transpose(2, 0, 1), rtol=1e-3
+    )
 
 
 def test_float16_overflow_is_refused(tmp_path):
@@ -141,8 +151,7 @@ def test_float16_overflow_is_refused(tmp_path):
     image = nib.load(path)
     fx.write_nifti(path, image.get_fdata() * 1e3, image.affine)
     with pytest.raises(DataError, match=r"prostate_04\.nii\.gz .*overflow float16"):
-        build_cache(discover(raw), tmp_path / "cache",
-                    options=BuildOptions(image_dtype="float16", normalize=False))
+        build_cache(discover(raw), tmp_path / "cache", options=BuildOptions(image_dtype="float16", normalize=False))
     build_cache(discover(raw), tmp_path / "cache", options=BuildOptions(image_dtype="float16"))
 
 
@@ -160,8 +169,7 @@ def test_real_oblique_4d_file_geometry_is_carried_to_outputs(tmp_path):
             np.testing.assert_array_equal(image[row, c], written["prostate_01"].images[c][:, :, k])
     # a predicted mask restacked and saved with the carried header lands on the input's grid
     labels = np.load(subject_dir(tmp_path / "cache", "prostate_01") / "labels.npy")
-    out = nib.load(save_nifti(tmp_path / "pred.nii.gz", meta.restack(labels > 0), meta.affine,
-                              meta.header()))
+    out = nib.load(save_nifti(tmp_path / "pred.nii.gz", meta.restack(labels > 0), meta.affine, meta.header()))
     np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
     np.testing.assert_array_equal(np.asanyarray(out.dataobj), written["prostate_01"].seg > 0)
 
@@ -172,8 +180,7 @@ def test_workers_give_the_same_cache(tmp_path):
     dataset = discover(raw)
     build_cache(dataset, tmp_path / "one", workers=1)
     build_cache(dataset, tmp_path / "two", workers=2)
-    assert (tmp_path / "one" / "manifest.json").read_bytes() == \
-        (tmp_path / "two" / "manifest.json").read_bytes()
+    assert (tmp_path / "one" / "manifest.json").read_bytes() == (tmp_path / "two" / "manifest.json").read_bytes()
     for subject_id in written:
         for name in ("image.npy", "labels.npy", "meta.json"):
             a = (subject_dir(tmp_path / "one", subject_id) / name).read_bytes()
@@ -218,8 +225,7 @@ def test_changed_source_is_rebuilt_on_resume(tmp_path):
     (cache / "mmcam_cache.json").unlink()  # as if interrupted before the index
     raw_subject = written["BraTS2021_00003"]
     raw_subject.images[2] = np.where(raw_subject.images[2] > 0, raw_subject.images[2] + 5, 0)
-    fx.write_nifti(raw / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz", raw_subject.images[2],
-                   raw_subject.affine)
+    fx.write_nifti(raw / "BraTS2021_00003" / "BraTS2021_00003_t2.nii.gz", raw_subject.images[2], raw_subject.affine)
     build_cache(discover(raw), cache, options=RAW)
     assert_subject_matches(cache, "BraTS2021_00003", raw_subject, {1, 2, 4})
 
@@ -229,8 +235,11 @@ def test_shape_mismatch_names_both_files(tmp_path):
     written = fx.make_brats2023(raw)
     t2f = raw / "BraTS-GLI-00002-000" / "BraTS-GLI-00002-000-t2f.nii.gz"
     fx.write_nifti(t2f, np.zeros((9, 7, 5)), written["BraTS-GLI-00002-000"].affine)
-    with pytest.raises(DataError, match=rf"{t2f}: shape \(9, 7, 5\) differs from .*-seg\.nii\.gz "
-                                        r"\(9, 7, 6\)"):
+    with pytest.raises(
+        DataError,
+        match=rf"{t2f}: shape \(9, 7, 5\) differs from .*-seg\.nii\.gz "
+        r"\(9, 7, 6\)",
+    ):
         build_cache(discover(raw), tmp_path / "cache")
 
 
@@ -345,8 +354,7 @@ def test_nan_voxels_are_refused_or_zeroed_with_a_warning(tmp_path):
     row = meta.slice_index.tolist().index(2)
     assert image[row, 3, 4, 3] == 0.0  # background
     expected = percentile_normalized(np.nan_to_num(flair, nan=0.0))  # NaN out of the percentiles
-    np.testing.assert_allclose(image[:, 3], expected[:, :, meta.slice_index].transpose(2, 0, 1),
-                               atol=1e-6)
+    np.testing.assert_allclose(image[:, 3], expected[:, :, meta.slice_index].transpose(2, 0, 1), atol=1e-6)
 
 
 # ------------------------------------------------------------------ --size: crop / pad / resize
@@ -373,15 +381,17 @@ def test_size_crop_pads_and_crops_odd_planes_and_uncrop_inverts_it(tmp_path):
 
 def test_size_crop_refuses_to_cut_the_mask(tmp_path):
     fx.make_brats2021(tmp_path / "raw")
-    with pytest.raises(DataError, match=r"_seg\.nii\.gz: --size 3 \(fit crop\) would cut off "
-                                        r"\d+ voxels of the label mask"):
+    with pytest.raises(
+        DataError,
+        match=r"_seg\.nii\.gz: --size 3 \(fit crop\) would cut off "
+        r"\d+ voxels of the label mask",
+    ):
         build_cache(discover(tmp_path / "raw"), tmp_path / "cache", options=BuildOptions(size=3))
 
 
 def test_size_scale_resizes_and_nearest_masks_come_back_exactly(tmp_path):
     # (9, 7) planes padded to a 9 x 9 square, resized to 18 x 18: an exact factor of 2
-    written, cache = build(tmp_path, "msd_prostate",
-                           options=BuildOptions(normalize=False, size=18, fit="scale"))
+    written, cache = build(tmp_path, "msd_prostate", options=BuildOptions(normalize=False, size=18, fit="scale"))
     raw = written["prostate_04"]
     meta = read_subject_meta(cache, "prostate_04")
     assert meta.geometry.box == (0, -1, 9, 8) and meta.geometry.scale == (0.5, 0.5)
@@ -440,7 +450,7 @@ def test_real_big_endian_anatomical_file_goes_through_prepare(tmp_path):
     dataset = discover(tmp_path / "raw")
     assert dataset.name == "brats2020"
     build_cache(dataset, tmp_path / "cache", options=BuildOptions(size=32))
-    (subject_id, raw), = written.items()
+    ((subject_id, raw),) = written.items()
     meta = read_subject_meta(tmp_path / "cache", subject_id)
     image = np.load(subject_dir(tmp_path / "cache", subject_id) / "image.npy")
     labels = np.load(subject_dir(tmp_path / "cache", subject_id) / "labels.npy")

@@ -42,11 +42,9 @@ def prostate_two_sizes(tmp_path_factory):
     """MSD layout with in-plane sizes (9, 7) and (6, 10)."""
     root = tmp_path_factory.mktemp("prostate") / "raw"
     written = {}
-    for n, (subject_id, shape) in enumerate((("prostate_00", (9, 7, 6)),
-                                              ("prostate_01", (6, 10, 6)))):
+    for n, (subject_id, shape) in enumerate((("prostate_00", (9, 7, 6)), ("prostate_01", (6, 10, 6)))):
         images, seg = fx.subject_arrays(n, 2, (1, 2), shape=shape)
-        fx.write_nifti(root / "imagesTr" / f"{subject_id}.nii.gz", np.stack(images, -1),
-                       fx.affine_for(n))
+        fx.write_nifti(root / "imagesTr" / f"{subject_id}.nii.gz", np.stack(images, -1), fx.affine_for(n))
         fx.write_nifti(root / "labelsTr" / f"{subject_id}.nii.gz", seg, fx.affine_for(n))
         written[subject_id] = fx.RawSubject(images, seg, fx.affine_for(n))
     fx.write_msd_json(root, list(written))
@@ -104,18 +102,23 @@ def test_negative_index_and_out_of_range(brats):
         dataset[len(dataset)]
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"split": ["nobody"]}, r"subjects not in the cache: \['nobody'\]"),
-    ({"split": []}, "the list of subjects is empty"),
-    ({"split": "Brats18_2013_0_1"}, "unknown split 'Brats18_2013_0_1'; choose one of train, val, "
-                                    "test, unlabeled or pass a list of subject ids"),
-    ({"modalities": "t1"}, "not the single string"),
-    ({"region": "WG"}, "unknown region 'WG'"),
-    ({"modalities": ["t1", "adc"]}, "modalities must be distinct names"),
-    ({"modalities": ["t1", "t1"]}, "modalities must be distinct names"),
-    ({"spatial_size": (0, 4)}, "spatial_size must be two positive ints"),
-    ({"max_open_subjects": 0}, "max_open_subjects"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"split": ["nobody"]}, r"subjects not in the cache: \['nobody'\]"),
+        ({"split": []}, "the list of subjects is empty"),
+        (
+            {"split": "Brats18_2013_0_1"},
+            "unknown split 'Brats18_2013_0_1'; choose one of train, val, test, unlabeled or pass a list of subject ids",
+        ),
+        ({"modalities": "t1"}, "not the single string"),
+        ({"region": "WG"}, "unknown region 'WG'"),
+        ({"modalities": ["t1", "adc"]}, "modalities must be distinct names"),
+        ({"modalities": ["t1", "t1"]}, "modalities must be distinct names"),
+        ({"spatial_size": (0, 4)}, "spatial_size must be two positive ints"),
+        ({"max_open_subjects": 0}, "max_open_subjects"),
+    ],
+)
 def test_bad_arguments(brats, kwargs, message):
     with pytest.raises(DataError, match=message):
         SliceDataset(brats[1], **kwargs)
@@ -192,8 +195,7 @@ def test_open_subjects_are_bounded(brats):
 def test_dataloader_workers_give_the_same_batches(brats):
     dataset = SliceDataset(brats[1])
     plain = list(torch.utils.data.DataLoader(dataset, batch_size=4))
-    spawned = list(torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2,
-                                               multiprocessing_context="spawn"))
+    spawned = list(torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, multiprocessing_context="spawn"))
     assert len(plain) == len(spawned)
     for a, b in zip(plain, spawned):
         for key in ("image", "mask", "label"):
@@ -206,8 +208,7 @@ def test_restack_of_item_masks_gives_the_region_volume(brats):
     dataset = SliceDataset(cache, region="ET")
     items = [dataset[i] for i in range(len(dataset)) if dataset[i]["subject"] == "Brats18_2013_0_1"]
     meta = dataset.subject_meta("Brats18_2013_0_1")
-    volume = meta.restack(np.stack([it["mask"].numpy() for it in items]),
-                          [it["slice"] for it in items])
+    volume = meta.restack(np.stack([it["mask"].numpy() for it in items]), [it["slice"] for it in items])
     assert volume.dtype == np.uint8
     np.testing.assert_array_equal(volume, written["Brats18_2013_0_1"].seg == 4)
 
@@ -246,8 +247,7 @@ def test_fold_keyword_selects_the_cross_validation_fold(brats):
     write_splits(cache, fractions=(1, 0, 0), seed=0, folds=3)
     vals = [SliceDataset(cache, "val", fold=f).subject_ids for f in range(3)]
     assert sorted(v for val in vals for v in val) == sorted(written)
-    assert SliceDataset(cache, "train", fold=1).subject_ids == tuple(
-        s for s in read_split(cache, "train", 1))
+    assert SliceDataset(cache, "train", fold=1).subject_ids == tuple(s for s in read_split(cache, "train", 1))
     with pytest.raises(DataError, match="fold 3 out of range"):
         SliceDataset(cache, "train", fold=3)
 
@@ -277,8 +277,11 @@ def test_unlabelled_subjects_give_items_without_mask_and_label(partly_unlabelled
 
 
 def test_mixing_labelled_and_unlabelled_subjects_is_refused(partly_unlabelled):
-    with pytest.raises(DataError, match=r"mixes subjects with and without a label mask "
-                                        r"\(\['BraTS2021_00003'\] have none\)"):
+    with pytest.raises(
+        DataError,
+        match=r"mixes subjects with and without a label mask "
+        r"\(\['BraTS2021_00003'\] have none\)",
+    ):
         SliceDataset(partly_unlabelled[1])
 
 
@@ -288,6 +291,5 @@ def test_a_forked_copy_reopens_its_maps(brats):
     parent_maps = dict(dataset._open)
     dataset._pid = -1  # what a forked DataLoader worker sees: another process id
     again = dataset[0]
-    assert dataset._pid == os.getpid() and all(
-        dataset._open[s][0] is not parent_maps[s][0] for s in dataset._open)
+    assert dataset._pid == os.getpid() and all(dataset._open[s][0] is not parent_maps[s][0] for s in dataset._open)
     assert torch.equal(again["image"], first["image"])

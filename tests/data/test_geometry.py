@@ -46,8 +46,13 @@ def test_bilinear_resize_follows_the_pixel_centre_convention():
     np.testing.assert_allclose(out[:, 0], [0, 2.5, 7.5, 10])
 
 
-@given(x=st.integers(1, 13), y=st.integers(1, 13), size=st.integers(1, 13),
-       rows=st.integers(0, 12), cols=st.integers(0, 12))
+@given(
+    x=st.integers(1, 13),
+    y=st.integers(1, 13),
+    size=st.integers(1, 13),
+    rows=st.integers(0, 12),
+    cols=st.integers(0, 12),
+)
 def test_crop_round_trip_is_exact_inside_the_box(x, y, size, rows, cols):
     planes = np.arange(1, 2 * x * y + 1, dtype=np.int64).reshape(2, x, y)
     foreground = np.zeros((x, y), bool)
@@ -94,10 +99,10 @@ def test_stored_affine_for_crop_and_scale():
     crop = InPlaneGeometry((9, 7), (2, -1, 7, 6), (5, 7))
     np.testing.assert_allclose(crop.stored_affine(affine) @ [0, 0, 4, 1], affine @ [2, -1, 4, 1])
     scale = plan_geometry((9, 7), 18, "scale")  # stored (i, j) at volume (i/2 - 0.25, j/2 - 1.25)
-    np.testing.assert_allclose(scale.stored_affine(affine) @ [3, 5, 2, 1],
-                               affine @ [1.25, 1.25, 2, 1])
-    np.testing.assert_allclose(np.linalg.norm(scale.stored_affine(affine)[:3, :3], axis=0),
-                               [1.0, 1.5, 1.5])  # the voxel size halves in-plane
+    np.testing.assert_allclose(scale.stored_affine(affine) @ [3, 5, 2, 1], affine @ [1.25, 1.25, 2, 1])
+    np.testing.assert_allclose(
+        np.linalg.norm(scale.stored_affine(affine)[:3, :3], axis=0), [1.0, 1.5, 1.5]
+    )  # the voxel size halves in-plane
 
 
 def test_json_round_trip_and_checks():

@@ -16,31 +16,37 @@ def regions(spec_name, values):
 
 @pytest.mark.parametrize("year", [2018, 2019, 2020, 2021])
 def test_brats_up_to_2022_enhancing_tumour_is_label_4(year):
-    assert regions(f"brats{year}", [0, 1, 2, 4]) == {
-        "WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]}
+    assert regions(f"brats{year}", [0, 1, 2, 4]) == {"WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]}
 
 
 def test_brats2023_enhancing_tumour_is_label_3():
-    assert regions("brats2023", [0, 1, 2, 3]) == {
-        "WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]}
+    assert regions("brats2023", [0, 1, 2, 3]) == {"WT": [0, 1, 1, 1], "TC": [0, 1, 0, 1], "ET": [0, 0, 0, 1]}
 
 
 def test_brats2024_resection_cavity_is_allowed_but_in_no_tumour_region():
     spec = get_label_spec("brats2024")
     spec.check_values(np.array([0, 1, 2, 3, 4]), "seg.nii.gz")  # no error
     assert regions("brats2024", [0, 1, 2, 3, 4]) == {
-        "WT": [0, 1, 1, 1, 0], "TC": [0, 1, 0, 1, 0], "ET": [0, 0, 0, 1, 0]}
+        "WT": [0, 1, 1, 1, 0],
+        "TC": [0, 1, 0, 1, 0],
+        "ET": [0, 0, 0, 1, 0],
+    }
 
 
 def test_prostate_whole_gland_and_zones():
-    assert regions("msd_prostate", [0, 1, 2]) == {
-        "WG": [0, 1, 1], "PZ": [0, 1, 0], "TZ": [0, 0, 1]}
+    assert regions("msd_prostate", [0, 1, 2]) == {"WG": [0, 1, 1], "PZ": [0, 1, 0], "TZ": [0, 0, 1]}
 
 
 def test_default_regions():
     assert {name: spec.default_region for name, spec in LABEL_SPECS.items()} == {
-        "brats2018": "WT", "brats2019": "WT", "brats2020": "WT", "brats2021": "WT",
-        "brats2023": "WT", "brats2024": "WT", "msd_prostate": "WG"}
+        "brats2018": "WT",
+        "brats2019": "WT",
+        "brats2020": "WT",
+        "brats2021": "WT",
+        "brats2023": "WT",
+        "brats2024": "WT",
+        "msd_prostate": "WG",
+    }
 
 
 def test_label_3_in_a_2021_mask_names_file_values_and_the_2023_convention():
@@ -82,5 +88,4 @@ def test_lookup_table_agrees_with_region_mask_for_every_uint8_value(name):
     spec = get_label_spec(name)
     values = np.arange(256, dtype=np.uint8)
     for region in spec.regions:
-        np.testing.assert_array_equal(spec.lookup_table(region)[values],
-                                      spec.region_mask(values, region))
+        np.testing.assert_array_equal(spec.lookup_table(region)[values], spec.region_mask(values, region))

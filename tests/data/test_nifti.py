@@ -70,8 +70,7 @@ def test_garbage_file_names_the_file(tmp_path):
 
 
 def test_truncated_file_names_the_file(tmp_path):
-    good = write_nifti(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 20)),
-                       np.eye(4))
+    good = write_nifti(tmp_path / "good.nii.gz", np.random.default_rng(0).random((20, 20, 20)), np.eye(4))
     bad = tmp_path / "cut.nii.gz"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     with pytest.raises(DataError, match=r"cut\.nii\.gz: cannot read"):

@@ -45,8 +45,7 @@ def test_parts_are_sorted():
         assert list(part) == sorted(part)
 
 
-@given(n=st.integers(3, 60), val=st.floats(0.0, 0.4), test=st.floats(0.0, 0.4),
-       seed=st.integers(0, 2**32 - 1))
+@given(n=st.integers(3, 60), val=st.floats(0.0, 0.4), test=st.floats(0.0, 0.4), seed=st.integers(0, 2**32 - 1))
 def test_split_is_a_partition_of_patients(n, val, test, seed):
     ids = [f"p{i}" for i in range(n)]
     try:
@@ -81,36 +80,41 @@ def test_kfold_sizes_hand_computed():
     assert [len(s.train) for s in splits] == [5, 5, 6]
     # the 32 labelled prostate cases, 5 folds without a test set: validation parts of 7,7,6,6,6
     cases = [f"prostate_{i:02d}" for i in range(32)]
-    assert [len(s.val) for s in kfold_patients(cases, folds=5, test_fraction=0, seed=0)] == \
-        [7, 7, 6, 6, 6]
+    assert [len(s.val) for s in kfold_patients(cases, folds=5, test_fraction=0, seed=0)] == [7, 7, 6, 6, 6]
 
 
-@pytest.mark.parametrize("text, expected", [("0.7,0.1,0.2", (0.7, 0.1, 0.2)),
-                                            (" 0.8, 0.2 ,0", (0.8, 0.2, 0.0)),
-                                            ("1,0,0", (1.0, 0.0, 0.0))])
+@pytest.mark.parametrize(
+    "text, expected", [("0.7,0.1,0.2", (0.7, 0.1, 0.2)), (" 0.8, 0.2 ,0", (0.8, 0.2, 0.0)), ("1,0,0", (1.0, 0.0, 0.0))]
+)
 def test_parse_fractions(text, expected):
     assert parse_fractions(text) == expected
 
 
-@pytest.mark.parametrize("text, message", [
-    ("0.7,0.1", "three comma-separated numbers"),
-    ("0.7,0.1,0.1,0.1", "three comma-separated numbers"),
-    ("a,b,c", "three comma-separated numbers"),
-    ("0.7,0.2,0.2", r"must sum to 1, got \(0\.7, 0\.2, 0\.2\) \(sum 1\.1\)"),
-    ("1.2,-0.1,-0.1", "must be non-negative"),
-    ("nan,0.5,0.5", "must be non-negative"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("0.7,0.1", "three comma-separated numbers"),
+        ("0.7,0.1,0.1,0.1", "three comma-separated numbers"),
+        ("a,b,c", "three comma-separated numbers"),
+        ("0.7,0.2,0.2", r"must sum to 1, got \(0\.7, 0\.2, 0\.2\) \(sum 1\.1\)"),
+        ("1.2,-0.1,-0.1", "must be non-negative"),
+        ("nan,0.5,0.5", "must be non-negative"),
+    ],
+)
 def test_bad_fractions(text, message):
     with pytest.raises(DataError, match=message):
         parse_fractions(text)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"fractions": (0.5, 0.5)}, "three numbers"),
-    ({"fractions": (0.0, 0.5, 0.6)}, "must sum to 1"),
-    ({"fractions": (0.1, 0.45, 0.45)}, "leave none for training"),
-    ({"seed": -1}, "seed must be a non-negative int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"fractions": (0.5, 0.5)}, "three numbers"),
+        ({"fractions": (0.0, 0.5, 0.6)}, "must sum to 1"),
+        ({"fractions": (0.1, 0.45, 0.45)}, "leave none for training"),
+        ({"seed": -1}, "seed must be a non-negative int"),
+    ],
+)
 def test_bad_split_arguments(kwargs, message):
     with pytest.raises(DataError, match=message):
         split_patients(IDS, **kwargs)

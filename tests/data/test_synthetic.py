@@ -28,8 +28,7 @@ def test_same_seed_same_subject_other_seed_other_subject(layout):
     assert not np.array_equal(a.labels, d.labels)
 
 
-@pytest.mark.parametrize("layout, spec, n_modalities", [("brats", "brats2021", 4),
-                                                        ("prostate", "msd_prostate", 2)])
+@pytest.mark.parametrize("layout, spec, n_modalities", [("brats", "brats2021", 4), ("prostate", "msd_prostate", 2)])
 def test_default_subjects_have_target_and_background_slices(layout, spec, n_modalities):
     fractions = []
     for index in range(6):
@@ -68,7 +67,7 @@ def test_brats_lesion_looks_different_in_each_modality():
     # T1ce: the enhancing rim stands out, edema is not enhanced
     assert mean_contrast(t1ce, rim, normal) > 1.5
     assert t1ce[rim].mean() > 1.5 * t1ce[edema].mean()
-    assert flair[edema].mean() > flair[rim].mean()   # opposite order to T1ce
+    assert flair[edema].mean() > flair[rim].mean()  # opposite order to T1ce
     # T2: tumour bright, but so is CSF (a confounder FLAIR suppresses)
     csf_like = normal & (t2 > np.percentile(t2[normal], 95))
     assert t2[csf_like].mean() > t2[normal].mean() and t2[edema].mean() > t2[normal].mean()
@@ -83,11 +82,11 @@ def best_threshold_dice(image, target, within):
     """The best Dice of ``image > t`` or ``image < t`` against ``target`` over all thresholds t."""
     values, truth = image[within], target[within]
     order = np.argsort(values, kind="stable")
-    hits = np.concatenate([[0], np.cumsum(truth[order])])   # target voxels among the lowest i
+    hits = np.concatenate([[0], np.cumsum(truth[order])])  # target voxels among the lowest i
     n, total = len(values), truth.sum()
     i = np.arange(n + 1)
-    below = 2 * hits / (i + total)                          # predict the lowest i voxels
-    above = 2 * (total - hits) / (n - i + total)            # predict the highest n - i voxels
+    below = 2 * hits / (i + total)  # predict the lowest i voxels
+    above = 2 * (total - hits) / (n - i + total)  # predict the highest n - i voxels
     return float(max(below.max(), above.max()))
 
 
@@ -107,8 +106,8 @@ def test_no_single_brats_modality_separates_the_tumour_by_intensity():
         brain = subject.images.sum(axis=0) > 0
         dice.append([best_threshold_dice(m, subject.labels > 0, brain) for m in subject.images])
     dice = np.array(dice)  # (subjects, modalities: t1, t1ce, t2, flair)
-    assert dice[:, :3].max() < 0.5                       # T1, T1ce, T2 show only parts
-    assert 0.5 < dice[:, 3].mean() < 0.85, dice[:, 3]   # FLAIR is best but far from perfect
+    assert dice[:, :3].max() < 0.5  # T1, T1ce, T2 show only parts
+    assert 0.5 < dice[:, 3].mean() < 0.85, dice[:, 3]  # FLAIR is best but far from perfect
     assert dice[:, 3].min() < 0.7
 
 
@@ -124,8 +123,7 @@ def test_brats_look_alikes_and_small_tumours_occur():
         if wmh.sum() > 20:  # white-matter hyperintensities: FLAIR-bright like edema
             assert mean_contrast(s.images[3], wmh, normal) > 1.5
     assert sum(s.confounders["wmh"].sum() > 20 for s in subjects) >= 3
-    volumes_ml = [(s.labels > 0).sum() * np.prod(spacing("brats", s.labels.shape)) / 1000
-                  for s in subjects]
+    volumes_ml = [(s.labels > 0).sum() * np.prod(spacing("brats", s.labels.shape)) / 1000 for s in subjects]
     assert min(volumes_ml) < 15 < max(volumes_ml)  # small and large tumours
 
 
@@ -163,8 +161,7 @@ def test_subject_does_not_depend_on_the_number_generated(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("layout, dataset, n_modalities", [("brats", "brats2021", 4),
-                                                           ("prostate", "msd_prostate", 2)])
+@pytest.mark.parametrize("layout, dataset, n_modalities", [("brats", "brats2021", 4), ("prostate", "msd_prostate", 2)])
 def test_written_layout_is_read_like_real_data(tmp_path, layout, dataset, n_modalities):
     shape = SMALL[layout]
     root = generate_synthetic(tmp_path / "raw", layout, 2, seed=1, shape=shape)
@@ -176,8 +173,7 @@ def test_written_layout_is_read_like_real_data(tmp_path, layout, dataset, n_moda
     np.testing.assert_allclose(loaded.affine, first.affine, atol=1e-5)
     assert int(loaded.header["sform_code"]) == 1 and int(loaded.header["qform_code"]) == 1
     field_of_view = {"brats": (240, 240, 155), "prostate": (120, 120, 86.4)}[layout]
-    np.testing.assert_allclose(loaded.header.get_zooms()[:3], np.divide(field_of_view, shape),
-                               rtol=1e-6)
+    np.testing.assert_allclose(loaded.header.get_zooms()[:3], np.divide(field_of_view, shape), rtol=1e-6)
     image = nib.load(found.subjects[0].images[-1].path)
     assert image.get_data_dtype() == np.int16
     if layout == "prostate":
@@ -205,10 +201,15 @@ def test_generation_is_idempotent_and_refuses_to_mix(tmp_path):
         generate_synthetic(tmp_path / "full", "brats", 1)
 
 
-@pytest.mark.parametrize("kwargs, message", [({"layout": "liver"}, "unknown synthetic layout"),
-                                             ({"seed": -1}, "seed must be a non-negative int"),
-                                             ({"shape": (4, 40, 40)}, "shape must be three ints"),
-                                             ({"n_subjects": 0}, "n_subjects")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"layout": "liver"}, "unknown synthetic layout"),
+        ({"seed": -1}, "seed must be a non-negative int"),
+        ({"shape": (4, 40, 40)}, "shape must be three ints"),
+        ({"n_subjects": 0}, "n_subjects"),
+    ],
+)
 def test_bad_generator_arguments(tmp_path, kwargs, message):
     with pytest.raises(DataError, match=message):
         generate_synthetic(tmp_path / "x", **kwargs)
@@ -226,12 +227,27 @@ def test_prepare_synthetic_gives_a_split_cache(tmp_path):
 
 
 def test_command_line(tmp_path, capsys):
-    assert main(["--out", str(tmp_path / "p"), "--layout", "prostate", "--subjects", "1",
-                 "--shape", "24", "24", "10", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "--out",
+                str(tmp_path / "p"),
+                "--layout",
+                "prostate",
+                "--subjects",
+                "1",
+                "--shape",
+                "24",
+                "24",
+                "10",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "p" / "dataset.json").is_file()
     assert "wrote 1 synthetic prostate subjects" in capsys.readouterr().out
-    assert main(["--out", str(tmp_path / "p"), "--layout", "brats", "--subjects", "1",
-                 "--no-progress"]) == 2
+    assert main(["--out", str(tmp_path / "p"), "--layout", "brats", "--subjects", "1", "--no-progress"]) == 2
     assert "error:" in capsys.readouterr().err
 
 

@@ -49,8 +49,24 @@ class Setup:
         build_cache(discover(self.raw), self.cache)
         write_splits(self.cache, fractions=FRACTIONS, seed=0)
         self.run = root / "run"
-        assert train.main(["--data", str(self.cache), "--run-dir", str(self.run), "--modalities", ",".join(MODALITIES),
-                           "width_divisor=16", "batch_size=4", "--max-steps", "2", "--no-progress"]) == 0
+        assert (
+            train.main(
+                [
+                    "--data",
+                    str(self.cache),
+                    "--run-dir",
+                    str(self.run),
+                    "--modalities",
+                    ",".join(MODALITIES),
+                    "width_divisor=16",
+                    "batch_size=4",
+                    "--max-steps",
+                    "2",
+                    "--no-progress",
+                ]
+            )
+            == 0
+        )
 
     def forced_run(self, to: Path, positive: bool) -> Path:
         run = rf.copy_run(self.run, to)
@@ -137,8 +153,25 @@ def test_metrics_agree_with_infer_masks_and_the_raw_labels(setup, tmp_path):
     subject = setup.test[1]
     row = next(r for r in read_cases(run / "eval" / "test_fixed0.5_cam_cases.csv") if r["subject"] == subject)
     out = tmp_path / "masks"
-    assert infer.main(["--run", str(run), "--checkpoint", "last", "--threshold", "0.5", "--data", str(setup.cache),
-                       "--subjects", subject, "--out", str(out)]) == 0
+    assert (
+        infer.main(
+            [
+                "--run",
+                str(run),
+                "--checkpoint",
+                "last",
+                "--threshold",
+                "0.5",
+                "--data",
+                str(setup.cache),
+                "--subjects",
+                subject,
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     truth, spacing = setup.truth(subject)
     assert row["spacing_mm"] == "x".join(f"{z:g}" for z in spacing)
     for c in CHANNELS:
@@ -167,8 +200,12 @@ def test_oracle_is_flagged_in_every_output(setup, capsys, monkeypatch):
 
 def test_every_map_type_with_a_label_free_threshold(setup, tmp_path):
     run = setup.forced_run(tmp_path / "positive", positive=True)
-    assert evaluate.main(["--run", str(run), "--checkpoint", "last", "--threshold", "otsu",
-                          "--maps", "cam,gradcam,gradcampp"]) == 0
+    assert (
+        evaluate.main(
+            ["--run", str(run), "--checkpoint", "last", "--threshold", "otsu", "--maps", "cam,gradcam,gradcampp"]
+        )
+        == 0
+    )
     summary = summary_of(run, "test_otsu")
     assert list(summary["maps"]) == ["cam", "gradcam", "gradcampp"]
     assert summary["protocol"]["threshold"]["selected_on"] is None
@@ -192,22 +229,30 @@ def unlabeled_cache(setup, tmp_path_factory) -> Path:
     return root / "cache"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--run", "MISSING"], "no such directory"),
-    (["--run", "RUN", "--checkpoint", "best_loss"], "invalid choice: 'best_loss'"),
-    (["--run", "RUN", "--maps", "cam,scorecam"], "unknown map type(s) ['scorecam']"),
-    (["--run", "RUN", "--split", "unlabeled", "--data", "UNLABELED"], "have no ground-truth masks"),
-    (["--run", "RUN", "--split", "holdout"], "unknown split 'holdout'"),
-    (["--run", "RUN", "--data", "NOCACHE"], "not a complete mmcam cache"),
-    (["--run", "RUN", "--oracle", "--threshold", "0.5"], "cannot be combined"),
-    (["--run", "RUN", "--threshold", "high"], "--threshold 'high'"),
-    (["--run", "UNTRAINED", "--checkpoint", "best_dice"], "no file"),
-    (["--run", "RUN", "--data", "UNLABELED"], "--threshold val: the validation split val: "),  # no val split
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--run", "MISSING"], "no such directory"),
+        (["--run", "RUN", "--checkpoint", "best_loss"], "invalid choice: 'best_loss'"),
+        (["--run", "RUN", "--maps", "cam,scorecam"], "unknown map type(s) ['scorecam']"),
+        (["--run", "RUN", "--split", "unlabeled", "--data", "UNLABELED"], "have no ground-truth masks"),
+        (["--run", "RUN", "--split", "holdout"], "unknown split 'holdout'"),
+        (["--run", "RUN", "--data", "NOCACHE"], "not a complete mmcam cache"),
+        (["--run", "RUN", "--oracle", "--threshold", "0.5"], "cannot be combined"),
+        (["--run", "RUN", "--threshold", "high"], "--threshold 'high'"),
+        (["--run", "UNTRAINED", "--checkpoint", "best_dice"], "no file"),
+        (["--run", "RUN", "--data", "UNLABELED"], "--threshold val: the validation split val: "),  # no val split
+    ],
+)
 def test_bad_input_is_named_and_exits_2(setup, unlabeled_cache, tmp_path, capsys, argv, message):
     untrained = rf.untrained_run(tmp_path / "untrained", setup.cache, MODALITIES)
-    names = {"MISSING": tmp_path / "missing", "RUN": setup.run, "UNLABELED": unlabeled_cache,
-             "NOCACHE": tmp_path, "UNTRAINED": untrained}
+    names = {
+        "MISSING": tmp_path / "missing",
+        "RUN": setup.run,
+        "UNLABELED": unlabeled_cache,
+        "NOCACHE": tmp_path,
+        "UNTRAINED": untrained,
+    }
     argv = [str(names.get(a, a)) for a in argv]
     if "--split" in argv and "unlabeled" in argv:
         argv += ["--threshold", "0.5"]  # the error must come from the evaluated split, not from validation
@@ -216,8 +261,13 @@ def test_bad_input_is_named_and_exits_2(setup, unlabeled_cache, tmp_path, capsys
 
 
 def test_the_command_line_exits_2_without_a_traceback(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "mmcam.evaluate", "--run", str(tmp_path / "none")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmcam.evaluate", "--run", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "error: --run" in proc.stderr and "Traceback" not in proc.stderr
 
 

@@ -33,8 +33,24 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("infer")
     cache = prepare_synthetic(root / "synthetic", "brats", n_subjects=5, seed=0, shape=(32, 32, 12))
     run_dir = root / "run"
-    assert train.main(["--data", str(cache), "--run-dir", str(run_dir), "--modalities", ",".join(MODALITIES),
-                       "width_divisor=16", "batch_size=4", "--max-steps", "2", "--no-progress"]) == 0
+    assert (
+        train.main(
+            [
+                "--data",
+                str(cache),
+                "--run-dir",
+                str(run_dir),
+                "--modalities",
+                ",".join(MODALITIES),
+                "width_divisor=16",
+                "batch_size=4",
+                "--max-steps",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     return cache, run_dir
 
 
@@ -47,8 +63,19 @@ def test_oblique_affine_and_header_of_example4d_survive(trained, tmp_path):
     source = nib.load(fx.EXAMPLE_4D)
     assert not np.allclose(source.affine[:3, :3], np.diag(np.diag(source.affine[:3, :3])))  # oblique indeed
     out = tmp_path / "out"
-    code = infer.main(["--run", str(run_dir), "--files", f"t1ce={fx.EXAMPLE_4D}:0", f"flair={fx.EXAMPLE_4D}:1",
-                       "--threshold", "0.5", "--out", str(out)])
+    code = infer.main(
+        [
+            "--run",
+            str(run_dir),
+            "--files",
+            f"t1ce={fx.EXAMPLE_4D}:0",
+            f"flair={fx.EXAMPLE_4D}:1",
+            "--threshold",
+            "0.5",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     folder = out / "example4d"
     for channel in (*MODALITIES, "combined"):
@@ -65,8 +92,11 @@ def test_oblique_affine_and_header_of_example4d_survive(trained, tmp_path):
         mask = np.asarray(nib.load(folder / f"mask_{channel}.nii.gz").dataobj)
         assert set(np.unique(mask)) <= {0, 1}
     record = manifest(out)
-    assert record["threshold"] == {"mode": "fixed", "source": "fixed at 0.5 for every channel and patient",
-                                   "values": {"t1ce": 0.5, "flair": 0.5, "combined": 0.5}}
+    assert record["threshold"] == {
+        "mode": "fixed",
+        "source": "fixed at 0.5 for every channel and patient",
+        "values": {"t1ce": 0.5, "flair": 0.5, "combined": 0.5},
+    }
     assert set(record["subjects"]) == {"example4d"}
 
 
@@ -90,8 +120,11 @@ def asymmetric_subject(root: Path, shape=(32, 28, 10)) -> tuple[str, list, np.nd
     return subject, images, seg
 
 
-@pytest.mark.parametrize("options", [BuildOptions(), BuildOptions(size=20), BuildOptions(size=24, fit="scale")],
-                         ids=["native", "crop", "scale"])
+@pytest.mark.parametrize(
+    "options",
+    [BuildOptions(), BuildOptions(size=20), BuildOptions(size=24, fit="scale")],
+    ids=["native", "crop", "scale"],
+)
 def test_prepare_then_restack_gives_back_the_asymmetric_mask(tmp_path, options):
     subject, _, seg = asymmetric_subject(tmp_path / "raw")
     cache = tmp_path / "cache"
@@ -120,13 +153,28 @@ def test_output_voxel_is_the_input_voxel(tmp_path, monkeypatch):
 
     monkeypatch.setattr("mmcam.evaluation.runs.class_maps", intensities_as_maps)
     out = tmp_path / "out"
-    assert infer.main(["--run", str(run_dir), "--data", str(tmp_path / "raw"), "--threshold", "0.5",
-                       "--out", str(out), "--cache", str(tmp_path / "infer-cache")]) == 0
+    assert (
+        infer.main(
+            [
+                "--run",
+                str(run_dir),
+                "--data",
+                str(tmp_path / "raw"),
+                "--threshold",
+                "0.5",
+                "--out",
+                str(out),
+                "--cache",
+                str(tmp_path / "infer-cache"),
+            ]
+        )
+        == 0
+    )
     meta = read_subject_meta(tmp_path / "infer-cache", subject)
     assert meta.geometry.size == (20, 20) and meta.geometry.box != (0, 0, 32, 28)  # cropped
     x0, y0, x1, y1 = meta.geometry.box
     inside = np.zeros(images[0].shape, dtype=bool)
-    inside[max(x0, 0):x1, max(y0, 0):y1, 1:] = True
+    inside[max(x0, 0) : x1, max(y0, 0) : y1, 1:] = True
     for modality in MODALITIES:
         expected = normalize_intensity(images[("t1", "t1ce", "t2", "flair").index(modality)])[0]
         got = np.asarray(nib.load(out / subject / f"cam_{modality}.nii.gz").dataobj)
@@ -143,8 +191,23 @@ def test_networks_predicting_no_target_give_empty_masks(trained, tmp_path):
     rf.force_prediction(run_dir, positive=False)
     out = tmp_path / "out"
     subject = "synth_00002"
-    assert infer.main(["--run", str(run_dir), "--data", str(cache), "--subjects", subject, "--checkpoint", "last",
-                       "--out", str(out)]) == 0
+    assert (
+        infer.main(
+            [
+                "--run",
+                str(run_dir),
+                "--data",
+                str(cache),
+                "--subjects",
+                subject,
+                "--checkpoint",
+                "last",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     shape = read_subject_meta(cache, subject).shape
     for channel in (*MODALITIES, "combined"):
         for name in (f"cam_{channel}.nii.gz", f"mask_{channel}.nii.gz"):
@@ -160,28 +223,35 @@ def test_default_threshold_comes_from_results_json(trained, tmp_path):
     cache, run_dir = trained
     results = json.loads((run_dir / "results.json").read_text())
     out = tmp_path / "out"
-    assert infer.main(["--run", str(run_dir), "--data", str(cache), "--subjects", "synth_00001", "--out",
-                       str(out)]) == 0
+    assert (
+        infer.main(["--run", str(run_dir), "--data", str(cache), "--subjects", "synth_00001", "--out", str(out)]) == 0
+    )
     record = manifest(out)
     assert record["checkpoint"] == "best_dice" and "results.json" in record["threshold"]["source"]
     assert record["threshold"]["values"] == {c: results["dice"][c]["threshold"] for c in (*MODALITIES, "combined")}
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--files", "flair=EX:1"], "missing ['t1ce']"),
-    (["--files", "t1ce=/no/such/file.nii.gz", "flair=EX:1"], "no such file /no/such/file.nii.gz"),
-    (["--files", "t1ce", "flair=EX:1"], "expected MODALITY=PATH"),
-    (["--data", "CACHE", "--threshold", "0"], "--threshold '0'"),
-    (["--data", "CACHE", "--subjects", "nobody"], "--subjects: not in"),
-    (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
-    (["--data", "CACHE", "--checkpoint", "best_dice"], None),  # exists: must work (control)
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--files", "flair=EX:1"], "missing ['t1ce']"),
+        (["--files", "t1ce=/no/such/file.nii.gz", "flair=EX:1"], "no such file /no/such/file.nii.gz"),
+        (["--files", "t1ce", "flair=EX:1"], "expected MODALITY=PATH"),
+        (["--data", "CACHE", "--threshold", "0"], "--threshold '0'"),
+        (["--data", "CACHE", "--subjects", "nobody"], "--subjects: not in"),
+        (["--data", "/no/such/folder"], "--data /no/such/folder: no such folder"),
+        (["--data", "CACHE", "--checkpoint", "best_dice"], None),  # exists: must work (control)
+    ],
+)
 def test_bad_input_is_named_and_exits_2(trained, tmp_path, capsys, argv, message):
     cache, run_dir = trained
     argv = [a.replace("EX", str(fx.EXAMPLE_4D)).replace("CACHE", str(cache)) for a in argv]
-    code = rf.exit_status(infer.main, ["--run", str(run_dir), "--out", str(tmp_path / "out"), "--subjects",
-                                       "synth_00001", *argv] if "--subjects" not in argv and "--data" in argv
-                          else ["--run", str(run_dir), "--out", str(tmp_path / "out"), *argv])
+    code = rf.exit_status(
+        infer.main,
+        ["--run", str(run_dir), "--out", str(tmp_path / "out"), "--subjects", "synth_00001", *argv]
+        if "--subjects" not in argv and "--data" in argv
+        else ["--run", str(run_dir), "--out", str(tmp_path / "out"), *argv],
+    )
     if message is None:
         assert code == 0
         return
@@ -195,12 +265,20 @@ def test_missing_run_and_unknown_checkpoint_exit_2(trained, tmp_path):
     env = {**os.environ, "PYTHONPATH": ""}
     cases = [
         (["--run", str(tmp_path / "nope"), "--data", str(cache), "--out", str(tmp_path / "o")], "no such directory"),
-        (["--run", str(run_dir), "--data", str(cache), "--out", str(tmp_path / "o"), "--checkpoint", "best_loss"],
-         "invalid choice: 'best_loss'"),
+        (
+            ["--run", str(run_dir), "--data", str(cache), "--out", str(tmp_path / "o"), "--checkpoint", "best_loss"],
+            "invalid choice: 'best_loss'",
+        ),
     ]
     for argv, message in cases:
         # cwd outside the repository root, so that -m imports the installed package (as CI installs it)
-        proc = subprocess.run([sys.executable, "-m", "mmcam.infer", *argv], capture_output=True, text=True,
-                              cwd=tmp_path, env=env, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "mmcam.infer", *argv],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=120,
+        )
         assert proc.returncode == 2, proc.stderr
         assert message in proc.stderr and "Traceback" not in proc.stderr

@@ -39,13 +39,16 @@ def reference_metrics(pred, truth, spacing) -> tuple[float, float, float]:
     distances = np.sqrt(((p[:, None, :] - g[None, :, :]) ** 2).sum(-1))
     to_truth, to_pred = distances.min(axis=1), distances.min(axis=0)
     overlap = 2.0 * np.count_nonzero(pred & truth) / (pred.sum() + truth.sum())
-    return (overlap, max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)),
-            (to_truth.sum() + to_pred.sum()) / (to_truth.size + to_pred.size))
+    return (
+        overlap,
+        max(np.percentile(to_truth, 95), np.percentile(to_pred, 95)),
+        (to_truth.sum() + to_pred.sum()) / (to_truth.size + to_pred.size),
+    )
 
 
 def sphere(shape, centre, radius, spacing=(1.0, 1.0, 1.0)) -> np.ndarray:
     grid = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
-    return sum((g - c * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= radius ** 2
+    return sum((g - c * s) ** 2 for g, c, s in zip(grid, centre, spacing)) <= radius**2
 
 
 def cube(shape, start, size) -> np.ndarray:
@@ -56,10 +59,16 @@ def cube(shape, start, size) -> np.ndarray:
 
 FIXTURES = {
     "cube vs shifted cube": (cube((12, 12, 12), (2, 2, 2), 5), cube((12, 12, 12), (4, 3, 2), 5), (1.0, 1.0, 1.0)),
-    "cube vs shifted cube, anisotropic": (cube((12, 12, 12), (2, 2, 2), 5), cube((12, 12, 12), (4, 3, 2), 5),
-                                          (0.7, 1.3, 2.5)),
-    "shifted spheres, anisotropic": (sphere((16, 18, 10), (7, 8, 4), 4.5, (1.0, 1.0, 2.0)),
-                                     sphere((16, 18, 10), (8, 10, 5), 5.5, (1.0, 1.0, 2.0)), (1.0, 1.0, 2.0)),
+    "cube vs shifted cube, anisotropic": (
+        cube((12, 12, 12), (2, 2, 2), 5),
+        cube((12, 12, 12), (4, 3, 2), 5),
+        (0.7, 1.3, 2.5),
+    ),
+    "shifted spheres, anisotropic": (
+        sphere((16, 18, 10), (7, 8, 4), 4.5, (1.0, 1.0, 2.0)),
+        sphere((16, 18, 10), (8, 10, 5), 5.5, (1.0, 1.0, 2.0)),
+        (1.0, 1.0, 2.0),
+    ),
     "disjoint cubes": (cube((14, 8, 8), (0, 1, 1), 4), cube((14, 8, 8), (9, 2, 3), 3), (1.2, 0.8, 3.0)),
     "touching the volume border": (cube((6, 6, 6), (0, 0, 0), 6), cube((6, 6, 6), (1, 1, 1), 3), (1.0, 2.0, 1.5)),
 }
@@ -74,7 +83,8 @@ def test_metrics_match_the_brute_force_reference(name):
     assert got.hd95_mm == pytest.approx(expected[1], abs=1e-9)
     assert got.assd_mm == pytest.approx(expected[2], abs=1e-9)
     assert (dice(pred, truth), hd95(pred, truth, spacing), assd(pred, truth, spacing)) == pytest.approx(
-        (got.dice, got.hd95_mm, got.assd_mm))
+        (got.dice, got.hd95_mm, got.assd_mm)
+    )
     assert got.hd95_mm > 0 and got.assd_mm > 0  # the fixtures differ
 
 
@@ -86,8 +96,7 @@ def test_random_masks_match_the_brute_force_reference():
         pred.flat[0] = truth.flat[-1] = True
         spacing = tuple(rng.uniform(0.4, 3.0, size=3))
         got = case_metrics(pred, truth, spacing)
-        assert (got.dice, got.hd95_mm, got.assd_mm) == pytest.approx(reference_metrics(pred, truth, spacing),
-                                                                      abs=1e-9)
+        assert (got.dice, got.hd95_mm, got.assd_mm) == pytest.approx(reference_metrics(pred, truth, spacing), abs=1e-9)
 
 
 def test_hand_computed_values():
@@ -103,13 +112,19 @@ def test_hand_computed_values():
     two, one = np.zeros((3, 3, 3), dtype=bool), np.zeros((3, 3, 3), dtype=bool)
     two[0, 0, 0] = two[0, 0, 1] = one[0, 0, 0] = True
     assert dice(two, one) == pytest.approx(2 / 3)
-    assert case_metrics(two, two, spacing).as_dict() == {"dice": 1.0, "hd95_mm": 0.0, "assd_mm": 0.0,
-                                                         "dice_2d": 1.0, "predicted_voxels": 2, "truth_voxels": 2}
+    assert case_metrics(two, two, spacing).as_dict() == {
+        "dice": 1.0,
+        "hd95_mm": 0.0,
+        "assd_mm": 0.0,
+        "dice_2d": 1.0,
+        "predicted_voxels": 2,
+        "truth_voxels": 2,
+    }
 
 
 def test_surface_of_a_cube_and_at_the_volume_border():
     inner = cube((8, 8, 8), (2, 2, 2), 4)
-    assert surface(inner).sum() == 4 ** 3 - 2 ** 3
+    assert surface(inner).sum() == 4**3 - 2**3
     full = np.ones((3, 4, 5), dtype=bool)  # outside the volume counts as outside the mask
     assert np.array_equal(surface(full), reference_surface(full)) and surface(full).sum() == 3 * 4 * 5 - 1 * 2 * 3
 
@@ -128,8 +143,8 @@ def test_empty_mask_conventions():
 
 def test_slice_dice_averages_the_slices_where_either_mask_is_present():
     pred, truth = np.zeros((3, 3, 4), dtype=bool), np.zeros((3, 3, 4), dtype=bool)
-    pred[0, 0, 0] = truth[0, 0, 0] = True        # slice 0: Dice 1
-    pred[0, 0, 1] = pred[1, 1, 1] = True          # slice 1: prediction only, Dice 0
+    pred[0, 0, 0] = truth[0, 0, 0] = True  # slice 0: Dice 1
+    pred[0, 0, 1] = pred[1, 1, 1] = True  # slice 1: prediction only, Dice 0
     pred[2, 2, 3] = truth[2, 2, 3] = truth[2, 1, 3] = True  # slice 3: 2*1/(1+2); slice 2: both empty, left out
     assert slice_dice(pred, truth) == pytest.approx((1.0 + 0.0 + 2 / 3) / 3)
 
@@ -151,8 +166,7 @@ def test_shape_and_spacing_are_checked():
 
 
 # ------------------------------------------------------------------------ distance transform
-@given(mask=hnp.arrays(bool, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7)),
-       data=st.data())
+@given(mask=hnp.arrays(bool, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=7)), data=st.data())
 def test_distance_transform_matches_the_minimum_over_all_features(mask, data):
     spacing = data.draw(st.lists(st.floats(0.25, 4.0), min_size=mask.ndim, max_size=mask.ndim))
     got = distance_transform(mask, spacing)
@@ -172,15 +186,16 @@ def test_metrics_agree_with_monai():
     torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     cases = list(FIXTURES.values()) + [
-        (rng.random((10, 9, 7)) < 0.3, rng.random((10, 9, 7)) < 0.25, tuple(rng.uniform(0.5, 3.0, 3)))
-        for _ in range(5)]
+        (rng.random((10, 9, 7)) < 0.3, rng.random((10, 9, 7)) < 0.25, tuple(rng.uniform(0.5, 3.0, 3))) for _ in range(5)
+    ]
     for pred, truth, spacing in cases:
         p, g = (torch.from_numpy(m.astype(np.float32))[None, None] for m in (pred, truth))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             expected_hd = float(monai_metrics.compute_hausdorff_distance(p, g, percentile=95, spacing=list(spacing)))
-            expected_assd = float(monai_metrics.compute_average_surface_distance(p, g, symmetric=True,
-                                                                                 spacing=list(spacing)))
+            expected_assd = float(
+                monai_metrics.compute_average_surface_distance(p, g, symmetric=True, spacing=list(spacing))
+            )
         got = case_metrics(pred, truth, spacing)
         assert got.hd95_mm == pytest.approx(expected_hd, abs=1e-4)
         assert got.assd_mm == pytest.approx(expected_assd, abs=1e-4)

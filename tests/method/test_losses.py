@@ -35,8 +35,7 @@ def _case(n, m, src, dst, dtype, gen, *, labels="random", preds="random"):
     cams = make_cams((n, m, *src), gen, dtype)
     cams_t = make_cams((n, m, *dst), gen, dtype)
     matrix = random_affine(n, src, dst, gen, dtype=dtype)
-    return (cams, cams_t, matrix, _masks((n,), labels, gen), _masks((n, m), preds, gen),
-            _masks((n, m), preds, gen))
+    return (cams, cams_t, matrix, _masks((n,), labels, gen), _masks((n, m), preds, gen), _masks((n, m), preds, gen))
 
 
 def _run(args, backend, er_distance="sq_l2", weights=None):
@@ -77,8 +76,9 @@ def test_backends_agree(m, n, src, dst, er_distance, labels, preds, dtype, seed)
     for backend in ("torch", "kornia"):
         other = _run(args64, backend, er_distance)
         for name, a, b in zip(("terms", "grad cams", "grad cams_t"), other, fused):
-            torch.testing.assert_close(a, b.to(torch.float64), **_tol(dtype),
-                                       msg=lambda s: f"{backend} vs fused, {name}: {s}")
+            torch.testing.assert_close(
+                a, b.to(torch.float64), **_tol(dtype), msg=lambda s: f"{backend} vs fused, {name}: {s}"
+            )
 
 
 @pytest.mark.parametrize("family", ["flip", "rot90", "translate", "resize", "affine"])
@@ -88,8 +88,14 @@ def test_backends_agree_on_pi_families(family, dtype):
     gen = torch.Generator().manual_seed(7)
     n, m, size = 3, 3, (40, 48)
     matrix, dsize = family_matrix(family, n, size, gen, dtype=dtype)
-    args = (make_cams((n, m, *size), gen, dtype), make_cams((n, m, *dsize), gen, dtype), matrix,
-            torch.tensor([1, 1, 0]), torch.randint(0, 2, (n, m), generator=gen), torch.ones(n, m, dtype=torch.long))
+    args = (
+        make_cams((n, m, *size), gen, dtype),
+        make_cams((n, m, *dsize), gen, dtype),
+        matrix,
+        torch.tensor([1, 1, 0]),
+        torch.randint(0, 2, (n, m), generator=gen),
+        torch.ones(n, m, dtype=torch.long),
+    )
     fused = _run(args, "fused")
     for backend in ("torch", "kornia"):
         for a, b in zip(_run(args, backend), fused):
@@ -135,22 +141,35 @@ def _hand_written_terms(cams, cams_t, matrix, labels, pred, pred_t, er_distance)
     for s in range(n):
         y = float(labels[s])
         for i in range(m):
-            src_i, dst_i = cams[s:s + 1, i:i + 1], cams_t[s:s + 1, i:i + 1]
-            mat = matrix[s:s + 1]
+            src_i, dst_i = cams[s : s + 1, i : i + 1], cams_t[s : s + 1, i : i + 1]
+            mat = matrix[s : s + 1]
             er[i] = er[i] + reference.equivariance_loss_torch(
-                src_i, mat, dst_i, y * one, distance=er_distance, reduction="sum")
+                src_i, mat, dst_i, y * one, distance=er_distance, reduction="sum"
+            )
             for j in range(m):
                 if j == i:
                     continue
-                src_j, dst_j = cams[s:s + 1, j:j + 1].detach(), cams_t[s:s + 1, j:j + 1].detach()
+                src_j, dst_j = cams[s : s + 1, j : j + 1].detach(), cams_t[s : s + 1, j : j + 1].detach()
                 # D(pi(P^i), sg P~^j, y 1[pred_t_j = 1])
                 cmer[i] = cmer[i] + reference.equivariance_loss_torch(
-                    src_i, mat, dst_j, y * float(pred_t[s, j] == 1) * one,
-                    distance="sq_l2", l2_normalize=True, reduction="sum")
+                    src_i,
+                    mat,
+                    dst_j,
+                    y * float(pred_t[s, j] == 1) * one,
+                    distance="sq_l2",
+                    l2_normalize=True,
+                    reduction="sum",
+                )
                 # D(P~^i, sg pi(P^j), y 1[pred_j = 1]); the distance is symmetric in its two maps
                 cmer[i] = cmer[i] + reference.equivariance_loss_torch(
-                    src_j, mat, dst_i, y * float(pred[s, j] == 1) * one,
-                    distance="sq_l2", l2_normalize=True, reduction="sum")
+                    src_j,
+                    mat,
+                    dst_i,
+                    y * float(pred[s, j] == 1) * one,
+                    distance="sq_l2",
+                    l2_normalize=True,
+                    reduction="sum",
+                )
     er = torch.stack(er) / (n * hd * wd)
     cmer = torch.stack(cmer) / (2 * (m - 1) * n * hd * wd)
     return torch.stack([er, cmer])
@@ -242,20 +261,22 @@ def test_gradcheck_fused(er_distance):
     labels = torch.tensor([1, 1])
     pred, pred_t = torch.tensor([[1, 1, 0], [0, 1, 1]]), torch.tensor([[1, 0, 1], [1, 1, 1]])
     for i in range(3):
+
         def column_i(a, b, i=i):
-            full = torch.cat([cams[:, :i], a, cams[:, i + 1:]], dim=1)
-            full_t = torch.cat([cams_t[:, :i], b, cams_t[:, i + 1:]], dim=1)
+            full = torch.cat([cams[:, :i], a, cams[:, i + 1 :]], dim=1)
+            full_t = torch.cat([cams_t[:, :i], b, cams_t[:, i + 1 :]], dim=1)
             return equivariance_terms(full, full_t, matrix, labels, pred, pred_t, er_distance=er_distance)[:, i]
 
-        inputs = (cams[:, i:i + 1].clone().requires_grad_(True), cams_t[:, i:i + 1].clone().requires_grad_(True))
+        inputs = (cams[:, i : i + 1].clone().requires_grad_(True), cams_t[:, i : i + 1].clone().requires_grad_(True))
         assert torch.autograd.gradcheck(column_i, inputs, eps=1e-7, atol=1e-7, rtol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- bad inputs
 def _good():
     gen = torch.Generator().manual_seed(0)
-    return dict(zip(("cams", "cams_t", "matrix", "labels", "pred", "pred_t"),
-                    _case(2, 3, (6, 6), (5, 5), torch.float32, gen)))
+    return dict(
+        zip(("cams", "cams_t", "matrix", "labels", "pred", "pred_t"), _case(2, 3, (6, 6), (5, 5), torch.float32, gen))
+    )
 
 
 def _bad_cases():
@@ -263,10 +284,23 @@ def _bad_cases():
     yield "cams", ValueError, dict(cams=g["cams"][0])  # rank 3
     yield "cams_t", ValueError, dict(cams_t=g["cams_t"][:, :2])  # M mismatch
     yield "cams", ValueError, dict(cams_t=g["cams_t"][:1])  # N mismatch
-    yield "M >= 2", ValueError, dict(cams=g["cams"][:, :1], cams_t=g["cams_t"][:, :1],
-                                     pred=g["pred"][:, :1], pred_t=g["pred_t"][:, :1])
-    yield "at least one sample", ValueError, dict(cams=g["cams"][:0], cams_t=g["cams_t"][:0], matrix=g["matrix"][:0],
-                                                  labels=g["labels"][:0], pred=g["pred"][:0], pred_t=g["pred_t"][:0])
+    yield (
+        "M >= 2",
+        ValueError,
+        dict(cams=g["cams"][:, :1], cams_t=g["cams_t"][:, :1], pred=g["pred"][:, :1], pred_t=g["pred_t"][:, :1]),
+    )
+    yield (
+        "at least one sample",
+        ValueError,
+        dict(
+            cams=g["cams"][:0],
+            cams_t=g["cams_t"][:0],
+            matrix=g["matrix"][:0],
+            labels=g["labels"][:0],
+            pred=g["pred"][:0],
+            pred_t=g["pred_t"][:0],
+        ),
+    )
     yield "backend", ValueError, dict(backend="cuda")
     yield "er_distance", ValueError, dict(er_distance="l2")
     yield "cams_t", TypeError, dict(cams_t=g["cams_t"].double())  # dtype mismatch
@@ -297,8 +331,15 @@ def test_bad_inputs_raise(case, backend):
     kwargs = {"backend": backend, **_good()}
     kwargs.update(overrides)
     with pytest.raises(error, match=needle):
-        equivariance_terms(kwargs.pop("cams"), kwargs.pop("cams_t"), kwargs.pop("matrix"), kwargs.pop("labels"),
-                           kwargs.pop("pred"), kwargs.pop("pred_t"), **kwargs)
+        equivariance_terms(
+            kwargs.pop("cams"),
+            kwargs.pop("cams_t"),
+            kwargs.pop("matrix"),
+            kwargs.pop("labels"),
+            kwargs.pop("pred"),
+            kwargs.pop("pred_t"),
+            **kwargs,
+        )
 
 
 # --------------------------------------------------------------------------------- determinism

@@ -45,7 +45,7 @@ def test_single_network_matches_its_channel_of_the_container(size):
     x = _images((2, 2, *size))
     logits, cams = model(x)
     for m in range(2):
-        z, a = model.network(m)(x[:, m: m + 1])
+        z, a = model.network(m)(x[:, m : m + 1])
         assert z.shape == (2, 2) and a.shape == (2, 2, *size)
         assert torch.equal(z, a.mean(dim=(-2, -1)))
         assert torch.equal(z, logits[:, m]) and torch.equal(a, cams[:, m])
@@ -211,16 +211,26 @@ def test_zscore_rejects_bad_input(args, error):
 
 
 # ------------------------------------------------------------------------------------------ validation
-@pytest.mark.parametrize("divisor, error", [(3, ValueError), (0, ValueError), (128, ValueError),
-                                            (2.0, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    "divisor, error", [(3, ValueError), (0, ValueError), (128, ValueError), (2.0, TypeError), (True, TypeError)]
+)
 def test_bad_width_divisor(divisor, error):
     with pytest.raises(error, match="width_divisor"):
         CAMUNet(width_divisor=divisor)
 
 
-@pytest.mark.parametrize("modalities, error", [((), ValueError), (("t1", "t1"), ValueError), (("t1", ""), ValueError),
-                                               (("a.b",), ValueError), ("t1", TypeError), ((1, 2), ValueError),
-                                               (("t1", "keys"), ValueError)])
+@pytest.mark.parametrize(
+    "modalities, error",
+    [
+        ((), ValueError),
+        (("t1", "t1"), ValueError),
+        (("t1", ""), ValueError),
+        (("a.b",), ValueError),
+        ("t1", TypeError),
+        ((1, 2), ValueError),
+        (("t1", "keys"), ValueError),
+    ],
+)
 def test_bad_modalities(modalities, error):
     with pytest.raises(error):
         MultiModalCAM(modalities, width_divisor=16)

@@ -47,8 +47,9 @@ def _images(n=4, m=3, size=(32, 32), seed=1, dtype=torch.float32):
 
 
 def _run(model, config, seed=7, images=None, labels=LABELS):
-    return compute_objective(model, _images() if images is None else images, labels,
-                             torch.Generator().manual_seed(seed), config)
+    return compute_objective(
+        model, _images() if images is None else images, labels, torch.Generator().manual_seed(seed), config
+    )
 
 
 def _grads(params) -> list[torch.Tensor]:
@@ -109,20 +110,25 @@ def _kd_by_hand(logits, t):
     """(M,) list: T^2 / (M-1) sum_{j != i} mean_n KL(softmax(z_j/T) || softmax(z_i/T))."""
     n, m = len(logits), len(logits[0])
     return [
-        t * t / (m - 1) * sum(
+        t
+        * t
+        / (m - 1)
+        * sum(
             sum(_kl(_softmax(logits[k][j], t), _softmax(logits[k][i], t)) for k in range(n)) / n
-            for j in range(m) if j != i)
+            for j in range(m)
+            if j != i
+        )
         for i in range(m)
     ]
 
 
 @pytest.mark.parametrize("temperature", [10.0, 1.0, 2.5])
 def test_distillation_against_hand_computation(temperature):
-    logits = [[[2.0, -1.0], [0.5, 0.5], [-3.0, 4.0]],
-              [[0.0, 1.0], [10.0, -10.0], [1.5, 0.25]]]  # (N=2, M=3, 2)
+    logits = [[[2.0, -1.0], [0.5, 0.5], [-3.0, 4.0]], [[0.0, 1.0], [10.0, -10.0], [1.5, 0.25]]]  # (N=2, M=3, 2)
     got = distillation_loss(torch.tensor(logits, dtype=torch.float64), temperature)
-    torch.testing.assert_close(got, torch.tensor(_kd_by_hand(logits, temperature), dtype=torch.float64),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(
+        got, torch.tensor(_kd_by_hand(logits, temperature), dtype=torch.float64), rtol=1e-12, atol=0
+    )
 
 
 def test_distillation_of_identical_logits_is_zero():
@@ -145,8 +151,10 @@ def test_objective_kd_term_is_the_mean_over_both_views():
     r = _run(model, ObjectiveConfig(equivariance_backend="torch"))
     for logits in (r.logits, r.logits_t):
         assert (distillation_loss(logits, 10.0) > 0).all()
-    hand = [0.5 * (a + b) for a, b in zip(_kd_by_hand(r.logits.double().tolist(), 10.0),
-                                          _kd_by_hand(r.logits_t.double().tolist(), 10.0))]
+    hand = [
+        0.5 * (a + b)
+        for a, b in zip(_kd_by_hand(r.logits.double().tolist(), 10.0), _kd_by_hand(r.logits_t.double().tolist(), 10.0))
+    ]
     torch.testing.assert_close(r.terms["kd"].double(), torch.tensor(hand, dtype=torch.float64), rtol=1e-4, atol=1e-9)
 
 
@@ -201,8 +209,9 @@ def test_ablation_switches_remove_exactly_their_terms(name, monkeypatch):
         torch.testing.assert_close(got, g, rtol=1e-5, atol=1e-8)
     if dropped:  # the full objective's gradient is measurably different
         full_grad = torch.autograd.grad(full.total, params, allow_unused=True)
-        assert any(fg is not None and not torch.allclose(fg, p.grad, rtol=1e-3, atol=1e-6)
-                   for fg, p in zip(full_grad, params))
+        assert any(
+            fg is not None and not torch.allclose(fg, p.grad, rtol=1e-3, atol=1e-6) for fg, p in zip(full_grad, params)
+        )
 
 
 def test_cam_only_never_calls_the_equivariance_terms(monkeypatch):
@@ -233,16 +242,17 @@ def test_one_pi_per_batch_shared_by_all_modalities(transform, monkeypatch):
         model.network(m).register_forward_pre_hook(lambda mod, args, m=m: inputs[m].append(args[0]))
     r = _run(model, ObjectiveConfig(equivariance_backend="kornia", transform=transform), images=images)
 
-    matrix, dsize, family = transforms.sample_transform(4, (32, 32), policy=transform,
-                                                        generator=torch.Generator().manual_seed(7))
+    matrix, dsize, family = transforms.sample_transform(
+        4, (32, 32), policy=transform, generator=torch.Generator().manual_seed(7)
+    )
     assert captured["backend"] == "kornia"
     assert captured["matrix"].shape == (4, 2, 3) and torch.equal(captured["matrix"], matrix)
     assert torch.equal(r.matrix, matrix) and r.dsize == dsize and r.family == family
     assert captured["cams"].shape == (4, 3, 32, 32) and captured["cams_t"].shape == (4, 3, *dsize)
     for m, name in enumerate(MODALITIES):
         x, x_t = inputs[name]  # each network ran once per view
-        torch.testing.assert_close(x, zscore_per_sample(images[:, m: m + 1]), rtol=0, atol=0)
-        expect_t = zscore_per_sample(transforms.warp_images(images[:, m: m + 1], matrix, dsize))
+        torch.testing.assert_close(x, zscore_per_sample(images[:, m : m + 1]), rtol=0, atol=0)
+        expect_t = zscore_per_sample(transforms.warp_images(images[:, m : m + 1], matrix, dsize))
         torch.testing.assert_close(x_t, expect_t, rtol=1e-6, atol=1e-6)
 
 

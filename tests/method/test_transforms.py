@@ -34,8 +34,8 @@ def shifted(x, dx, dy):
     h, w = x.shape[-2:]
     if abs(dx) >= w or abs(dy) >= h:
         return out
-    out[..., max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = x[
-        ..., max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = x[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
     ]
     return out
 
@@ -81,7 +81,11 @@ def test_rot90_direction():
 
 @SETTINGS
 @given(
-    n=batch, c=channels, h=sizes, w=sizes, seed=st.integers(0, 2**16),
+    n=batch,
+    c=channels,
+    h=sizes,
+    w=sizes,
+    seed=st.integers(0, 2**16),
     shifts=st.lists(st.tuples(st.integers(-70, 70), st.integers(-70, 70)), min_size=3, max_size=3),
 )
 def test_integer_translation_is_exact(n, c, h, w, seed, shifts):
@@ -190,7 +194,9 @@ def test_warp_images_nearest_keeps_labels():
 
 # ------------------------------------------------------------------------------ sampler
 def sample(seed, **kw):
-    return T.sample_transform(kw.pop("n", 4), kw.pop("size", (240, 240)), generator=torch.Generator().manual_seed(seed), **kw)
+    return T.sample_transform(
+        kw.pop("n", 4), kw.pop("size", (240, 240)), generator=torch.Generator().manual_seed(seed), **kw
+    )
 
 
 @pytest.mark.parametrize("policy", T.POLICIES)
@@ -237,7 +243,9 @@ def test_sampler_families_and_bounds():
 
 
 def test_sampler_options():
-    m, _, _ = T.sample_transform(2, (8, 8), policy="rot90", dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    m, _, _ = T.sample_transform(
+        2, (8, 8), policy="rot90", dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     assert m.dtype == torch.float64 and m.device.type == "cpu"
     torch.manual_seed(0)
     a = T.sample_transform(3, (8, 8))

@@ -25,8 +25,14 @@ def test_build_info_reports_torch_openmp_and_cuda():
     assert "OpenMP" in info["parallel_backend"]
 
 
-MMCAM_OPS = ("equivariance_loss", "equivariance_loss_backward", "equivariance_terms",
-             "equivariance_terms_backward", "warp_normalized", "warp_normalized_backward")
+MMCAM_OPS = (
+    "equivariance_loss",
+    "equivariance_loss_backward",
+    "equivariance_terms",
+    "equivariance_terms_backward",
+    "warp_normalized",
+    "warp_normalized_backward",
+)
 
 
 def test_build_info_says_what_cuda_build_was_made():
@@ -35,7 +41,8 @@ def test_build_info_says_what_cuda_build_was_made():
         assert info["cuda_status"].startswith("CUDA kernels built with CUDA ")
         assert info["cuda_version"].split(".")[0] == torch.version.cuda.split(".")[0]
         assert info["cuda_architectures"] and all(
-            a.endswith(("-real", "-virtual")) for a in info["cuda_architectures"].split(","))
+            a.endswith(("-real", "-virtual")) for a in info["cuda_architectures"].split(",")
+        )
     else:
         assert info["cuda_status"].startswith("CPU only: ")
         assert info["cuda_version"] == "" and info["cuda_architectures"] == ""
@@ -77,8 +84,13 @@ def test_importable_from_the_repository_root():
     import sys
 
     root = ROOT
-    result = subprocess.run([sys.executable, "-c", "import mmcam.ops, mmcam; print(mmcam.build_info()['torch_version'])"],
-                            cwd=root, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", "import mmcam.ops, mmcam; print(mmcam.build_info()['torch_version'])"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == torch.__version__
 

@@ -17,16 +17,25 @@ from repo_paths import ROOT
 
 ROOT = ROOT
 pybind11 = pytest.importorskip("pybind11")
-CMAKE = shutil.which("cmake", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent),
-                                                      os.environ.get("PATH", "")]))
+CMAKE = shutil.which(
+    "cmake", path=os.pathsep.join([str(pathlib.Path(sys.executable).parent), os.environ.get("PATH", "")])
+)
 pytestmark = pytest.mark.skipif(CMAKE is None, reason="cmake not installed")
 
 
 def configure(tmp_path, *defines, env=None):
     """Run CMake's configure step of the project into tmp_path; returns (exit code, output with runs of
     white space made one space: CMake wraps long messages)."""
-    cmd = [CMAKE, "-S", str(ROOT), "-B", str(tmp_path / "build"), f"-DPython_EXECUTABLE={sys.executable}",
-           f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", *defines]
+    cmd = [
+        CMAKE,
+        "-S",
+        str(ROOT),
+        "-B",
+        str(tmp_path / "build"),
+        f"-DPython_EXECUTABLE={sys.executable}",
+        f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+        *defines,
+    ]
     full_env = {**os.environ, **(env or {})}
     result = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
     return result.returncode, " ".join((result.stdout + result.stderr).split())

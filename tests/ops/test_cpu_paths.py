@@ -49,9 +49,14 @@ def _case(n, m, src, family, kind, seed):
     """One batch of the family's transform; the destination size is the family's (resize changes it)."""
     gen = torch.Generator().manual_seed(seed)
     matrix, dsize = family_matrix(family, n, src, gen, dtype=torch.float64)
-    return (_plane_batch((n, m, *src), gen, kind), _plane_batch((n, m, *dsize), gen, kind), matrix,
-            torch.ones(n, dtype=torch.long), torch.randint(0, 2, (n, m), generator=gen),
-            torch.randint(0, 2, (n, m), generator=gen))
+    return (
+        _plane_batch((n, m, *src), gen, kind),
+        _plane_batch((n, m, *dsize), gen, kind),
+        matrix,
+        torch.ones(n, dtype=torch.long),
+        torch.randint(0, 2, (n, m), generator=gen),
+        torch.randint(0, 2, (n, m), generator=gen),
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -90,6 +95,7 @@ def test_fused_paper_like_float32_bitwise_across_threads(family):
 
 # --- exact (integer-tap) maps: the separable warp adjoint skips zero-weight taps of finite gradient rows ---
 
+
 def _exact_matrix(kind, n, size):
     """(matrix, dsize) of a map whose taps all land on pixel centres: flips, 90° rotations (square planes
     only keep the size), integer translations (some sample shifted by more than the plane: all zero)."""
@@ -112,8 +118,14 @@ def _exact_case(kind, size, dtype, seed, n=4):
     matrix, dsize = _exact_matrix(kind, n, size)
     cams = _plane_batch((n, 2, *size), gen, "mixed").to(dtype)
     cams_t = _plane_batch((n, 2, *dsize), gen, "mixed").to(dtype)
-    return (cams, cams_t, matrix.to(dtype), torch.ones(n, dtype=torch.long),
-            torch.randint(0, 2, (n, 2), generator=gen), torch.ones(n, 2, dtype=torch.long))
+    return (
+        cams,
+        cams_t,
+        matrix.to(dtype),
+        torch.ones(n, dtype=torch.long),
+        torch.randint(0, 2, (n, 2), generator=gen),
+        torch.ones(n, 2, dtype=torch.long),
+    )
 
 
 @pytest.mark.parametrize("kind", EXACT)
@@ -157,8 +169,14 @@ def test_non_finite_values_stay_deterministic(kind, poison):
     if kind == "resize":
         gen = torch.Generator().manual_seed(11)
         matrix, dsize = transforms.resize_matrix(4, (12, 12), (18, 18), dtype=torch.float64)
-        args = (_plane_batch((4, 2, 12, 12), gen, "mixed"), _plane_batch((4, 2, *dsize), gen, "mixed"), matrix,
-                torch.ones(4, dtype=torch.long), torch.ones(4, 2, dtype=torch.long), torch.ones(4, 2, dtype=torch.long))
+        args = (
+            _plane_batch((4, 2, 12, 12), gen, "mixed"),
+            _plane_batch((4, 2, *dsize), gen, "mixed"),
+            matrix,
+            torch.ones(4, dtype=torch.long),
+            torch.ones(4, 2, dtype=torch.long),
+            torch.ones(4, 2, dtype=torch.long),
+        )
     else:
         args = _exact_case(kind, (12, 12), torch.float64, seed=7)
     upstream = torch.ones(2, 2, dtype=torch.float64)

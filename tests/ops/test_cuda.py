@@ -34,8 +34,12 @@ needs_kernels = pytest.mark.skipif(
 
 
 # (relative tolerance per element, tolerance relative to the tensor's largest magnitude) per input dtype.
-_TOLERANCE = {torch.float64: (1e-9, 1e-12), torch.float32: (1e-5, 2e-6), torch.float16: (1e-2, 1e-2),
-              torch.bfloat16: (4e-2, 4e-2)}
+_TOLERANCE = {
+    torch.float64: (1e-9, 1e-12),
+    torch.float32: (1e-5, 2e-6),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (4e-2, 4e-2),
+}
 
 
 def _assert_close(actual, expected, dtype, what):
@@ -47,7 +51,9 @@ def _assert_close(actual, expected, dtype, what):
     scale = float(e.abs().max()) if e.numel() else 0.0
     error = (a - e).abs()
     bad = ~(error <= rtol * e.abs() + scale_tol * scale + 1e-300)
-    assert not bad.any(), f"{what}: {int(bad.sum())} of {bad.numel()} off, worst {float(error.max()):.3g} (scale {scale:.3g})"
+    assert not bad.any(), (
+        f"{what}: {int(bad.sum())} of {bad.numel()} off, worst {float(error.max()):.3g} (scale {scale:.3g})"
+    )
 
 
 def _terms_case(family, n, m, size, dtype, seed):
@@ -98,8 +104,9 @@ def test_terms_match_cpu_and_references(family, dtype, m):
     on_cuda = _terms_with_grads(args, CUDA)
     _assert_all_close(on_cuda, _terms_with_grads(args, "cpu"), dtype, f"{family} CUDA vs CPU")
     for backend in ("torch", "kornia"):
-        _assert_all_close(on_cuda, _terms_with_grads(_as_float64(args), CUDA, backend), dtype,
-                          f"{family} CUDA vs {backend}")
+        _assert_all_close(
+            on_cuda, _terms_with_grads(_as_float64(args), CUDA, backend), dtype, f"{family} CUDA vs {backend}"
+        )
 
 
 @needs_kernels
@@ -119,8 +126,7 @@ def test_terms_strided_inputs_and_stop_gradient(deterministic):
         c = wide.to(device)[:, 1:].detach().requires_grad_(True)  # strided views
         ct = wide_t.to(device)[:, 1:].detach().requires_grad_(True)
         with _deterministic(deterministic and device != "cpu"):
-            terms = equivariance_terms(c, ct, matrix.to(device), labels.to(device), pred.to(device),
-                                       pred_t.to(device))
+            terms = equivariance_terms(c, ct, matrix.to(device), labels.to(device), pred.to(device), pred_t.to(device))
             weights = torch.arange(1, 7, dtype=terms.dtype, device=terms.device).view(2, 3)
             (terms * weights).sum().backward()
         results.append((terms.detach(), c.grad, ct.grad))
@@ -163,11 +169,14 @@ def _pair_with_grads(src, matrix, dst, weight, device, **options):
 
 @needs_kernels
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("options", [
-    dict(distance="sq_l2", l2_normalize=False, reduction="mean"),
-    dict(distance="l1", l2_normalize=True, reduction="none"),
-    dict(distance="sq_l2", l2_normalize=True, reduction="sum"),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(distance="sq_l2", l2_normalize=False, reduction="mean"),
+        dict(distance="l1", l2_normalize=True, reduction="none"),
+        dict(distance="sq_l2", l2_normalize=True, reduction="sum"),
+    ],
+)
 def test_equivariance_loss_matches_cpu_and_references(dtype, options):
     gen = torch.Generator().manual_seed(7)
     src = cams((4, 3, 30, 34), gen, dtype)
@@ -194,8 +203,9 @@ def test_warp_normalized_matches_cpu_and_kornia(dtype):
     out = ops.warp_normalized(src.to(CUDA), matrix.to(CUDA), (20, 40))
     _assert_close(out, ops.warp_normalized(src, matrix, (20, 40)), dtype, "CUDA vs CPU")
     src64, matrix64 = _as_float64((src, matrix))
-    _assert_close(out, reference.warp_normalized_kornia(src64.to(CUDA), matrix64.to(CUDA), (20, 40)), dtype,
-                  "CUDA vs kornia")
+    _assert_close(
+        out, reference.warp_normalized_kornia(src64.to(CUDA), matrix64.to(CUDA), (20, 40)), dtype, "CUDA vs kornia"
+    )
 
 
 @needs_kernels
@@ -210,20 +220,23 @@ def test_gradcheck_float64(deterministic):
     # The fast path scatters with atomics: its float64 sums may differ in the last bits between calls.
     nondet_tol = 0.0 if deterministic else 1e-12
     with _deterministic(deterministic):
-        assert torch.autograd.gradcheck(lambda s: ops.warp_normalized(s, matrix, (8, 6)), (src,),
-                                        nondet_tol=nondet_tol)
-        assert torch.autograd.gradcheck(lambda s, d: ops.equivariance_loss(s, matrix, d, l2_normalize=True),
-                                        (src, dst), nondet_tol=nondet_tol)
+        assert torch.autograd.gradcheck(lambda s: ops.warp_normalized(s, matrix, (8, 6)), (src,), nondet_tol=nondet_tol)
+        assert torch.autograd.gradcheck(
+            lambda s, d: ops.equivariance_loss(s, matrix, d, l2_normalize=True), (src, dst), nondet_tol=nondet_tol
+        )
         # Finite differences see through the CMER stop-gradient: check column i of the terms against
         # network i's own planes, the other network's held fixed (as tests/method/test_losses.py does on the CPU).
         for i in range(2):
+
             def column_i(a, b, i=i):
-                full = torch.cat([src.detach()[:, :i], a, src.detach()[:, i + 1:]], dim=1)
-                full_t = torch.cat([dst.detach()[:, :i], b, dst.detach()[:, i + 1:]], dim=1)
+                full = torch.cat([src.detach()[:, :i], a, src.detach()[:, i + 1 :]], dim=1)
+                full_t = torch.cat([dst.detach()[:, :i], b, dst.detach()[:, i + 1 :]], dim=1)
                 return equivariance_terms(full, full_t, matrix, labels, pred, pred)[:, i]
 
-            own = (src.detach()[:, i:i + 1].clone().requires_grad_(True),
-                   dst.detach()[:, i:i + 1].clone().requires_grad_(True))
+            own = (
+                src.detach()[:, i : i + 1].clone().requires_grad_(True),
+                dst.detach()[:, i : i + 1].clone().requires_grad_(True),
+            )
             assert torch.autograd.gradcheck(column_i, own, eps=1e-7, atol=1e-7, rtol=1e-5, nondet_tol=nondet_tol)
 
 
@@ -278,10 +291,15 @@ def test_many_tiles_per_plane_match_cpu():
     expected_pair = _pair_with_grads(src, matrix, dst, None, "cpu", l2_normalize=True)
     for deterministic in (False, True):
         with _deterministic(deterministic):
-            _assert_all_close(_terms_with_grads(args, CUDA), expected, torch.float32,
-                              f"terms, deterministic={deterministic}")
-            _assert_all_close(_pair_with_grads(src, matrix, dst, None, CUDA, l2_normalize=True), expected_pair,
-                              torch.float32, f"equivariance_loss, deterministic={deterministic}")
+            _assert_all_close(
+                _terms_with_grads(args, CUDA), expected, torch.float32, f"terms, deterministic={deterministic}"
+            )
+            _assert_all_close(
+                _pair_with_grads(src, matrix, dst, None, CUDA, l2_normalize=True),
+                expected_pair,
+                torch.float32,
+                f"equivariance_loss, deterministic={deterministic}",
+            )
 
 
 @needs_kernels
@@ -293,10 +311,12 @@ def test_opcheck_on_cuda():
     labels = torch.ones(2, device=CUDA)
     pred = torch.ones(2, 2, device=CUDA)
     torch.library.opcheck(torch.ops.mmcam.warp_normalized.default, (src, matrix, [12, 10], 1e-8))
-    torch.library.opcheck(torch.ops.mmcam.equivariance_loss.default,
-                          (src, matrix, dst, None, "sq_l2", True, 1e-8, 1e-12, "mean"))
-    torch.library.opcheck(torch.ops.mmcam.equivariance_terms.default,
-                          (src, dst, matrix, labels, pred, pred, "sq_l2", 1e-8, 1e-12, True))
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_loss.default, (src, matrix, dst, None, "sq_l2", True, 1e-8, 1e-12, "mean")
+    )
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_terms.default, (src, dst, matrix, labels, pred, pred, "sq_l2", 1e-8, 1e-12, True)
+    )
 
 
 @needs_kernels

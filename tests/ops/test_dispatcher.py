@@ -24,10 +24,14 @@ def sample_inputs(dtype=torch.float64, requires_grad=True):
 @pytest.mark.parametrize("l2_normalize", [False, True])
 def test_opcheck_equivariance_loss(reduction, l2_normalize):
     src, matrix, dst, weight = sample_inputs()
-    torch.library.opcheck(torch.ops.mmcam.equivariance_loss.default,
-                          (src, matrix, dst, weight, "sq_l2", l2_normalize, 1e-8, 1e-12, reduction))
-    torch.library.opcheck(torch.ops.mmcam.equivariance_loss.default,
-                          (src, matrix, dst.detach(), None, "l1", l2_normalize, 1e-8, 1e-12, reduction))
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_loss.default,
+        (src, matrix, dst, weight, "sq_l2", l2_normalize, 1e-8, 1e-12, reduction),
+    )
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_loss.default,
+        (src, matrix, dst.detach(), None, "l1", l2_normalize, 1e-8, 1e-12, reduction),
+    )
 
 
 def test_opcheck_warp_normalized():
@@ -42,10 +46,14 @@ def test_opcheck_equivariance_terms():
     matrix = random_affine(3, (8, 8), (6, 7), gen)
     labels = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     pred = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 1.0], [0.0, 1.0, 1.0]], dtype=torch.float64)
-    torch.library.opcheck(torch.ops.mmcam.equivariance_terms.default,
-                          (cams_, cams_t, matrix, labels, pred, pred.flip(0), "sq_l2", 1e-8, 1e-12, True))
-    torch.library.opcheck(torch.ops.mmcam.equivariance_terms.default,
-                          (cams_.detach(), cams_t.detach(), matrix, labels, pred, pred, "l1", 1e-8, 1e-12, False))
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_terms.default,
+        (cams_, cams_t, matrix, labels, pred, pred.flip(0), "sq_l2", 1e-8, 1e-12, True),
+    )
+    torch.library.opcheck(
+        torch.ops.mmcam.equivariance_terms.default,
+        (cams_.detach(), cams_t.detach(), matrix, labels, pred, pred, "l1", 1e-8, 1e-12, False),
+    )
 
 
 def test_torch_compile_fullgraph_matches_eager():

@@ -122,5 +122,6 @@ def test_nan_in_cam_propagates_like_reference():
 
 def test_identity_warp_equals_normalisation():
     src = cams((2, 3, 6, 5), torch.Generator().manual_seed(8), torch.float64)
-    torch.testing.assert_close(ops.warp_normalized(src, identity(2), (6, 5)), reference.minmax_normalize(src),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        ops.warp_normalized(src, identity(2), (6, 5)), reference.minmax_normalize(src), rtol=0, atol=0
+    )

@@ -27,8 +27,12 @@ from op_cases import deterministic_algorithms as _deterministic
 
 DEVICES = [
     "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(
-        not (torch.cuda.is_available() and mmcam.build_info()["cuda"]), reason="needs a CUDA device and kernels")),
+    pytest.param(
+        "cuda",
+        marks=pytest.mark.skipif(
+            not (torch.cuda.is_available() and mmcam.build_info()["cuda"]), reason="needs a CUDA device and kernels"
+        ),
+    ),
 ]
 
 
@@ -125,13 +129,31 @@ def test_non_invertible_matrix_is_never_silently_finite(device):
         _raises_naming_sample_0(lambda: fused_equivariance_terms(src, dst, matrix, active, pred, pred))
         grad_p = torch.ones(3, 2, 5, 8, dtype=torch.float64)
         _raises_naming_sample_0(lambda: raw.warp_normalized_backward(grad_p, src, matrix, 1e-8))
-        _raises_naming_sample_0(lambda: raw.equivariance_loss_backward(
-            ones, src, matrix, dst, active, "sq_l2", True, 1e-8, 1e-12, "none", True, True))
+        _raises_naming_sample_0(
+            lambda: raw.equivariance_loss_backward(
+                ones, src, matrix, dst, active, "sq_l2", True, 1e-8, 1e-12, "none", True, True
+            )
+        )
         kept_warped = torch.zeros(3, 2, 5, 8, dtype=torch.float64)
         kept_stats = torch.zeros(3, 2, 8, dtype=torch.float64)
-        _raises_naming_sample_0(lambda: raw.equivariance_terms_backward(
-            torch.ones(2, 2, dtype=torch.float64), src, dst, matrix, active, pred, pred, kept_warped, kept_stats,
-            "sq_l2", 1e-8, 1e-12, True, True))
+        _raises_naming_sample_0(
+            lambda: raw.equivariance_terms_backward(
+                torch.ones(2, 2, dtype=torch.float64),
+                src,
+                dst,
+                matrix,
+                active,
+                pred,
+                pred,
+                kept_warped,
+                kept_stats,
+                "sq_l2",
+                1e-8,
+                1e-12,
+                True,
+                True,
+            )
+        )
         return
 
     for deterministic in (False, True):  # atomic scatter and gather

@@ -33,8 +33,9 @@ def assert_close(actual, expected, expected_same_dtype, what):
     (``expected_same_dtype``): the fused op must be about as accurate as the eager float32 computation.
     """
     if actual.dtype == torch.float64:
-        torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12, equal_nan=True,
-                                   msg=lambda m: f"{what}: {m}")
+        torch.testing.assert_close(
+            actual, expected, rtol=1e-9, atol=1e-12, equal_nan=True, msg=lambda m: f"{what}: {m}"
+        )
         return
     exact = expected.to(torch.float64)
     reference_error = (expected_same_dtype.to(torch.float64) - exact).abs()
@@ -56,29 +57,40 @@ def loss_and_grads(fn, src, matrix, dst, weight, **options):
     return out.detach(), s.grad, d.grad
 
 
-options_strategy = st.fixed_dictionaries({
-    "distance": st.sampled_from(["sq_l2", "l1"]),
-    "l2_normalize": st.booleans(),
-    "reduction": st.sampled_from(["mean", "sum", "none"]),
-})
+options_strategy = st.fixed_dictionaries(
+    {
+        "distance": st.sampled_from(["sq_l2", "l1"]),
+        "l2_normalize": st.booleans(),
+        "reduction": st.sampled_from(["mean", "sum", "none"]),
+    }
+)
 
 
 @given(
-    n=small_nc, c=small_nc, hs=sizes, ws=sizes, hd=sizes, wd=sizes, seed=seeds,
+    n=small_nc,
+    c=small_nc,
+    hs=sizes,
+    ws=sizes,
+    hd=sizes,
+    wd=sizes,
+    seed=seeds,
     options=options_strategy,
     weighted=st.sampled_from(["none", "random", "binary"]),
     dtype=st.sampled_from([torch.float64, torch.float32]),
     non_contiguous=st.booleans(),
 )
-def test_equivariance_loss_matches_references_random_affine(n, c, hs, ws, hd, wd, seed, options, weighted, dtype,
-                                                            non_contiguous):
+def test_equivariance_loss_matches_references_random_affine(
+    n, c, hs, ws, hd, wd, seed, options, weighted, dtype, non_contiguous
+):
     gen = torch.Generator().manual_seed(seed)
     src = cams((n, c, hs, ws), gen, dtype, non_contiguous=non_contiguous)
     dst = cams((n, c, hd, wd), gen, dtype, non_contiguous=non_contiguous)
     matrix = random_affine(n, (hs, ws), (hd, wd), gen, dtype=dtype)
-    weight = {"none": None,
-              "random": torch.rand(n, generator=gen, dtype=torch.float64).to(dtype),
-              "binary": (torch.rand(n, generator=gen) < 0.5).to(dtype)}[weighted]
+    weight = {
+        "none": None,
+        "random": torch.rand(n, generator=gen, dtype=torch.float64).to(dtype),
+        "binary": (torch.rand(n, generator=gen) < 0.5).to(dtype),
+    }[weighted]
     _check_against_references(src, matrix, dst, weight, options, dtype)
 
 
@@ -99,13 +111,24 @@ def _check_against_references(src, matrix, dst, weight, options, dtype):
     fused = loss_and_grads(ops.equivariance_loss, src, matrix, dst, weight, **options)
     for name, (ref_loss, _) in REFERENCES.items():
         expected = loss_and_grads(ref_loss, as64(src), as64(matrix), as64(dst), as64(weight), **options)
-        same_dtype = loss_and_grads(ref_loss, src, matrix, dst, weight, **options) if dtype != torch.float64 else expected
+        same_dtype = (
+            loss_and_grads(ref_loss, src, matrix, dst, weight, **options) if dtype != torch.float64 else expected
+        )
         for what, a, e, e_same in zip(("loss", "grad src", "grad dst"), fused, expected, same_dtype):
             assert_close(a, e, e_same, f"{what} vs {name} reference, options={options}")
 
 
-@given(n=small_nc, c=small_nc, hs=sizes, ws=sizes, hd=sizes, wd=sizes, seed=seeds,
-       dtype=st.sampled_from([torch.float64, torch.float32]), non_contiguous=st.booleans())
+@given(
+    n=small_nc,
+    c=small_nc,
+    hs=sizes,
+    ws=sizes,
+    hd=sizes,
+    wd=sizes,
+    seed=seeds,
+    dtype=st.sampled_from([torch.float64, torch.float32]),
+    non_contiguous=st.booleans(),
+)
 def test_warp_normalized_matches_references(n, c, hs, ws, hd, wd, seed, dtype, non_contiguous):
     gen = torch.Generator().manual_seed(seed)
     src = cams((n, c, hs, ws), gen, dtype, non_contiguous=non_contiguous)
@@ -132,8 +155,12 @@ def test_warp_normalized_keeps_strided_input_values():
     view = base[:, 1:]
     assert not view.is_contiguous()
     matrix = random_affine(2, (9, 11), (7, 5), gen)
-    torch.testing.assert_close(ops.warp_normalized(view, matrix, (7, 5)),
-                               ops.warp_normalized(view.contiguous(), matrix, (7, 5)), rtol=0, atol=0)
+    torch.testing.assert_close(
+        ops.warp_normalized(view, matrix, (7, 5)),
+        ops.warp_normalized(view.contiguous(), matrix, (7, 5)),
+        rtol=0,
+        atol=0,
+    )
 
 
 def test_gradcheck_float64():
@@ -146,8 +173,11 @@ def test_gradcheck_float64():
         for l2 in (False, True):
             for reduction in ("mean", "sum", "none"):
                 assert torch.autograd.gradcheck(
-                    lambda s, d: ops.equivariance_loss(s, matrix, d, weight, distance=distance, l2_normalize=l2,
-                                                       reduction=reduction), (src, dst))
+                    lambda s, d: ops.equivariance_loss(
+                        s, matrix, d, weight, distance=distance, l2_normalize=l2, reduction=reduction
+                    ),
+                    (src, dst),
+                )
     assert torch.autograd.gradcheck(lambda s: ops.warp_normalized(s, matrix, (5, 6)), (src,))
 
 

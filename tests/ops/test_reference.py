@@ -143,8 +143,9 @@ def test_noncontiguous_and_mixed_matrix_dtype():
     assert not view.is_contiguous()
     out = R.warp_normalized_kornia(view, matrix.float(), (7, 13))
     assert out.dtype == torch.float64
-    torch.testing.assert_close(out, R.warp_normalized_torch(view.contiguous(), matrix.float(), (7, 13)),
-                               rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        out, R.warp_normalized_torch(view.contiguous(), matrix.float(), (7, 13)), rtol=1e-9, atol=1e-12
+    )
     # a float64 matrix with float32 CAMs: warped in float64, returned in float32 (kornia alone would reject it)
     out32 = R.warp_normalized_kornia(src.float(), matrix, (7, 13))
     assert out32.dtype == torch.float32

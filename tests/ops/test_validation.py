@@ -33,8 +33,11 @@ BAD = {
     "N mismatch": (dict(dst=torch.randn(3, 3, 4, 4)), ValueError, "agree in N and C"),
     "C mismatch": (dict(dst=torch.randn(2, 2, 4, 4)), ValueError, "agree in N and C"),
     "dtype mismatch": (dict(dst=torch.randn(2, 3, 4, 4, dtype=torch.float64)), TypeError, "must match"),
-    "integer cams": (dict(src=torch.ones(2, 3, 5, 5, dtype=torch.int64), dst=torch.ones(2, 3, 4, 4, dtype=torch.int64)),
-                     TypeError, "dtype"),
+    "integer cams": (
+        dict(src=torch.ones(2, 3, 5, 5, dtype=torch.int64), dst=torch.ones(2, 3, 4, 4, dtype=torch.int64)),
+        TypeError,
+        "dtype",
+    ),
     "half on cpu": (dict(src=torch.randn(2, 3, 5, 5).half(), dst=torch.randn(2, 3, 4, 4).half()), TypeError, "float16"),
     "empty H": (dict(src=torch.randn(2, 3, 0, 5)), ValueError, "empty spatial size"),
     "empty W dst": (dict(dst=torch.randn(2, 3, 4, 0)), ValueError, "empty spatial size"),
@@ -108,7 +111,9 @@ def test_raw_operator_rejects_bad_input_without_crashing():
         raw.warp_normalized(src.half(), IDENT, [3, 3], 1e-8)
     cams = torch.randn(2, 1, 4, 4)
     with pytest.raises(ValueError, match="M >= 2"):
-        raw.equivariance_terms(cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12, False)
+        raw.equivariance_terms(
+            cams, cams, IDENT, torch.ones(2), torch.ones(2, 1), torch.ones(2, 1), "sq_l2", 1e-8, 1e-12, False
+        )
 
 
 def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch):
@@ -126,11 +131,16 @@ def test_cuda_tensors_on_a_build_without_cuda_kernels_name_the_build(monkeypatch
             "warp_normalized": lambda: ops.warp_normalized(src, matrix, (4, 4)),
             "equivariance_loss": lambda: ops.equivariance_loss(src, matrix, dst),
             # the operator behind mmcam.losses.equivariance_terms (whose value checks need real tensors)
-            "equivariance_terms": lambda: fused_equivariance_terms(src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)),
+            "equivariance_terms": lambda: fused_equivariance_terms(
+                src, dst, matrix, ones, ones.unsqueeze(1), ones.unsqueeze(1)
+            ),
         }
         for run in calls.values():
-            with pytest.raises(RuntimeError, match=r"built without CUDA kernels \(CPU only: no working CUDA "
-                                                   r"compiler found\)\. Rebuild with .*nvcc"):
+            with pytest.raises(
+                RuntimeError,
+                match=r"built without CUDA kernels \(CPU only: no working CUDA "
+                r"compiler found\)\. Rebuild with .*nvcc",
+            ):
                 run()
 
 

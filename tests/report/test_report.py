@@ -35,8 +35,22 @@ def cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run_dir(cache, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "run"
-    code = train.main(["--data", str(cache), "--run-dir", str(run), "--modalities", ",".join(MODALITIES),
-                       "width_divisor=16", "batch_size=4", "epochs=1", "--max-steps", "2", "--no-progress"])
+    code = train.main(
+        [
+            "--data",
+            str(cache),
+            "--run-dir",
+            str(run),
+            "--modalities",
+            ",".join(MODALITIES),
+            "width_divisor=16",
+            "batch_size=4",
+            "epochs=1",
+            "--max-steps",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     return run
 
@@ -178,7 +192,7 @@ def test_slices_are_the_largest_lesions_of_the_first_patients(cache):
     assert [c.subject for c in chosen] == subjects[:2]
     # more slices than subjects: every subject once, then the next-largest slices
     many = select_slices(dataset, len(subjects) + 1)
-    assert [c.subject for c in many[:len(subjects)]] == subjects
+    assert [c.subject for c in many[: len(subjects)]] == subjects
     second = sorted(areas[subjects[0]], key=lambda a: (-a[0], a[1]))[1][1]
     assert many[-1].index == second
     assert select_slices(dataset, 2) == chosen  # deterministic
@@ -280,15 +294,30 @@ def test_pseudo_masks_are_drawn_at_the_right_pixels(positive_report, cache):
 def evaluation_summary(threshold: float, *, oracle: bool, checkpoint: str = "best_dice") -> dict:
     """A summary in the documented format of ``python -m mmcam.evaluate`` (eval/<name>_summary.json)."""
     stats = {"mean": 0.4321, "std": 0.1, "n": 1, "n_undefined": 0}
-    channels = {c: {"threshold": threshold, "dice": stats, "hd95_mm": stats, "assd_mm": stats, "dice_2d": stats}
-                for c in [*MODALITIES, "combined"]}
-    return {"format": "mmcam-evaluation", "version": 1, "oracle": oracle,
-            "warning": "ORACLE: threshold tuned on test labels" if oracle else None,
-            "protocol": {"split": "test", "n_subjects": 1, "subjects": ["synth_00002"], "checkpoint": checkpoint,
-                         "threshold": {"mode": "oracle" if oracle else "val", "value": None,
-                                       "description": "chosen on the validation split", "selected_on": "val"},
-                         "aggregation": "mean and population std over the patients"},
-            "maps": {"cam": {"cases_csv": f"test{'_oracle' if oracle else ''}_cam_cases.csv", "channels": channels}}}
+    channels = {
+        c: {"threshold": threshold, "dice": stats, "hd95_mm": stats, "assd_mm": stats, "dice_2d": stats}
+        for c in [*MODALITIES, "combined"]
+    }
+    return {
+        "format": "mmcam-evaluation",
+        "version": 1,
+        "oracle": oracle,
+        "warning": "ORACLE: threshold tuned on test labels" if oracle else None,
+        "protocol": {
+            "split": "test",
+            "n_subjects": 1,
+            "subjects": ["synth_00002"],
+            "checkpoint": checkpoint,
+            "threshold": {
+                "mode": "oracle" if oracle else "val",
+                "value": None,
+                "description": "chosen on the validation split",
+                "selected_on": "val",
+            },
+            "aggregation": "mean and population std over the patients",
+        },
+        "maps": {"cam": {"cases_csv": f"test{'_oracle' if oracle else ''}_cam_cases.csv", "channels": channels}},
+    }
 
 
 def test_eval_summaries_are_copied_shown_and_give_the_threshold(run_dir, tmp_path):
@@ -313,8 +342,13 @@ def test_eval_summaries_are_copied_shown_and_give_the_threshold(run_dir, tmp_pat
     assert manifest["threshold_source"].endswith("eval/test_summary.json")
     assert "ORACLE: threshold tuned on test labels" in html and "0.432 ± 0.100" in html
     assert protocol in html and "0.250 ± 0.500" in html
-    for name in ("test_summary.json", "test_cam_cases.csv", "test_oracle_summary.json", "other_summary.json",
-                 "other_cases.csv"):
+    for name in (
+        "test_summary.json",
+        "test_cam_cases.csv",
+        "test_oracle_summary.json",
+        "other_summary.json",
+        "other_cases.csv",
+    ):
         assert f'href="eval/{name}"' in html, name
         assert (tmp_path / "out" / "eval" / name).read_bytes() == (run / "eval" / name).read_bytes()
     assert "test_oracle_cam_cases.csv" not in manifest["evaluations"]  # listed but absent: not copied

@@ -51,8 +51,16 @@ def test_resume_gives_bitwise_the_uninterrupted_weights(cache, tmp_path):
 def test_run_directory_contents(cache, tmp_path):
     run_dir = tmp_path / "run"
     assert run(cache, run_dir, "--max-steps", "4") == 0
-    for name in ("config.yaml", "environment.json", "train.log", "metrics.csv", "metrics.jsonl", "last.pt",
-                 "best.pt", "results.json"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "train.log",
+        "metrics.csv",
+        "metrics.jsonl",
+        "last.pt",
+        "best.pt",
+        "results.json",
+    ):
         assert (run_dir / name).is_file(), name
     results = json.loads((run_dir / "results.json").read_text())
     assert set(results["dice"]) == {"t1ce", "flair", "combined"}
@@ -63,12 +71,15 @@ def test_run_directory_contents(cache, tmp_path):
     assert rows[0] == "step,epoch,split,name,value" and any(",train,loss," in r for r in rows)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["lrr=1"], "unknown config key 'lrr'"),
-    (["lr=abc"], "must be a number"),
-    (["--modalities", "t1ce,dwi"], "dwi"),
-    (["--preset", "paper-brats", "epochs=0"], "'epochs' must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["lrr=1"], "unknown config key 'lrr'"),
+        (["lr=abc"], "must be a number"),
+        (["--modalities", "t1ce,dwi"], "dwi"),
+        (["--preset", "paper-brats", "epochs=0"], "'epochs' must be >= 1"),
+    ],
+)
 def test_bad_input_fails_before_training(cache, tmp_path, capsys, argv, message):
     code = train.main(["--data", str(cache), "--run-dir", str(tmp_path / "r"), "--no-progress", *argv])
     assert code == 2
@@ -92,8 +103,19 @@ def test_resume_with_a_different_config_is_refused(cache, tmp_path, capsys):
 
 def test_sigint_saves_and_exits_cleanly(cache, tmp_path):
     run_dir = tmp_path / "interrupted"
-    cmd = [sys.executable, "-m", "mmcam.train", "--data", str(cache), "--run-dir", str(run_dir),
-           "--modalities", "t1ce,flair", *SMALL, "epochs=1000"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mmcam.train",
+        "--data",
+        str(cache),
+        "--run-dir",
+        str(run_dir),
+        "--modalities",
+        "t1ce,flair",
+        *SMALL,
+        "epochs=1000",
+    ]
     # cwd: not the repository root, where `-m` would import the source tree instead of the installed package
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
     deadline = time.time() + 120
@@ -112,9 +134,26 @@ def test_raw_download_is_prepared_on_first_use(tmp_path):
 
     raw = generate_synthetic(tmp_path / "raw", "brats", n_subjects=5, seed=1, shape=(32, 32, 12))
     run_dir = tmp_path / "run"
-    code = train.main(["--data", str(raw), "--dataset", "brats", "--run-dir", str(run_dir), "--modalities",
-                       "t2,flair", "--max-steps", "2", "--limit-subjects", "2", "--channels-last", "--workers", "1",
-                       *SMALL])
+    code = train.main(
+        [
+            "--data",
+            str(raw),
+            "--dataset",
+            "brats",
+            "--run-dir",
+            str(run_dir),
+            "--modalities",
+            "t2,flair",
+            "--max-steps",
+            "2",
+            "--limit-subjects",
+            "2",
+            "--channels-last",
+            "--workers",
+            "1",
+            *SMALL,
+        ]
+    )
     assert code == 0
     cache = raw.parent / f"{raw.name}-mmcam-cache"
     assert (cache / "mmcam_cache.json").is_file()

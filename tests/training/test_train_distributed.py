@@ -22,8 +22,23 @@ from mmcam.training.trainer import EpochBatches
 
 MODALITIES = ["t1ce", "flair"]
 STEPS, PER_RANK, WORLD, SEED = 3, 2, 2, 5
-ARGS = ["width_divisor=16", "lr=0.001", "weight_decay=0.0001", f"batch_size={PER_RANK}", "epochs=1", "log_every=1", "--transform", "flip",
-        "--modalities", ",".join(MODALITIES), "--seed", str(SEED), "--max-steps", str(STEPS), "--no-progress"]
+ARGS = [
+    "width_divisor=16",
+    "lr=0.001",
+    "weight_decay=0.0001",
+    f"batch_size={PER_RANK}",
+    "epochs=1",
+    "log_every=1",
+    "--transform",
+    "flip",
+    "--modalities",
+    ",".join(MODALITIES),
+    "--seed",
+    str(SEED),
+    "--max-steps",
+    str(STEPS),
+    "--no-progress",
+]
 
 
 def free_port() -> int:
@@ -33,8 +48,9 @@ def free_port() -> int:
 
 
 def worker(rank: int, port: int, cache: str, run_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     code = train.main(["--data", cache, "--run-dir", run_dir, *ARGS])
     if code != 0:
