@@ -49,11 +49,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from mmcam.atomic_files import atomic_write_text
 from mmcam.cams.pseudo_masks import MAP_TYPES
 from mmcam.data import DataError, SliceDataset
+from mmcam.evaluation.overlap import patient_statistics
 from mmcam.evaluation.runs import (
     CHECKPOINTS,
     LoadedRun,
@@ -64,7 +63,7 @@ from mmcam.evaluation.runs import (
     patient_volumes,
 )
 from mmcam.evaluation.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
-from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
+from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, parse_threshold, pseudo_mask
 
 __all__ = ["SUMMARY_FORMAT", "METRICS", "evaluate_run", "format_table", "main", "parse_args"]
 
@@ -128,15 +127,6 @@ def _resolve_cache(run: LoadedRun, data: str | None) -> Path:
 
 
 # --------------------------------------------------------------------------------------- numbers
-def _statistics(values: Sequence[float]) -> dict:
-    """mean and population std over the finite values; ``n`` of them and ``n_undefined`` (nan) others."""
-    v = np.asarray(values, dtype=np.float64)
-    finite = v[np.isfinite(v)]
-    mean = float(finite.mean()) if finite.size else math.nan
-    std = float(finite.std()) if finite.size else math.nan
-    return {"mean": mean, "std": std, "n": int(finite.size), "n_undefined": int(v.size - finite.size)}
-
-
 def _json_safe(value):
     """nan / inf -> None (strict JSON), recursively."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -179,13 +169,8 @@ def _evaluate_map(
         }
         for c in run.channels:
             volume = volumes[c]
-            t = (
-                otsu_threshold(volume[volume > 0])
-                if rule.mode == "otsu"
-                else (rule.value if rule.mode == "fixed" else chosen[c])
-            )
-            prediction = volume >= t if math.isfinite(t) else np.zeros(volume.shape, dtype=bool)
-            metrics = case_metrics(prediction, truth, zooms)
+            t = rule.threshold_for(volume, chosen[c] if chosen else None)
+            metrics = case_metrics(pseudo_mask(volume, t), truth, zooms)
             row[f"{c}_threshold"] = t
             row[f"{c}_predicted_voxels"] = metrics.predicted_voxels
             for m in METRICS:
@@ -193,7 +178,7 @@ def _evaluate_map(
                 row[f"{c}_{m}"] = value
                 values[c][m].append(value)
         rows.append(row)
-    return rows, {c: {m: _statistics(v) for m, v in per_metric.items()} for c, per_metric in values.items()}
+    return rows, {c: {m: patient_statistics(v) for m, v in per_metric.items()} for c, per_metric in values.items()}
 
 
 def evaluate_run(

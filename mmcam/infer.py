@@ -56,7 +56,7 @@ from mmcam.data.cache import INDEX_FILE
 from mmcam.data.discover import Dataset, ImageSource, Subject
 from mmcam.data.modalities import canonical_modality
 from mmcam.evaluation.runs import CHECKPOINTS, LoadedRun, UsageError, load_run, subject_maps, training_cache
-from mmcam.evaluation.thresholds import ThresholdRule, choose_on_split, otsu_threshold, parse_threshold
+from mmcam.evaluation.thresholds import ThresholdRule, choose_on_split, parse_threshold, pseudo_mask
 
 __all__ = ["MANIFEST", "main", "parse_args", "infer", "parse_files"]
 
@@ -264,8 +264,8 @@ def _write_subject(
     record = {}
     for channel in run.channels:
         volume = maps.volume(channel).astype(np.float32)
-        t = otsu_threshold(volume[volume > 0]) if rule.mode == "otsu" else thresholds[channel]
-        mask = (volume >= t) if math.isfinite(t) else np.zeros(volume.shape, dtype=bool)
+        t = rule.threshold_for(volume, thresholds.get(channel))
+        mask = pseudo_mask(volume, t)
         map_file, mask_file = folder / f"{map_type}_{channel}.nii.gz", folder / f"mask_{channel}.nii.gz"
         save_nifti(map_file, volume, affine, header)
         save_nifti(mask_file, mask.astype(np.uint8), affine, header)

@@ -7,6 +7,7 @@ Dice 1 (a correct "no target"); if only one is empty, 0.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -67,6 +68,12 @@ def threshold_grid(step: float = 0.05) -> list[float]:
     return [round(k * step, 10) for k in range(1, n)]
 
 
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
+def patient_statistics(values: Iterable[float]) -> dict[str, float | int]:
+    """Summary of one per-patient metric: ``mean`` and population ``std`` over the finite values, ``n`` of
+    them and ``n_undefined`` (NaN: e.g. HD95 of an empty mask) others; mean and std are NaN when none is
+    finite. The one aggregation of every reported per-patient figure (training results and evaluate)."""
     v = np.asarray(list(values), dtype=np.float64)
-    return (float(v.mean()), float(v.std())) if v.size else (float("nan"), float("nan"))
+    finite = v[np.isfinite(v)]
+    mean = float(finite.mean()) if finite.size else math.nan
+    std = float(finite.std()) if finite.size else math.nan
+    return {"mean": mean, "std": std, "n": int(finite.size), "n_undefined": int(v.size - finite.size)}

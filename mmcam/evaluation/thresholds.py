@@ -30,6 +30,7 @@ __all__ = [
     "ORACLE_WARNING",
     "ThresholdRule",
     "parse_threshold",
+    "pseudo_mask",
     "otsu_threshold",
     "sweep_thresholds",
     "choose_on_split",
@@ -60,6 +61,17 @@ class ThresholdRule:
             return ""
         return f"fixed{self.value:g}" if self.mode == "fixed" else self.mode
 
+    def threshold_for(self, volume: np.ndarray, chosen: float | None = None) -> float:
+        """The threshold of one patient's normalised map ``volume``: Otsu's of its non-zero values
+        (``otsu``, NaN when it has none), ``value`` (``fixed``), else ``chosen``, the value chosen on a split
+        (``val``, ``oracle``)."""
+        if self.mode == "otsu":
+            return otsu_threshold(volume[volume > 0])
+        threshold = self.value if self.mode == "fixed" else chosen
+        if threshold is None:
+            raise ValueError(f"threshold mode {self.mode!r} needs the value chosen on a split")
+        return float(threshold)
+
     def describe(self, split: str = "test") -> str:
         """One sentence stating how the threshold is chosen (for summaries and reports)."""
         if self.mode == "val":
@@ -78,6 +90,14 @@ class ThresholdRule:
             f"ORACLE (not a valid result): per channel, the grid value of highest mean per-patient 3-D Dice "
             f"on the labels of the evaluated {split} split itself"
         )
+
+
+def pseudo_mask(volume: np.ndarray, threshold: float) -> np.ndarray:
+    """The pseudo-mask ``volume >= threshold`` (bool, the shape of ``volume``); empty for a NaN threshold
+    (Otsu's of a map with no positive value)."""
+    if not math.isfinite(threshold):
+        return np.zeros(volume.shape, dtype=bool)
+    return volume >= threshold
 
 
 def parse_threshold(text: str | None) -> ThresholdRule:

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.data import SliceDataset
-from mmcam.evaluation.overlap import PatientDice, mean_std, threshold_grid
+from mmcam.evaluation.overlap import PatientDice, patient_statistics, threshold_grid
 from mmcam.models import MultiModalCAM, unwrap_model
 from mmcam.objective import compute_objective
 from mmcam.progress import progress_bar
@@ -340,11 +340,10 @@ class Trainer:
             "dice": {},
         }
         for name, t in thresholds.items():
-            mean, std = mean_std(test_dice[name].per_patient(t).values())
+            per_patient = test_dice[name].per_patient(t)
             results["dice"][name] = {
                 "threshold": t,
-                "mean": mean,
-                "std": std,
-                "per_patient": test_dice[name].per_patient(t),
+                **patient_statistics(per_patient.values()),
+                "per_patient": per_patient,
             }
         return results

@@ -298,3 +298,27 @@ def test_sweep_picks_the_smallest_best_grid_threshold():
     chosen, dice = sweep_thresholds([("a", {"x": volume}, truth)], ["x"])
     assert chosen == {"x": 0.35} and dice == {"x": 1.0}
     assert 0.35 in threshold_grid()
+
+
+def test_one_threshold_rule_for_evaluate_and_infer():
+    """ThresholdRule.threshold_for + pseudo_mask are the one thresholding path of evaluate and infer."""
+    from mmcam.evaluation.thresholds import ThresholdRule, pseudo_mask
+
+    volume = np.array([[0.0, 0.2], [0.6, 0.9]], dtype=np.float32)
+    assert ThresholdRule("fixed", 0.5).threshold_for(volume) == 0.5
+    assert ThresholdRule("val").threshold_for(volume, chosen=0.3) == 0.3
+    with pytest.raises(ValueError, match="needs the value chosen on a split"):
+        ThresholdRule("val").threshold_for(volume)
+    assert pseudo_mask(volume, 0.6).tolist() == [[False, False], [True, True]]  # >= threshold
+    empty = np.zeros((2, 2), dtype=np.float32)
+    t = ThresholdRule("otsu").threshold_for(empty)  # no positive value: no threshold, an empty mask
+    assert math.isnan(t) and not pseudo_mask(empty, t).any()
+
+
+def test_patient_statistics_hand_values():
+    from mmcam.evaluation.overlap import patient_statistics
+
+    s = patient_statistics([0.5, 1.0, float("nan")])
+    assert s == {"mean": 0.75, "std": 0.25, "n": 2, "n_undefined": 1}  # population std of 0.5, 1.0
+    none = patient_statistics([])
+    assert math.isnan(none["mean"]) and none["n"] == 0
