@@ -14,14 +14,13 @@ redraws the splits.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from mmcam.data import cache as fmt
-from mmcam.data.build import IMAGE_DTYPES, BuildOptions, build_cache, splits_record, write_splits
-from mmcam.data.discover import DATASET_FAMILIES, DATASETS, discover
+from mmcam.data.build import IMAGE_DTYPES, BuildOptions, default_workers, prepare_raw
+from mmcam.data.discover import DATASET_FAMILIES, DATASETS
 from mmcam.data.errors import DataError
 from mmcam.data.geometry import FITS
 from mmcam.data.intensity import DEFAULT_PERCENTILES
@@ -90,7 +89,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--workers",
         type=int,
-        default=min(4, os.cpu_count() or 1),
+        default=default_workers(),
         metavar="N",
         help="worker processes (default: min(4, CPUs))",
     )
@@ -177,21 +176,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.size,
             args.fit,
         )
-        if isinstance(args.workers, int) and args.workers < 1:
-            raise DataError(f"--workers must be >= 1, got {args.workers}")
-        dataset = discover(args.data, args.dataset)
-        split = {"fractions": fractions, "seed": args.seed, "folds": args.folds}
-        labeled = [s.id for s in dataset.subjects if s.label is not None]
-        splits_record(labeled, unlabeled=dataset.unlabeled, **split)  # bad split options fail early
-        build_cache(
-            dataset,
+        prepare_raw(
+            args.data,
             args.out,
+            dataset=args.dataset,
             options=options,
+            fractions=fractions,
+            seed=args.seed,
+            folds=args.folds,
             workers=args.workers,
             overwrite=args.overwrite,
             progress=not args.no_progress,
         )
-        write_splits(args.out, **split)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

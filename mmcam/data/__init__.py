@@ -17,7 +17,7 @@ job: :mod:`~mmcam.data.labels` (label specs), :mod:`~mmcam.data.modalities` (nam
 :class:`DataError` naming the file.
 """
 
-from mmcam.data.build import BuildOptions, build_cache, write_splits
+from mmcam.data.build import BuildOptions, build_cache, prepare_raw, write_splits
 from mmcam.data.cache import (
     CacheIndex,
     SubjectMeta,
@@ -40,6 +40,7 @@ from mmcam.data.splits import PatientSplit, kfold_patients, parse_fractions, spl
 __all__ = [
     "BuildOptions",
     "build_cache",
+    "prepare_raw",
     "write_splits",
     "CacheIndex",
     "SubjectMeta",

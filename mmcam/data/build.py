@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -25,7 +26,7 @@ import numpy as np
 
 from mmcam.atomic_files import TEMP_PREFIX, atomic_write_json, replace_directory, temporary_sibling
 from mmcam.data import cache as fmt
-from mmcam.data.discover import Dataset, Subject
+from mmcam.data.discover import Dataset, Subject, discover
 from mmcam.data.errors import DataError
 from mmcam.data.geometry import FITS, plan_geometry
 from mmcam.data.intensity import DEFAULT_PERCENTILES, check_percentiles, normalize_intensity
@@ -35,7 +36,16 @@ from mmcam.data.nifti import NONFINITE_POLICIES, Volume, header_to_text, load_im
 from mmcam.data.splits import DEFAULT_FRACTIONS, check_fractions, kfold_patients, split_patients
 from mmcam.progress import progress_bar
 
-__all__ = ["IMAGE_DTYPES", "BuildOptions", "build_subject", "build_cache", "splits_record", "write_splits"]
+__all__ = [
+    "IMAGE_DTYPES",
+    "BuildOptions",
+    "build_subject",
+    "build_cache",
+    "splits_record",
+    "write_splits",
+    "default_workers",
+    "prepare_raw",
+]
 
 IMAGE_DTYPES = ("float32", "float16")
 
@@ -406,3 +416,42 @@ def write_splits(cache_dir, **kwargs) -> dict:
     record = splits_record(labeled, unlabeled=index.unlabeled, **kwargs)
     atomic_write_json(Path(cache_dir) / fmt.SPLITS_FILE, record)
     return record
+
+
+def default_workers() -> int:
+    """Worker processes of a cache build when none is given: min(4, CPUs)."""
+    return min(4, os.cpu_count() or 1)
+
+
+def prepare_raw(
+    data,
+    cache_dir,
+    *,
+    dataset: str = "auto",
+    options: BuildOptions | None = None,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    seed: int = 0,
+    folds: int | None = None,
+    workers: int = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> fmt.CacheIndex:
+    """A raw download -> a complete slice cache with its patient splits: :func:`~mmcam.data.discover.discover`
+    (``dataset`` as ``--dataset``), :func:`build_cache`, :func:`write_splits`. What ``python -m mmcam.prepare``
+    does, and how training prepares a raw ``--data`` on first use. Bad split options fail before any file is
+    read or written.
+
+    Raises:
+        DataError: naming the file, folder or option at fault.
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
+    found = discover(data, dataset)
+    labeled = [s.id for s in found.subjects if s.label is not None]
+    split = {"fractions": fractions, "seed": seed, "folds": folds}
+    splits_record(labeled, unlabeled=found.unlabeled, **split)  # bad split options fail early
+    index = build_cache(
+        found, cache_dir, options=options or BuildOptions(), workers=workers, overwrite=overwrite, progress=progress
+    )
+    write_splits(cache_dir, **split)
+    return index

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from mmcam.data import DataError
+from mmcam.data.build import BuildOptions, default_workers, prepare_raw
 from mmcam.data.cache import INDEX_FILE
 from mmcam.training import config as cfg
 
@@ -48,12 +49,8 @@ def resolve_cache(config: cfg.TrainConfig, log) -> Path:
         raise DataError(f"--data {data}: no such folder")
     cache = cache_location(config)
     if not (cache / INDEX_FILE).is_file():
-        from mmcam import prepare
-
         log(f"preparing {data} into {cache}")
-        argv = ["--data", str(data), "--out", str(cache), "--dataset", config.dataset]
-        if config.size is not None:
-            argv += ["--size", str(config.size)]
-        if prepare.main(argv) != 0:
-            raise DataError(f"preparing {data} failed (see the message above)")
+        prepare_raw(
+            data, cache, dataset=config.dataset, options=BuildOptions(size=config.size), workers=default_workers()
+        )
     return cache

@@ -163,6 +163,21 @@ def test_raw_download_is_prepared_on_first_use(tmp_path):
     assert saved["modalities"] == ["t2", "flair"] and saved["config"]["channels_last"] is True
 
 
+def test_a_bad_raw_file_stops_training_with_the_prepare_error(tmp_path, capsys):
+    """Training prepares a raw --data through the same library call as `python -m mmcam.prepare`
+    (data.prepare_raw), so a broken file gives prepare's own one-line error naming it, and no cache."""
+    from mmcam.data.synthetic import generate_synthetic
+
+    raw = generate_synthetic(tmp_path / "raw", "brats", n_subjects=3, seed=1, shape=(16, 16, 8))
+    broken = sorted(raw.rglob("*_flair.nii.gz"))[0]
+    broken.write_bytes(b"not a NIfTI file")
+    code = train.main(["--data", str(raw), "--dataset", "brats", "--run-dir", str(tmp_path / "run"), *SMALL])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and broken.name in err and "Traceback" not in err
+    assert not (raw.parent / f"{raw.name}-mmcam-cache" / "mmcam_cache.json").exists()
+
+
 def test_loss_options_are_defined_once_and_reach_the_objective():
     """TrainConfig takes its loss keys from ObjectiveConfig (one definition, one validation), so every one
     of them, zscore_eps included, can be set and reaches the objective the trainer uses."""
