@@ -6,12 +6,63 @@ from __future__ import annotations
 
 import torch
 
+from mmcam.ops.checks import DISTANCES, REDUCTIONS
 from mmcam.ops.extension import _C  # noqa: F401  (loading it defines the operators registered here)
 
 _ops = torch.ops.mmcam
 
 
 # --- shape functions for FakeTensor / torch.compile -------------------------------------------------
+# Each fake checks what its C++ kernel checks before it computes (csrc/op_args.cpp, the ops' dsize), with
+# the same exception types and messages, so a traced or compiled call fails where an eager one would.
+# Value checks (a singular matrix) need data and stay in the kernels.
+
+_PLANE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_planes(t: torch.Tensor, name: str) -> None:
+    torch._check_value(t.dim() == 4, lambda: f"mmcam: {name} must have shape (N, C, H, W), got {list(t.shape)}")
+    torch._check_type(t.dtype in _PLANE_DTYPES, lambda: f"mmcam: {name} must be a floating-point tensor, got {t.dtype}")
+    torch._check_value(t.shape[2] > 0 and t.shape[3] > 0, lambda: f"mmcam: {name} has an empty spatial size")
+
+
+def _check_matrix(matrix: torch.Tensor, n: int) -> None:
+    torch._check_value(
+        matrix.dim() == 3 and matrix.shape[0] == n and tuple(matrix.shape[1:]) == (2, 3),
+        lambda: f"mmcam: matrix must have shape ({n}, 2, 3), got {list(matrix.shape)}",
+    )
+    torch._check_type(matrix.is_floating_point(), lambda: f"mmcam: matrix must be floating point, got {matrix.dtype}")
+
+
+def _check_pair(src: torch.Tensor, matrix: torch.Tensor, dst: torch.Tensor) -> None:
+    _check_planes(src, "src")
+    _check_planes(dst, "dst")
+    torch._check_type(src.dtype == dst.dtype, lambda: f"mmcam: src and dst dtypes differ: {src.dtype} vs {dst.dtype}")
+    torch._check_value(
+        src.shape[:2] == dst.shape[:2],
+        lambda: f"mmcam: src {list(src.shape)} and dst {list(dst.shape)} must agree in N and C",
+    )
+    _check_matrix(matrix, src.shape[0])
+
+
+def _check_option(value: str, name: str, choices: tuple[str, ...]) -> None:
+    torch._check_value(value in choices, lambda: f"mmcam: {name} must be one of {choices}, got {value!r}")
+
+
+def _check_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance) -> None:
+    _check_planes(cams, "cams")
+    _check_planes(cams_t, "cams_t")
+    torch._check_type(cams.dtype == cams_t.dtype, lambda: "mmcam: cams and cams_t dtypes differ")
+    n, m = cams.shape[:2]
+    torch._check_value(cams_t.shape[:2] == (n, m), lambda: "mmcam: cams and cams_t must agree in N and M")
+    torch._check_value(m >= 2, lambda: f"mmcam: equivariance_terms needs M >= 2 modalities, got {m}")
+    _check_matrix(matrix, n)
+    torch._check_value(labels.shape == (n,), lambda: f"mmcam: labels must have shape ({n},)")
+    torch._check_value(
+        pred_mask.shape == (n, m) and pred_t_mask.shape == (n, m),
+        lambda: f"mmcam: pred and pred_t must have shape ({n}, {m})",
+    )
+    _check_option(er_distance, "distance", DISTANCES)
 
 
 def _grad_like(t: torch.Tensor, needed: bool) -> torch.Tensor:
@@ -20,6 +71,12 @@ def _grad_like(t: torch.Tensor, needed: bool) -> torch.Tensor:
 
 @torch.library.register_fake("mmcam::warp_normalized")
 def _warp_normalized_fake(src, matrix, dsize, eps):
+    _check_planes(src, "src")
+    _check_matrix(matrix, src.shape[0])
+    torch._check_value(
+        len(dsize) == 2 and dsize[0] > 0 and dsize[1] > 0,
+        lambda: f"mmcam: dsize must be two positive ints (H_out, W_out), got {list(dsize)}",
+    )
     return src.new_empty((src.shape[0], src.shape[1], dsize[0], dsize[1]))
 
 
@@ -30,6 +87,14 @@ def _warp_normalized_backward_fake(grad, src, matrix, eps):
 
 @torch.library.register_fake("mmcam::equivariance_loss")
 def _equivariance_loss_fake(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction):
+    _check_pair(src, matrix, dst)
+    if weight is not None:
+        n = src.shape[0]
+        torch._check_value(
+            weight.shape == (n,), lambda: f"mmcam: weight must have shape ({n},), got {list(weight.shape)}"
+        )
+    _check_option(distance, "distance", DISTANCES)
+    _check_option(reduction, "reduction", REDUCTIONS)
     return src.new_empty((src.shape[0],) if reduction == "none" else ())
 
 
@@ -45,6 +110,7 @@ _KEPT_STATS_PER_PLANE = 8  # see StatSlot in csrc/cpu/equivariance_terms_cpu.cpp
 
 @torch.library.register_fake("mmcam::equivariance_terms")
 def _equivariance_terms_fake(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance, eps, l2_eps, keep):
+    _check_terms(cams, cams_t, matrix, labels, pred_mask, pred_t_mask, er_distance)
     n, m = cams.shape[:2]
     terms = cams.new_empty((2, m))
     if not keep:

@@ -148,3 +148,50 @@ def test_other_devices_are_refused_by_name():
     src = torch.randn(2, 1, 5, 5, device="meta")
     with pytest.raises(RuntimeError, match="src is on meta; mmcam's fused operators run on cpu and cuda"):
         ops.warp_normalized(src, IDENT.to("meta"), (4, 4))
+
+
+def _raw_bad_calls():
+    """Bad calls of the raw operators: name -> (operator, arguments)."""
+    src, dst = torch.randn(2, 3, 5, 5), torch.randn(2, 3, 4, 4)
+    cams, cams_t = torch.randn(2, 2, 5, 5), torch.randn(2, 2, 4, 4)
+    ones, pred = torch.ones(2), torch.ones(2, 2)
+    loss, terms, warp = (
+        torch.ops.mmcam.equivariance_loss,
+        torch.ops.mmcam.equivariance_terms,
+        torch.ops.mmcam.warp_normalized,
+    )
+    opts = ("sq_l2", False, 1e-8, 1e-12, "mean")
+    return {
+        "src rank": (loss, (src[0], IDENT, dst, None, *opts)),
+        "empty dst": (loss, (src, IDENT, dst[:, :, :0], None, *opts)),
+        "N mismatch": (loss, (src, IDENT, dst[:1], None, *opts)),
+        "dtype mismatch": (loss, (src, IDENT, dst.double(), None, *opts)),
+        "matrix shape": (loss, (src, IDENT[:1], dst, None, *opts)),
+        "weight shape": (loss, (src, IDENT, dst, torch.ones(3), *opts)),
+        "distance": (loss, (src, IDENT, dst, None, "cosine", False, 1e-8, 1e-12, "mean")),
+        "reduction": (loss, (src, IDENT, dst, None, "sq_l2", False, 1e-8, 1e-12, "avg")),
+        "integer src": (warp, (src.long(), IDENT, [4, 4], 1e-8)),
+        "dsize": (warp, (src, IDENT, [0, 3], 1e-8)),
+        "one modality": (
+            terms,
+            (cams[:, :1], cams_t[:, :1], IDENT, ones, pred[:, :1], pred[:, :1], "sq_l2", 1e-8, 1e-12, False),
+        ),
+        "labels shape": (terms, (cams, cams_t, IDENT, pred, pred, pred, "sq_l2", 1e-8, 1e-12, False)),
+        "pred shape": (terms, (cams, cams_t, IDENT, ones, ones, pred, "sq_l2", 1e-8, 1e-12, False)),
+    }
+
+
+@pytest.mark.parametrize("case", list(_raw_bad_calls()))
+def test_fake_kernels_reject_what_the_kernels_reject(case):
+    """Traced / compiled calls (FakeTensor) fail like eager ones: each fake checks what its kernel checks,
+    with the same exception type and message start."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    op, args = _raw_bad_calls()[case]
+    with pytest.raises((ValueError, TypeError)) as eager:
+        op(*args)
+    mode = FakeTensorMode()
+    fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+    with mode, pytest.raises(type(eager.value)) as traced:
+        op(*fake_args)
+    assert str(traced.value).split(" ")[:2] == str(eager.value).split(" ")[:2]  # "mmcam: <name>"
