@@ -10,11 +10,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include "cpu/cam_planes.h"
 #include "cpu/tensor_planes.h"
 #include "op_args.h"
-#include "ops.h"
 
 namespace mmcam::cpu {
 namespace {
@@ -242,9 +242,7 @@ class SideGradient {
   std::vector<double> row_;
 };
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
     const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
     const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
     double l2_eps, bool keep_for_backward) {
@@ -306,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   return {out, kept_warped, kept_stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cpu(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
     const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
@@ -371,4 +369,10 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   return {grad_cams, grad_cams_t};
 }
 
+}  // namespace
 }  // namespace mmcam::cpu
+
+TORCH_LIBRARY_IMPL(mmcam, CPU, m) {
+  m.impl("equivariance_terms", &mmcam::cpu::equivariance_terms_cpu);
+  m.impl("equivariance_terms_backward", &mmcam::cpu::equivariance_terms_backward_cpu);
+}

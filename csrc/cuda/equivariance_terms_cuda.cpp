@@ -1,9 +1,9 @@
 // CUDA implementation of mmcam::equivariance_terms and its backward: argument checks, device views of the
 // inputs, workspaces, and the launches of csrc/cuda/equivariance_terms.cu.
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "cuda/cuda_glue.h"
-#include "cuda/cuda_ops.h"
 #include "op_args.h"
 
 namespace mmcam::cuda {
@@ -61,9 +61,7 @@ at::Tensor grad_map_workspace(const TermsInputs& in, int64_t rows, int64_t cols)
   return at::empty({in.N, in.M, rows, cols}, in.cams.options().dtype(grad_map_dtype(in.cams)));
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cuda(
     const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
     const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
     double l2_eps, bool keep_for_backward) {
@@ -95,7 +93,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   return {terms, warped, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cuda(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
     const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
@@ -138,4 +136,10 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   return {grad_cams, grad_cams_t};
 }
 
+}  // namespace
 }  // namespace mmcam::cuda
+
+TORCH_LIBRARY_IMPL(mmcam, CUDA, m) {
+  m.impl("equivariance_terms", &mmcam::cuda::equivariance_terms_cuda);
+  m.impl("equivariance_terms_backward", &mmcam::cuda::equivariance_terms_backward_cuda);
+}

@@ -1,25 +1,17 @@
-// CUDA implementations of mmcam::warp_normalized and mmcam::equivariance_loss (forward and backward).
-//
-// warp_normalized runs fused kernels (min/max partials, then one pass that normalises and warps).
-// equivariance_loss, the single-pair operator, uses that fused warp and the fused min-max / warp-adjoint
-// backward kernels; the element-wise parts in between (mn of dst, optional L2 normalisation, distance,
-// weights, reduction) are ATen operations on the device, computed in float64 for float32/float64 inputs
-// and float32 for float16/bfloat16. The training path uses equivariance_terms (terms_ops_cuda.cpp),
-// which is fused end to end.
+// CUDA implementation of mmcam::equivariance_loss and its backward, the single-pair operator. It uses
+// the fused warp and the fused min-max / warp-adjoint backward kernels (through cuda_glue.h); the
+// element-wise parts in between (mn of dst, optional L2 normalisation, distance, weights, reduction) are
+// ATen operations on the device, computed in float64 for float32/float64 inputs and float32 for
+// float16/bfloat16. The training path uses equivariance_terms (equivariance_terms_cuda.cpp), which is
+// fused end to end.
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "cuda/cuda_glue.h"
-#include "cuda/cuda_ops.h"
 #include "op_args.h"
 
 namespace mmcam::cuda {
 namespace {
-
-void check_cam(const at::Tensor& t, const char* name) {
-  check_cam_tensor(t, name);
-  check_is_cuda(t, name);
-  check_plane_count(t.size(0) * t.size(1), name);
-}
 
 /// equivariance_loss arguments: shapes and dtypes (op_args) plus CUDA devices and plane count.
 void check_pair(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& matrix) {
@@ -28,58 +20,6 @@ void check_pair(const at::Tensor& src, const at::Tensor& dst, const at::Tensor& 
   check_cam(dst, "dst");
   check_on(dst, "dst", src.device());
   check_on(matrix, "matrix", src.device());
-}
-
-/// Min-max statistics (lo, hi, den) of every plane of x, (planes x kPlaneStatSlots) doubles on the device.
-at::Tensor minmax_of(const at::Tensor& x, double eps) {
-  const int64_t planes = x.size(0) * x.size(1);
-  const at::Tensor partials = double_workspace(planes * tiles_of(x.size(2) * x.size(3)) * kMinMaxSlots, x.device());
-  at::Tensor stats = double_workspace(planes * kPlaneStatSlots, x.device());
-  C10_CUDA_CHECK(plane_minmax(planes_of(x), eps, partials.mutable_data_ptr<double>(), stats.mutable_data_ptr<double>(),
-                              current_stream()));
-  return stats;
-}
-
-StatsSource stats_of(const at::Tensor& stats) { return {stats.const_data_ptr<double>(), kPlaneStatSlots}; }
-
-at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows,
-                     int64_t cols, double eps) {
-  at::Tensor out = at::empty({src.size(0), src.size(1), rows, cols}, src.options().memory_format(at::MemoryFormat::Contiguous));
-  C10_CUDA_CHECK(warp_normalized(planes_of(src), stats_of(stats), maps.inv.const_data_ptr<double>(), rows, cols, eps,
-                                 out.mutable_data_ptr(), current_stream()));
-  return out;
-}
-
-/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x) and x's statistics (minmax_of); samples whose
-/// sample_mask entry is 0 get exact zeros, any other sample with a non-invertible matrix NaN (maps.inv).
-at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& stats, const at::Tensor& g,
-                           const c10::optional<at::Tensor>& sample_mask, const DeviceMaps& maps, double eps) {
-  const at::Tensor gm = g.to(grad_map_dtype(x)).contiguous();
-  const int64_t planes = x.size(0) * x.size(1);
-  const at::Tensor sums = double_workspace(planes * tiles_of(x.size(2) * x.size(3)) * kBackwardSumSlots, x.device());
-  const at::Tensor totals = double_workspace(planes * kBackwardSumSlots, x.device());
-  at::Tensor grad = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
-  const Planes view = planes_of(x);
-  C10_CUDA_CHECK(minmax_backward_sums(view, stats_of(stats), gm.const_data_ptr(), eps,
-                                      sums.mutable_data_ptr<double>(), totals.mutable_data_ptr<double>(),
-                                      current_stream()));
-  C10_CUDA_CHECK(minmax_backward_apply(view, stats_of(stats), gm.const_data_ptr(), totals.const_data_ptr<double>(),
-                                       sample_mask ? sample_mask->const_data_ptr<float>() : nullptr,
-                                       maps.inv.const_data_ptr<double>(), eps, grad.mutable_data_ptr(),
-                                       current_stream()));
-  return grad;
-}
-
-/// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd) and src's statistics (minmax_of).
-at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps,
-                              const at::Tensor& g, const c10::optional<at::Tensor>& sample_mask, double eps) {
-  const at::Tensor gm = g.to(grad_map_dtype(src)).contiguous();
-  at::Tensor acc = at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
-  C10_CUDA_CHECK(warp_adjoint(gm.const_data_ptr(), dtype_of(gm), src.size(0) * src.size(1), src.size(1), g.size(2),
-                              g.size(3), maps.inv.const_data_ptr<double>(), maps.matrix.const_data_ptr<double>(),
-                              src.size(2), src.size(3), deterministic_mode(), acc.mutable_data_ptr(),
-                              current_stream()));
-  return minmax_backward(src, stats, acc, sample_mask, maps, eps);
 }
 
 /// Value dtype V of a CAM dtype (float32 for the 16-bit types) and work dtype W of the pair loss's
@@ -143,35 +83,7 @@ at::Tensor weights_of(const c10::optional<at::Tensor>& weight, const at::Tensor&
   return weight->to(src.device(), w);
 }
 
-}  // namespace
-
-at::Tensor warp_normalized(const at::Tensor& src_in, const at::Tensor& matrix, at::IntArrayRef dsize, double eps) {
-  check_cam(src_in, "src");
-  TORCH_CHECK_VALUE(dsize.size() == 2 && dsize[0] > 0 && dsize[1] > 0,
-                    "mmcam: dsize must be two positive ints (H_out, W_out), got ", dsize);
-  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src_in.size(0), "mmcam: matrix must have shape (N, 2, 3) with N = ",
-                    src_in.size(0), ", got ", matrix.sizes());
-  check_on(matrix, "matrix", src_in.device());
-  const c10::cuda::CUDAGuard guard(src_in.device());
-  const at::Tensor src = with_unit_col_stride(src_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
-  return warp_with(src, minmax_of(src, eps), maps, dsize[0], dsize[1], eps);
-}
-
-at::Tensor warp_normalized_backward(const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix,
-                                    double eps) {
-  check_cam(src_in, "src");
-  TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == src_in.size(0) && grad.size(1) == src_in.size(1),
-                    "mmcam: grad must have shape (N, C, H_out, W_out) matching src, got ", grad.sizes());
-  check_on(grad, "grad", src_in.device());
-  check_on(matrix, "matrix", src_in.device());
-  const c10::cuda::CUDAGuard guard(src_in.device());
-  const at::Tensor src = with_unit_col_stride(src_in);
-  const DeviceMaps maps = device_maps(matrix, src.size(0), src.size(2), src.size(3));
-  return warp_backward_with(src, minmax_of(src, eps), maps, grad, c10::nullopt, eps);
-}
-
-at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
+at::Tensor equivariance_loss_cuda(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
                              const c10::optional<at::Tensor>& weight, const std::string& distance_name,
                              bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
   check_pair(src_in, dst_in, matrix);
@@ -191,7 +103,7 @@ at::Tensor equivariance_loss(const at::Tensor& src_in, const at::Tensor& matrix,
   return out.to(src.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
+std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward_cuda(
     const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
     const c10::optional<at::Tensor>& weight, const std::string& distance_name, bool l2_normalize, double eps,
     double l2_eps, const std::string& reduction_name, bool need_src, bool need_dst) {
@@ -230,4 +142,10 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward(
   return {grad_src, grad_dst};
 }
 
+}  // namespace
 }  // namespace mmcam::cuda
+
+TORCH_LIBRARY_IMPL(mmcam, CUDA, m) {
+  m.impl("equivariance_loss", &mmcam::cuda::equivariance_loss_cuda);
+  m.impl("equivariance_loss_backward", &mmcam::cuda::equivariance_loss_backward_cuda);
+}
