@@ -1,8 +1,12 @@
 // The pybind11 module mmcam._C. Loading it registers the `mmcam::` operators with the PyTorch
-// dispatcher (see register.cpp); the module itself only reports how it was built.
+// dispatcher (schemas.cpp, and each op's file under cpu/ and cuda/); the module itself reports how it was
+// built and exports KEPT_STATS_PER_PLANE, the length of the last axis of equivariance_terms' kept
+// statistics (kept_stats.h).
 #include <pybind11/pybind11.h>
 
 #include <ATen/Parallel.h>
+
+#include "kept_stats.h"
 
 namespace py = pybind11;
 
@@ -46,4 +50,6 @@ PYBIND11_MODULE(_C, m) {
       "Build information: mmcam and torch versions the extension was compiled for; whether the CUDA "
       "kernels were built, and the one-line reason when they were not (cuda_status), the CUDA compiler "
       "version and GPU architectures; OpenMP support, and ATen's parallel settings at call time.");
+  // equivariance_terms(..., keep_for_backward=True) returns kept statistics of shape (N, M, this).
+  m.attr("KEPT_STATS_PER_PLANE") = py::int_(static_cast<int>(mmcam::kKeptStatsPerPlane));
 }

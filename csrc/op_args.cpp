@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include "kept_stats.h"
+
 namespace mmcam {
 
 math::Distance parse_distance(const std::string& distance) {

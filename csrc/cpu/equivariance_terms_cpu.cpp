@@ -14,6 +14,7 @@
 
 #include "cpu/cam_planes.h"
 #include "cpu/tensor_planes.h"
+#include "kept_stats.h"
 #include "op_args.h"
 
 namespace mmcam::cpu {
@@ -114,11 +115,8 @@ double er_scale(const TermsInputs& in) {
 
 double cmer_scale(const TermsInputs& in) { return er_scale(in) / (2.0 * static_cast<double>(in.M - 1)); }
 
-/// Per-plane values the forward pass keeps for the backward pass, stored as doubles in
-/// plane_stats[n, m, :] (the min/max values are elements of the input, so exact in double).
-enum StatSlot : int { kSrcLo, kSrcHi, kSrcDen, kDstLo, kDstHi, kDstDen, kNormP, kNormQ, kStatSlots };
-static_assert(kStatSlots == kKeptStatsPerPlane);
-
+/// Writes the per-plane values the forward pass keeps for the backward pass: kept_stats[n, m, :], laid out
+/// as kept_stats.h says.
 template <class T>
 void store_stats(double* slot, const WarpedSource<T>& source, const NormalizedTarget<T>& target) {
   slot[kSrcLo] = source.stats.lo;
@@ -158,7 +156,7 @@ struct KeptSides {
     target.resize(M);
     buffers.resize(3 * M);
     for (int64_t m = 0; m < M; ++m) {
-      const double* slot = kept_stats + (n * M + m) * kStatSlots;
+      const double* slot = kept_stats + (n * M + m) * kKeptStatsPerPlane;
       std::vector<T>& Q = buffers[3 * m];
       std::vector<T>& A = buffers[3 * m + 1];
       std::vector<T>& B = buffers[3 * m + 2];
@@ -253,7 +251,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
   std::vector<double> partial(static_cast<size_t>(N * 2 * M), 0.0);
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor kept_warped = keep_for_backward ? at::empty({N, M, in.Hd, in.Wd}, contiguous) : at::empty({0}, contiguous);
-  at::Tensor kept_stats = keep_for_backward ? at::zeros({N, M, kStatSlots}, contiguous.dtype(at::kDouble))
+  at::Tensor kept_stats = keep_for_backward ? at::zeros({N, M, kKeptStatsPerPlane}, contiguous.dtype(at::kDouble))
                                             : at::empty({0}, contiguous.dtype(at::kDouble));
 
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
@@ -285,7 +283,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
             if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
           }
           if (keep_for_backward) {
-            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kStatSlots, sides.source[i], sides.target[i]);
+            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane, sides.source[i], sides.target[i]);
           }
         }
       }
@@ -336,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cpu(
         kept.load(in, n, kept_warped.const_data_ptr<T>(), kept_stats.const_data_ptr<double>(), e);
         const InverseAffine inv = inverse_of_sample(in.inverses, n);
         for (int64_t i = 0; i < M; ++i) {
-          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kStatSlots;
+          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane;
           const double c_er = g[i] * er_scale(in) * y;
           const double c_cm = g[M + i] * cmer_scale(in) * y;
           const T* P = kept.source[i].map;

@@ -22,8 +22,6 @@
 namespace mmcam::cuda {
 namespace {
 
-// Slots of the kept statistics (as StatSlot in the CPU op).
-enum : int { kSrcLo = 0, kDstLo = 3, kNormP = 6, kNormQ = 7 };
 // Slots of the per-tile side sums.
 enum : int { kSumSqP = 0, kSumSqQ = 1, kSumEr = 2, kSideSlots = kTermsSideSlots };
 
@@ -135,10 +133,17 @@ __global__ void __launch_bounds__(kThreads)
       c.dst_hi[m] = s_dst.hi;
       c.dst_den[m] = s_dst.den;
       if (tile == 0) {
-        double* slot = kept_stats + p * kTermsStatSlots;
-        const double values[kTermsStatSlots] = {s_src.lo, s_src.hi, s_src.den, s_dst.lo, s_dst.hi, s_dst.den,
-                                                norm_p, norm_q};
-        for (int k = 0; k < kTermsStatSlots; ++k) slot[k] = y != 0.0 ? values[k] : 0.0;
+        double values[kKeptStatsPerPlane];
+        values[kSrcLo] = s_src.lo;
+        values[kSrcHi] = s_src.hi;
+        values[kSrcDen] = s_src.den;
+        values[kDstLo] = s_dst.lo;
+        values[kDstHi] = s_dst.hi;
+        values[kDstDen] = s_dst.den;
+        values[kNormP] = norm_p;
+        values[kNormQ] = norm_q;
+        double* slot = kept_stats + p * kKeptStatsPerPlane;
+        for (int k = 0; k < kKeptStatsPerPlane; ++k) slot[k] = y != 0.0 ? values[k] : 0.0;
       }
     }
   }
@@ -195,12 +200,12 @@ __global__ void __launch_bounds__(kThreads)
 template <class V>
 __device__ void load_kept_constants(const double* kept_stats, int64_t n, int M, SampleConstants<V>& c) {
   if (threadIdx.x < M) {
-    const double* slot = kept_stats + (n * M + threadIdx.x) * kTermsStatSlots;
+    const double* slot = kept_stats + (n * M + threadIdx.x) * kKeptStatsPerPlane;
     c.inv_norm_p[threadIdx.x] = 1.0 / slot[kNormP];
     c.inv_norm_q[threadIdx.x] = 1.0 / slot[kNormQ];
     c.dst_lo[threadIdx.x] = static_cast<V>(slot[kDstLo]);
-    c.dst_hi[threadIdx.x] = static_cast<V>(slot[kDstLo + 1]);
-    c.dst_den[threadIdx.x] = static_cast<V>(slot[kDstLo + 2]);
+    c.dst_hi[threadIdx.x] = static_cast<V>(slot[kDstHi]);
+    c.dst_den[threadIdx.x] = static_cast<V>(slot[kDstDen]);
   }
   __syncthreads();
 }
@@ -443,7 +448,7 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
       err = warp_adjoint(ws.grad_warped, g_dtype, N * M, M, Hd, Wd, p.inv, p.matrix, Hs, Ws, true, ws.acc, stream);
       if (err != cudaSuccess) return err;
     }
-    const StatsSource src_stats{stats + kSrcLo, kTermsStatSlots};
+    const StatsSource src_stats{stats + kSrcLo, kKeptStatsPerPlane};
     err = minmax_backward_sums(p.cams, src_stats, ws.acc, p.eps, ws.src_sums, ws.src_totals, stream);
     if (err != cudaSuccess) return err;
     err = minmax_backward_apply(p.cams, src_stats, ws.acc, ws.src_totals, p.labels, p.inv, p.eps, grad_cams, stream);
@@ -452,7 +457,7 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
   if (need_cams_t) {
     err = sum_tiles(ws.dst_sums, N * M, tiles, kBackwardSumSlots, ws.dst_totals, stream);
     if (err != cudaSuccess) return err;
-    const StatsSource dst_stats{stats + kDstLo, kTermsStatSlots};
+    const StatsSource dst_stats{stats + kDstLo, kKeptStatsPerPlane};
     err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps,
                                 grad_cams_t, stream);
   }

@@ -9,8 +9,6 @@
 namespace mmcam::cuda {
 namespace {
 
-static_assert(kTermsStatSlots == kKeptStatsPerPlane);
-
 /// Checked inputs of both passes, with device floats for the per-sample 0/1 values.
 struct TermsInputs {
   at::Tensor cams, cams_t, labels, pred, pred_t;
@@ -81,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cuda(
   at::Tensor terms = at::empty({2, in.M}, contiguous);
   // The forward pass always writes P (the CMER pass reads it back); it is returned only when kept.
   at::Tensor warped = at::empty({in.N, in.M, in.Hd, in.Wd}, contiguous);
-  at::Tensor stats = at::empty({in.N, in.M, kTermsStatSlots}, contiguous.dtype(at::kDouble));
+  at::Tensor stats = at::empty({in.N, in.M, kKeptStatsPerPlane}, contiguous.dtype(at::kDouble));
   const TermsForwardWorkspace ws{src_partials.mutable_data_ptr<double>(), dst_partials.mutable_data_ptr<double>(),
                                  src_stats.mutable_data_ptr<double>(),    dst_stats.mutable_data_ptr<double>(),
                                  side_sums.mutable_data_ptr<double>(),    side_totals.mutable_data_ptr<double>(),

@@ -25,6 +25,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "kept_stats.h"
+
 namespace mmcam::cuda {
 
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
@@ -51,8 +53,6 @@ constexpr int kPlaneStatSlots = 3;
 constexpr int kBackwardSumSlots = 4;
 /// Largest M the fused equivariance_terms kernels handle (per-thread register arrays).
 constexpr int kMaxModalities = 8;
-/// Doubles per (n, m) of the statistics equivariance_terms keeps for its backward pass (as on the CPU).
-constexpr int kTermsStatSlots = 8;
 /// Doubles per (plane, tile) of the equivariance_terms side sums: sum (P+l2_eps)^2, sum (Q+l2_eps)^2, sum d(P-Q).
 constexpr int kTermsSideSlots = 3;
 
@@ -74,8 +74,8 @@ cudaError_t sum_tiles(const double* partials, int64_t groups, int64_t tiles, int
                       cudaStream_t stream);
 
 /// Where a kernel finds a plane's min-max statistics: lo, hi, den at data[plane * stride + 0, 1, 2]
-/// (stride kPlaneStatSlots for plane_minmax's output, kTermsStatSlots for the statistics that
-/// equivariance_terms keeps).
+/// (stride kPlaneStatSlots for plane_minmax's output, kKeptStatsPerPlane for the statistics that
+/// equivariance_terms keeps, kept_stats.h).
 struct StatsSource {
   const double* data;
   int64_t stride;
@@ -131,7 +131,7 @@ struct TermsForwardWorkspace {
 };
 
 /// Forward: terms (2, M) in cams' dtype; warped (N, M, Hd, Wd, cams' dtype) = P; stats (N, M,
-/// kTermsStatSlots) double, the per-plane values the backward pass reads (same slots as the CPU op).
+/// kKeptStatsPerPlane) double, the per-plane values the backward pass reads (kept_stats.h, as the CPU op).
 cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForwardWorkspace& ws, void* terms,
                                        void* warped, double* stats, cudaStream_t stream);
 
