@@ -4,7 +4,7 @@
 // kernels (csrc/cpu) and the CUDA kernels (csrc/cuda, compiled by nvcc alone) compute the same
 // values with the same operation order.
 //
-// Conventions (DESIGN §2):
+// Conventions (docs/operator.md):
 //   * A plane is an (H, W) image; pixel (x, y) is column x, row y, integer coordinates are pixel
 //     centres (kornia 0.9 / grid_sample align_corners=True).
 //   * matrix is the 2x3 source->destination PIXEL affine [a b c; d e f] (row-major), so that

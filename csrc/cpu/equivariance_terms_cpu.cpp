@@ -1,6 +1,6 @@
 // CPU kernels of mmcam::equivariance_terms: the ER and CMER losses of every modality's network in one
-// pass (DESIGN §1-2). For each sample, every modality's plane is normalised, warped and L2-normalised
-// ONCE; all M ER terms and all M(M-1) ordered CMER pairs then read those buffers.
+// pass (docs/method.md, docs/operator.md). For each sample, every modality's plane is normalised, warped
+// and L2-normalised ONCE; all M ER terms and all M(M-1) ordered CMER pairs then read those buffers.
 //
 //   ER_i   = sum_n y_n sum_hw d(P_i - Q_i)                                   / (N Hd Wd)
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)

@@ -1,5 +1,5 @@
-// CUDA kernels of the fused equivariance terms (DESIGN §1-2; the CPU version and the formulas are in
-// csrc/cpu/equivariance_terms_cpu.cpp):
+// CUDA kernels of the fused equivariance terms (docs/method.md, docs/operator.md; the CPU version and the
+// formulas are in csrc/cpu/equivariance_terms_cpu.cpp):
 //
 //   ER_i   = sum_n y_n sum_hw d(P_i - Q_i)                                   / (N Hd Wd)
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)

@@ -1,9 +1,9 @@
 // Launchers of the CUDA kernels of the fused operators. Torch-free: this header is included by the
-// kernels (.cu, compiled by nvcc alone) and by the torch glue (ops_cuda.cpp), so it speaks in raw
+// kernels (.cu, compiled by nvcc alone) and by the torch glue (the *_cuda.cpp files), so it speaks in raw
 // pointers, sizes and a cudaStream_t. Every launcher enqueues work on `stream` and returns the launch
 // status (cudaGetLastError); none synchronises with the host.
 //
-// Conventions (DESIGN §2, csrc/mmcam_math.h):
+// Conventions (docs/operator.md, csrc/mmcam_math.h):
 //   * A plane set is a 4-D (N, C, H, W) tensor whose last dimension has unit stride; plane p = n * C + c.
 //   * inv is an (N, 6) row-major array of destination->source pixel maps in double, computed on the
 //     device by invert_affines(); a sample whose matrix is non-finite or singular gets NaN entries (the
@@ -106,8 +106,8 @@ cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const vo
                                   const float* sample_mask, const double* inv, double eps, void* grad,
                                   cudaStream_t stream);
 
-/// Inputs of the fused equivariance terms (DESIGN §1-2): cams (N, M, Hs, Ws), cams_t (N, M, Hd, Wd),
-/// per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
+/// Inputs of the fused equivariance terms (docs/method.md, docs/operator.md): cams (N, M, Hs, Ws), cams_t
+/// (N, M, Hd, Wd), per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
 struct TermsProblem {
   Planes cams, cams_t;
   const double* inv;     // (N, 6)

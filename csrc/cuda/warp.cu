@@ -1,4 +1,4 @@
-// CUDA kernels of the warp of min-max normalised planes and its adjoint (DESIGN §2):
+// CUDA kernels of the warp of min-max normalised planes and its adjoint (docs/operator.md):
 //   warp_normalized  P = bilinear warp (zero padding) of mn(src), one thread per destination pixel;
 //   warp_adjoint     acc += W^T g, either scattered with atomics (fast) or gathered per source pixel
 //                    (deterministic: the map is affine, so the destination pixels whose bilinear taps
