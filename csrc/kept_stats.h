@@ -8,14 +8,14 @@
 namespace mmcam {
 
 enum KeptStat : int {
-  kSrcLo,   // min-max statistics of relu(cams[n, m]): lo, hi, den = (hi - lo) + eps
+  kSrcLo,  // min-max statistics of relu(cams[n, m]): lo, hi, den = (hi - lo) + eps
   kSrcHi,
   kSrcDen,
-  kDstLo,   // the same of relu(cams_t[n, m])
+  kDstLo,  // the same of relu(cams_t[n, m])
   kDstHi,
   kDstDen,
-  kNormP,   // ||P + l2_eps||, P = warp(mn(cams[n, m]))
-  kNormQ,   // ||Q + l2_eps||, Q = mn(cams_t[n, m])
+  kNormP,             // ||P + l2_eps||, P = warp(mn(cams[n, m]))
+  kNormQ,             // ||Q + l2_eps||, Q = mn(cams_t[n, m])
   kKeptStatsPerPlane  // the number of slots
 };
 

@@ -31,8 +31,8 @@ struct PlaneGradScale {
 };
 
 at::Tensor equivariance_loss_cpu(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
-                             const c10::optional<at::Tensor>& weight, const std::string& distance_name,
-                             bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
+                                 const c10::optional<at::Tensor>& weight, const std::string& distance_name,
+                                 bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
   check_pair(src_in, dst_in, matrix);
   const math::Distance distance = parse_distance(distance_name);
   const Reduction reduction = parse_reduction(reduction_name);

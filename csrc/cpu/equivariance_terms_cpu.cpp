@@ -35,7 +35,8 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
                            const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
   check_cam_tensor(cams, "cams");
   check_terms_args(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
-  TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(), "mmcam: cams and cams_t must be CPU tensors here");
+  TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(),
+                    "mmcam: cams and cams_t must be CPU tensors here");
   TORCH_CHECK_TYPE(cams.scalar_type() == at::kFloat || cams.scalar_type() == at::kDouble,
                    "mmcam: cams and cams_t must be float32 or float64 on the CPU, got ", cams.scalar_type());
   const int64_t N = cams.size(0), M = cams.size(1);
@@ -182,10 +183,10 @@ struct KeptSides {
 template <class T>
 class SideGradient {
  public:
-  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P,
-               const T* Q, math::Distance distance)
-      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance),
-        rows_(rows), row_(static_cast<size_t>(cols)) {}
+  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P, const T* Q,
+               math::Distance distance)
+      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance), rows_(rows),
+        row_(static_cast<size_t>(cols)) {}
 
   /// Adds the CMER pair (this side, other) with weight w (skipped when w = 0).
   void add_pair(double w, const UnitMap<T>& other) {
@@ -283,7 +284,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
             if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
           }
           if (keep_for_backward) {
-            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane, sides.source[i], sides.target[i]);
+            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane, sides.source[i],
+                        sides.target[i]);
           }
         }
       }

@@ -13,8 +13,7 @@
 namespace mmcam::cpu {
 namespace {
 
-at::Tensor warp_normalized_cpu(const at::Tensor& src_in, const at::Tensor& matrix, at::IntArrayRef dsize,
-                           double eps) {
+at::Tensor warp_normalized_cpu(const at::Tensor& src_in, const at::Tensor& matrix, at::IntArrayRef dsize, double eps) {
   check_cam_tensor(src_in, "src");
   check_cpu(src_in, "src");
   TORCH_CHECK_VALUE(dsize.size() == 2 && dsize[0] > 0 && dsize[1] > 0,
@@ -31,16 +30,16 @@ at::Tensor warp_normalized_cpu(const at::Tensor& src_in, const at::Tensor& matri
       WarpedSource<scalar_t> side;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
-        side.compute(plane_of<scalar_t>(src, n, c), inverse_of_sample(inverses, n), Hd, Wd, e, false,
-                     scalar_t(0), output_plane<scalar_t>(out, n, c));
+        side.compute(plane_of<scalar_t>(src, n, c), inverse_of_sample(inverses, n), Hd, Wd, e, false, scalar_t(0),
+                     output_plane<scalar_t>(out, n, c));
       }
     });
   });
   return out;
 }
 
-at::Tensor warp_normalized_backward_cpu(const at::Tensor& grad_in, const at::Tensor& src_in,
-                                    const at::Tensor& matrix, double eps) {
+at::Tensor warp_normalized_backward_cpu(const at::Tensor& grad_in, const at::Tensor& src_in, const at::Tensor& matrix,
+                                        double eps) {
   check_cam_tensor(src_in, "src");
   check_cpu(src_in, "src");
   TORCH_CHECK_VALUE(grad_in.dim() == 4 && grad_in.size(0) == src_in.size(0) && grad_in.size(1) == src_in.size(1),

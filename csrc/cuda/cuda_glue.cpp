@@ -24,9 +24,10 @@ at::Tensor minmax_of(const at::Tensor& x, double eps) {
 
 StatsSource stats_of(const at::Tensor& stats) { return {stats.const_data_ptr<double>(), kPlaneStatSlots}; }
 
-at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows,
-                     int64_t cols, double eps) {
-  at::Tensor out = at::empty({src.size(0), src.size(1), rows, cols}, src.options().memory_format(at::MemoryFormat::Contiguous));
+at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows, int64_t cols,
+                     double eps) {
+  at::Tensor out =
+      at::empty({src.size(0), src.size(1), rows, cols}, src.options().memory_format(at::MemoryFormat::Contiguous));
   C10_CUDA_CHECK(warp_normalized(planes_of(src), stats_of(stats), maps.inv.const_data_ptr<double>(), rows, cols, eps,
                                  out.mutable_data_ptr(), current_stream()));
   return out;
@@ -42,9 +43,8 @@ at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& stats, const a
   const at::Tensor totals = double_workspace(planes * kBackwardSumSlots, x.device());
   at::Tensor grad = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const Planes view = planes_of(x);
-  C10_CUDA_CHECK(minmax_backward_sums(view, stats_of(stats), gm.const_data_ptr(), eps,
-                                      sums.mutable_data_ptr<double>(), totals.mutable_data_ptr<double>(),
-                                      current_stream()));
+  C10_CUDA_CHECK(minmax_backward_sums(view, stats_of(stats), gm.const_data_ptr(), eps, sums.mutable_data_ptr<double>(),
+                                      totals.mutable_data_ptr<double>(), current_stream()));
   C10_CUDA_CHECK(minmax_backward_apply(view, stats_of(stats), gm.const_data_ptr(), totals.const_data_ptr<double>(),
                                        sample_mask ? sample_mask->const_data_ptr<float>() : nullptr,
                                        maps.inv.const_data_ptr<double>(), eps, grad.mutable_data_ptr(),
@@ -56,7 +56,8 @@ at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& stats, const a
 at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps,
                               const at::Tensor& g, const c10::optional<at::Tensor>& sample_mask, double eps) {
   const at::Tensor gm = g.to(grad_map_dtype(src)).contiguous();
-  at::Tensor acc = at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor acc =
+      at::zeros(src.sizes(), src.options().dtype(gm.scalar_type()).memory_format(at::MemoryFormat::Contiguous));
   C10_CUDA_CHECK(warp_adjoint(gm.const_data_ptr(), dtype_of(gm), src.size(0) * src.size(1), src.size(1), g.size(2),
                               g.size(3), maps.inv.const_data_ptr<double>(), maps.matrix.const_data_ptr<double>(),
                               src.size(2), src.size(3), deterministic_mode(), acc.mutable_data_ptr(),

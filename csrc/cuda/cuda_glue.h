@@ -5,8 +5,8 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/kernels.h"
 
@@ -24,8 +24,8 @@ inline DType dtype_of(const at::Tensor& t) {
 
 /// Kernel view of a 4-D tensor whose last dimension has unit stride.
 inline Planes planes_of(const at::Tensor& t) {
-  return {t.const_data_ptr(), dtype_of(t), t.size(0), t.size(1), t.size(2), t.size(3),
-          t.stride(0),        t.stride(1),  t.stride(2)};
+  return {t.const_data_ptr(), dtype_of(t), t.size(0),   t.size(1),  t.size(2),
+          t.size(3),          t.stride(0), t.stride(1), t.stride(2)};
 }
 
 /// t must be a CUDA tensor (checked before a device guard is set up from it).
@@ -102,8 +102,8 @@ at::Tensor minmax_of(const at::Tensor& x, double eps);
 StatsSource stats_of(const at::Tensor& stats);
 
 /// P = warp(mn(src)), (N, C, rows, cols) contiguous in src's dtype, from src's statistics (minmax_of).
-at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows,
-                     int64_t cols, double eps);
+at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows, int64_t cols,
+                     double eps);
 
 /// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x) and x's statistics (minmax_of); samples whose
 /// sample_mask entry is 0 get exact zeros, any other sample with a non-invertible matrix NaN (maps.inv).

@@ -41,9 +41,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(
 /// of the call fits, else int64_t).
 template <class F>
 cudaError_t dispatch(DType dtype, bool fits_int32, F&& f) {
-  auto with_index = [&](auto t) {
-    return fits_int32 ? f(t, int32_t{}) : f(t, int64_t{});
-  };
+  auto with_index = [&](auto t) { return fits_int32 ? f(t, int32_t{}) : f(t, int64_t{}); };
   switch (dtype) {
     case DType::Float32: return with_index(float{});
     case DType::Float64: return with_index(double{});

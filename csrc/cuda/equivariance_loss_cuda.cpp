@@ -84,8 +84,8 @@ at::Tensor weights_of(const c10::optional<at::Tensor>& weight, const at::Tensor&
 }
 
 at::Tensor equivariance_loss_cuda(const at::Tensor& src_in, const at::Tensor& matrix, const at::Tensor& dst_in,
-                             const c10::optional<at::Tensor>& weight, const std::string& distance_name,
-                             bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
+                                  const c10::optional<at::Tensor>& weight, const std::string& distance_name,
+                                  bool l2_normalize, double eps, double l2_eps, const std::string& reduction_name) {
   check_pair(src_in, dst_in, matrix);
   const math::Distance distance = parse_distance(distance_name);
   const Reduction reduction = parse_reduction(reduction_name);
@@ -129,15 +129,15 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward_cuda(
   const at::Tensor diff = s.p.compared - s.q.compared;
   const at::Tensor dd = distance == math::Distance::SqL2 ? 2.0 * diff : at::sign(diff);
   const at::Tensor g = at::where(coef4 != 0, coef4 * dd, at::zeros_like(dd));  // skipped samples: no NaN from dd
-  const at::Tensor active = (coef != 0).to(at::kFloat).contiguous();  // 0: exact zero gradient
+  const at::Tensor active = (coef != 0).to(at::kFloat).contiguous();           // 0: exact zero gradient
   if (need_src) {
     const at::Tensor g_p = s.p.backward(g, l2_normalize, l2_eps);
     grad_src = warp_backward_with(src, s.src_stats, maps, at::where(coef4 != 0, g_p, at::zeros_like(g_p)), active, eps);
   }
   if (need_dst) {
     const at::Tensor g_q = s.q.backward(-g, l2_normalize, l2_eps);
-    grad_dst = minmax_backward(dst, minmax_of(dst, eps), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), active, maps,
-                               eps);
+    grad_dst =
+        minmax_backward(dst, minmax_of(dst, eps), at::where(coef4 != 0, g_q, at::zeros_like(g_q)), active, maps, eps);
   }
   return {grad_src, grad_dst};
 }

@@ -60,13 +60,15 @@ __global__ void __launch_bounds__(kThreads)
       out[k] = from_double<T>(0.0);
       continue;
     }
-    const double sampled = map.valid()
-        ? sample_normalized(cams, src, map.tap(k % cams_t.cols, k / cams_t.cols, cams.cols, cams.rows), s_src, e)
-        : NAN;
+    const double sampled =
+        map.valid()
+            ? sample_normalized(cams, src, map.tap(k % cams_t.cols, k / cams_t.cols, cams.cols, cams.rows), s_src, e)
+            : NAN;
     const T stored = from_double<T>(static_cast<double>(static_cast<V>(sampled)));
     out[k] = stored;
     const V P = to_value(stored), Q = math::minmax_value<V>(cams_t.at(dst, k), s_dst.lo, s_dst.den, e);
-    const double p_shift = static_cast<double>(static_cast<V>(P + le)), q_shift = static_cast<double>(static_cast<V>(Q + le));
+    const double p_shift = static_cast<double>(static_cast<V>(P + le)),
+                 q_shift = static_cast<double>(static_cast<V>(Q + le));
     sums[kSumSqP] += p_shift * p_shift;
     sums[kSumSqQ] += q_shift * q_shift;
     sums[kSumEr] += static_cast<double>(math::distance_value<V>(P - Q, static_cast<math::Distance>(distance)));
@@ -227,10 +229,10 @@ struct BackwardInputs {
 template <class G>
 struct GradOutputs {
   bool need_cams, need_cams_t, deterministic;
-  G* grad_warped;     // N*M x Hd*Wd (deterministic path only)
-  G* acc;             // N*M x Hs*Ws
-  G* grad_target;     // N*M x Hd*Wd
-  double* dst_sums;   // N*M x tiles x kBackwardSumSlots
+  G* grad_warped;    // N*M x Hd*Wd (deterministic path only)
+  G* acc;            // N*M x Hs*Ws
+  G* grad_target;    // N*M x Hd*Wd
+  double* dst_sums;  // N*M x tiles x kBackwardSumSlots
 };
 
 /// Loads the kept per-modality constants of sample n into shared memory (every thread must call it).
@@ -320,8 +322,7 @@ __global__ void __launch_bounds__(kThreads) dots_kernel(TermsViews<T, I> p, Back
 /// dL/dQ to grad_target, with the per-tile sums of the min-max backward of cams_t (dst_sums). dot_totals:
 /// B1's dot products summed over the tiles (N x 2M).
 template <class T, class G, class I>
-__global__ void __launch_bounds__(kThreads)
-    grads_kernel(TermsViews<T, I> p, BackwardInputs<T> in, GradOutputs<G> out) {
+__global__ void __launch_bounds__(kThreads) grads_kernel(TermsViews<T, I> p, BackwardInputs<T> in, GradOutputs<G> out) {
   using V = typename Types<T>::V;
   const PlaneSet<T, I>& cams = p.cams;
   const PlaneSet<T, I>& cams_t = p.cams_t;
@@ -355,11 +356,12 @@ __global__ void __launch_bounds__(kThreads)
     pair_gradients(px, M, coef.c_cm, p.pred + n * M, p.pred_t + n * M, g_a, g_b);
     for (int i = 0; i < M; ++i) {
       const int64_t plane = n * M + i;
-      const double er = math::distance_grad<double>(static_cast<double>(px.P[i] - px.Q[i]),
-                                                    static_cast<math::Distance>(p.distance));
+      const double er =
+          math::distance_grad<double>(static_cast<double>(px.P[i] - px.Q[i]), static_cast<math::Distance>(p.distance));
       if (out.need_cams) {
         const double inv_p = c.inv_norm_p[i];
-        const double g_p = g_a[i] * inv_p - dot_a[i] * inv_p * inv_p * inv_p * static_cast<double>(static_cast<V>(px.P[i] + le)) +
+        const double g_p = g_a[i] * inv_p -
+                           dot_a[i] * inv_p * inv_p * inv_p * static_cast<double>(static_cast<V>(px.P[i] + le)) +
                            coef.c_er[i] * er;
         if (out.deterministic) {
           out.grad_warped[plane * hw + k] = static_cast<G>(g_p);
@@ -374,9 +376,9 @@ __global__ void __launch_bounds__(kThreads)
       }
       if (out.need_cams_t) {
         const double inv_q = c.inv_norm_q[i];
-        const G g_q = static_cast<G>(g_b[i] * inv_q -
-                                     dot_b[i] * inv_q * inv_q * inv_q * static_cast<double>(static_cast<V>(px.Q[i] + le)) -
-                                     coef.c_er[i] * er);
+        const G g_q = static_cast<G>(
+            g_b[i] * inv_q - dot_b[i] * inv_q * inv_q * inv_q * static_cast<double>(static_cast<V>(px.Q[i] + le)) -
+            coef.c_er[i] * er);
         out.grad_target[plane * hw + k] = g_q;
         const V r = math::relu(cams_t.at(cams_t.plane(static_cast<I>(plane)), k));
         double* s = sums + i * kBackwardSumSlots;
@@ -494,8 +496,8 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
     err = sum_tiles(ws.dst_sums, N * M, tiles, kBackwardSumSlots, ws.dst_totals, stream);
     if (err != cudaSuccess) return err;
     const StatsSource dst_stats{stats + kDstLo, kKeptStatsPerPlane};
-    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps,
-                                grad_cams_t, stream);
+    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps, grad_cams_t,
+                                stream);
   }
   return err;
 }

@@ -121,16 +121,19 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cuda(
   const at::Tensor dst_sums = double_workspace(planes * dst_tiles * kBackwardSumSlots, device);
   const at::Tensor dst_totals = double_workspace(planes * kBackwardSumSlots, device);
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; };
-  const TermsBackwardWorkspace ws{dot_sums.mutable_data_ptr<double>(),   dot_totals.mutable_data_ptr<double>(),
-                                  ptr(grad_warped),                      ptr(grad_target),
-                                  ptr(acc),                              src_sums.mutable_data_ptr<double>(),
-                                  src_totals.mutable_data_ptr<double>(), dst_sums.mutable_data_ptr<double>(),
+  const TermsBackwardWorkspace ws{dot_sums.mutable_data_ptr<double>(),
+                                  dot_totals.mutable_data_ptr<double>(),
+                                  ptr(grad_warped),
+                                  ptr(grad_target),
+                                  ptr(acc),
+                                  src_sums.mutable_data_ptr<double>(),
+                                  src_totals.mutable_data_ptr<double>(),
+                                  dst_sums.mutable_data_ptr<double>(),
                                   dst_totals.mutable_data_ptr<double>()};
   C10_CUDA_CHECK(equivariance_terms_backward(in.problem(er_distance, eps, l2_eps), g.const_data_ptr<double>(),
                                              kept_warped.const_data_ptr(), kept_stats.const_data_ptr<double>(),
                                              deterministic, ws, need_cams ? grad_cams.mutable_data_ptr() : nullptr,
-                                             need_cams_t ? grad_cams_t.mutable_data_ptr() : nullptr,
-                                             current_stream()));
+                                             need_cams_t ? grad_cams_t.mutable_data_ptr() : nullptr, current_stream()));
   return {grad_cams, grad_cams_t};
 }
 

@@ -91,13 +91,13 @@ cudaError_t warp_normalized(const Planes& src, StatsSource src_stats, const doub
 /// pixel of it, which also bounds the scan when a source axis of size 1 is collapsed); otherwise a
 /// scatter with atomicAdd. A sample with a non-invertible matrix adds nothing (see inv above).
 cudaError_t warp_adjoint(const void* g, DType g_dtype, int64_t planes, int64_t channels, int64_t dst_rows,
-                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows,
-                         int64_t src_cols, bool deterministic, void* acc, cudaStream_t stream);
+                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows, int64_t src_cols,
+                         bool deterministic, void* acc, cudaStream_t stream);
 
 /// Backward of mn, pass 1: totals (planes x kBackwardSumSlots) of g (planes x rows*cols, G); partials
 /// (planes x tiles_of(rows*cols) x kBackwardSumSlots) is the workspace of the per-tile pass.
-cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps,
-                                 double* partials, double* totals, cudaStream_t stream);
+cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps, double* partials,
+                                 double* totals, cudaStream_t stream);
 
 /// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the totals.
 /// sample_mask (N, optional): a sample whose entry is 0 gets an exact zero gradient. inv (N x 6, optional):
@@ -136,15 +136,15 @@ cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForward
                                        void* warped, double* stats, cudaStream_t stream);
 
 struct TermsBackwardWorkspace {
-  double* dot_sums;      // N x tiles_of(Hd*Wd) x 2M
-  double* dot_totals;    // N x 2M: the same summed over the tiles
-  void* grad_warped;     // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
-  void* grad_target;     // N*M x Hd*Wd (G), dL/dQ
-  void* acc;             // N*M x Hs*Ws (G), zeroed here
-  double* src_sums;      // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
-  double* src_totals;    // N*M x kBackwardSumSlots
-  double* dst_sums;      // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
-  double* dst_totals;    // N*M x kBackwardSumSlots
+  double* dot_sums;    // N x tiles_of(Hd*Wd) x 2M
+  double* dot_totals;  // N x 2M: the same summed over the tiles
+  void* grad_warped;   // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
+  void* grad_target;   // N*M x Hd*Wd (G), dL/dQ
+  void* acc;           // N*M x Hs*Ws (G), zeroed here
+  double* src_sums;    // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
+  double* src_totals;  // N*M x kBackwardSumSlots
+  double* dst_sums;    // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
+  double* dst_totals;  // N*M x kBackwardSumSlots
 };
 
 /// Backward: grad (2, M) device doubles; warped and stats as kept by the forward pass. Writes

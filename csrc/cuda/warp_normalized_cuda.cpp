@@ -14,8 +14,8 @@ at::Tensor warp_normalized_cuda(const at::Tensor& src_in, const at::Tensor& matr
   check_cam(src_in, "src");
   TORCH_CHECK_VALUE(dsize.size() == 2 && dsize[0] > 0 && dsize[1] > 0,
                     "mmcam: dsize must be two positive ints (H_out, W_out), got ", dsize);
-  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src_in.size(0), "mmcam: matrix must have shape (N, 2, 3) with N = ",
-                    src_in.size(0), ", got ", matrix.sizes());
+  TORCH_CHECK_VALUE(matrix.dim() == 3 && matrix.size(0) == src_in.size(0),
+                    "mmcam: matrix must have shape (N, 2, 3) with N = ", src_in.size(0), ", got ", matrix.sizes());
   check_on(matrix, "matrix", src_in.device());
   const c10::cuda::CUDAGuard guard(src_in.device());
   const at::Tensor src = with_unit_col_stride(src_in);
@@ -24,7 +24,7 @@ at::Tensor warp_normalized_cuda(const at::Tensor& src_in, const at::Tensor& matr
 }
 
 at::Tensor warp_normalized_backward_cuda(const at::Tensor& grad, const at::Tensor& src_in, const at::Tensor& matrix,
-                                    double eps) {
+                                         double eps) {
   check_cam(src_in, "src");
   TORCH_CHECK_VALUE(grad.dim() == 4 && grad.size(0) == src_in.size(0) && grad.size(1) == src_in.size(1),
                     "mmcam: grad must have shape (N, C, H_out, W_out) matching src, got ", grad.sizes());
