@@ -4,7 +4,7 @@
 // kernels (csrc/cpu) and the CUDA kernels (csrc/cuda, compiled by nvcc alone) compute the same
 // values with the same operation order.
 //
-// Conventions (DESIGN §2):
+// Conventions (docs/operator.md):
 //   * A plane is an (H, W) image; pixel (x, y) is column x, row y, integer coordinates are pixel
 //     centres (kornia 0.9 / grid_sample align_corners=True).
 //   * matrix is the 2x3 source->destination PIXEL affine [a b c; d e f] (row-major), so that
@@ -13,8 +13,8 @@
 //     plane; ties at lo / hi share the gradient equally (amin / amax semantics).
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__) || defined(__HIPCC__)
 #define MMCAM_HD __host__ __device__ __forceinline__
@@ -125,8 +125,7 @@ MMCAM_HD C bilinear_interior(const T* r0, const T* r1, C wx, C wy) {
 
 /// Bilinear sample with zero padding of a plane whose element (x, y) is plane[y * row_stride + x].
 template <class T, class C>
-MMCAM_HD C bilinear_sample(const T* plane, int64_t row_stride, int64_t width, int64_t height,
-                           const BilinearTap<C>& t) {
+MMCAM_HD C bilinear_sample(const T* plane, int64_t row_stride, int64_t width, int64_t height, const BilinearTap<C>& t) {
   if (!t.inside) return C(0);
   const int64_t x1 = t.x0 + 1, y1 = t.y0 + 1;
   if (t.x0 >= 0 && x1 < width && t.y0 >= 0 && y1 < height) {  // interior: no per-neighbour checks
@@ -151,16 +150,28 @@ MMCAM_HD C bilinear_sample(const T* plane, int64_t row_stride, int64_t width, in
 /// The four (index, weight) pairs of a tap that fall inside the plane; used by the adjoint
 /// (scatter on the CPU, atomics or gather on the GPU). Returns how many were written.
 template <class C>
-MMCAM_HD int bilinear_taps_inside(const BilinearTap<C>& t, int64_t width, int64_t height,
-                                  int64_t index[4], C weight[4]) {
+MMCAM_HD int bilinear_taps_inside(const BilinearTap<C>& t, int64_t width, int64_t height, int64_t index[4],
+                                  C weight[4]) {
   if (!t.inside) return 0;
   int k = 0;
   const int64_t x1 = t.x0 + 1, y1 = t.y0 + 1;
   const bool x0_in = t.x0 >= 0, x1_in = x1 < width, y0_in = t.y0 >= 0, y1_in = y1 < height;
-  if (y0_in && x0_in) { index[k] = t.y0 * width + t.x0; weight[k++] = (C(1) - t.wx) * (C(1) - t.wy); }
-  if (y0_in && x1_in) { index[k] = t.y0 * width + x1;   weight[k++] = t.wx * (C(1) - t.wy); }
-  if (y1_in && x0_in) { index[k] = y1 * width + t.x0;   weight[k++] = (C(1) - t.wx) * t.wy; }
-  if (y1_in && x1_in) { index[k] = y1 * width + x1;     weight[k++] = t.wx * t.wy; }
+  if (y0_in && x0_in) {
+    index[k] = t.y0 * width + t.x0;
+    weight[k++] = (C(1) - t.wx) * (C(1) - t.wy);
+  }
+  if (y0_in && x1_in) {
+    index[k] = t.y0 * width + x1;
+    weight[k++] = t.wx * (C(1) - t.wy);
+  }
+  if (y1_in && x0_in) {
+    index[k] = y1 * width + t.x0;
+    weight[k++] = (C(1) - t.wx) * t.wy;
+  }
+  if (y1_in && x1_in) {
+    index[k] = y1 * width + x1;
+    weight[k++] = t.wx * t.wy;
+  }
   return k;
 }
 

@@ -48,11 +48,8 @@ double loss_denominator(Reduction reduction, int64_t n, int64_t c, int64_t hd, i
 void check_terms_args(const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
                       const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask);
 
-/// Values per (n, m) plane that the equivariance_terms forward keeps for its backward (both back ends).
-constexpr int64_t kKeptStatsPerPlane = 8;
-
 /// equivariance_terms_backward: grad (2, M) and what the forward kept: warped maps (N, M, Hd, Wd) in
-/// cams' dtype and per-plane statistics (N, M, kKeptStatsPerPlane) in float64.
+/// cams' dtype and per-plane statistics (N, M, kKeptStatsPerPlane) in float64 (kept_stats.h).
 void check_terms_backward_args(const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t,
                                const at::Tensor& kept_warped, const at::Tensor& kept_stats);
 

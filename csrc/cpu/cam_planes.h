@@ -22,8 +22,8 @@ struct WarpedSource {
   double norm = 1.0;          // ||P + l2_eps|| (only when computed with l2)
 
   /// P is written to out (contiguous, dst_rows x dst_cols) when given, else to warped.
-  void compute(const PlaneView<T>& src, const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols,
-               T eps, bool l2, T l2_eps, T* out = nullptr) {
+  void compute(const PlaneView<T>& src, const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols, T eps, bool l2,
+               T l2_eps, T* out = nullptr) {
     stats = relu_minmax(src, eps);
     normalized.resize(static_cast<size_t>(src.rows * src.cols));
     minmax_normalize_plane(src, stats, eps, normalized.data());
@@ -73,8 +73,8 @@ struct BackwardScratch {
 /// dL/dsrc plane from g = dL/d(compared map) (destination-sized, overwritten).
 template <class T>
 void backprop_to_source(const WarpedSource<T>& side, double* g, bool l2, T l2_eps, const PlaneView<T>& src,
-                        const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols, T eps,
-                        BackwardScratch& scratch, T* grad, int64_t grad_row_stride) {
+                        const InverseAffine& inv, int64_t dst_rows, int64_t dst_cols, T eps, BackwardScratch& scratch,
+                        T* grad, int64_t grad_row_stride) {
   if (l2) l2_normalize_backward(g, side.map(), dst_rows * dst_cols, side.norm, l2_eps);
   scratch.grad_src_side.assign(static_cast<size_t>(src.rows * src.cols), 0.0);
   warp_plane_adjoint(rows_of(g, dst_cols), dst_rows, dst_cols, inv, src.rows, src.cols, scratch.grad_src_side.data());
@@ -84,8 +84,8 @@ void backprop_to_source(const WarpedSource<T>& side, double* g, bool l2, T l2_ep
 
 /// dL/ddst plane from g = dL/d(compared map) (overwritten).
 template <class T>
-void backprop_to_target(const NormalizedTarget<T>& side, double* g, bool l2, T l2_eps,
-                        const PlaneView<T>& dst, T eps, T* grad, int64_t grad_row_stride) {
+void backprop_to_target(const NormalizedTarget<T>& side, double* g, bool l2, T l2_eps, const PlaneView<T>& dst, T eps,
+                        T* grad, int64_t grad_row_stride) {
   if (l2) l2_normalize_backward(g, side.normalized.data(), dst.rows * dst.cols, side.norm, l2_eps);
   minmax_normalize_backward(dst, side.stats, eps, rows_of(static_cast<const double*>(g), dst.cols), grad,
                             grad_row_stride);

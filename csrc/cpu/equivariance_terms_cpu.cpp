@@ -1,6 +1,6 @@
 // CPU kernels of mmcam::equivariance_terms: the ER and CMER losses of every modality's network in one
-// pass (DESIGN §1-2). For each sample, every modality's plane is normalised, warped and L2-normalised
-// ONCE; all M ER terms and all M(M-1) ordered CMER pairs then read those buffers.
+// pass (docs/method.md, docs/operator.md). For each sample, every modality's plane is normalised, warped
+// and L2-normalised ONCE; all M ER terms and all M(M-1) ordered CMER pairs then read those buffers.
 //
 //   ER_i   = sum_n y_n sum_hw d(P_i - Q_i)                                   / (N Hd Wd)
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)
@@ -10,11 +10,12 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include "cpu/cam_planes.h"
 #include "cpu/tensor_planes.h"
+#include "kept_stats.h"
 #include "op_args.h"
-#include "ops.h"
 
 namespace mmcam::cpu {
 namespace {
@@ -34,7 +35,8 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
                            const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask) {
   check_cam_tensor(cams, "cams");
   check_terms_args(cams, cams_t, matrix, labels, pred_mask, pred_t_mask);
-  TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(), "mmcam: cams and cams_t must be CPU tensors here");
+  TORCH_CHECK_VALUE(cams.device().is_cpu() && cams_t.device().is_cpu(),
+                    "mmcam: cams and cams_t must be CPU tensors here");
   TORCH_CHECK_TYPE(cams.scalar_type() == at::kFloat || cams.scalar_type() == at::kDouble,
                    "mmcam: cams and cams_t must be float32 or float64 on the CPU, got ", cams.scalar_type());
   const int64_t N = cams.size(0), M = cams.size(1);
@@ -114,11 +116,8 @@ double er_scale(const TermsInputs& in) {
 
 double cmer_scale(const TermsInputs& in) { return er_scale(in) / (2.0 * static_cast<double>(in.M - 1)); }
 
-/// Per-plane values the forward pass keeps for the backward pass, stored as doubles in
-/// plane_stats[n, m, :] (the min/max values are elements of the input, so exact in double).
-enum StatSlot : int { kSrcLo, kSrcHi, kSrcDen, kDstLo, kDstHi, kDstDen, kNormP, kNormQ, kStatSlots };
-static_assert(kStatSlots == kKeptStatsPerPlane);
-
+/// Writes the per-plane values the forward pass keeps for the backward pass: kept_stats[n, m, :], laid out
+/// as kept_stats.h says.
 template <class T>
 void store_stats(double* slot, const WarpedSource<T>& source, const NormalizedTarget<T>& target) {
   slot[kSrcLo] = source.stats.lo;
@@ -158,7 +157,7 @@ struct KeptSides {
     target.resize(M);
     buffers.resize(3 * M);
     for (int64_t m = 0; m < M; ++m) {
-      const double* slot = kept_stats + (n * M + m) * kStatSlots;
+      const double* slot = kept_stats + (n * M + m) * kKeptStatsPerPlane;
       std::vector<T>& Q = buffers[3 * m];
       std::vector<T>& A = buffers[3 * m + 1];
       std::vector<T>& B = buffers[3 * m + 2];
@@ -184,10 +183,10 @@ struct KeptSides {
 template <class T>
 class SideGradient {
  public:
-  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P,
-               const T* Q, math::Distance distance)
-      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance),
-        rows_(rows), row_(static_cast<size_t>(cols)) {}
+  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P, const T* Q,
+               math::Distance distance)
+      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance), rows_(rows),
+        row_(static_cast<size_t>(cols)) {}
 
   /// Adds the CMER pair (this side, other) with weight w (skipped when w = 0).
   void add_pair(double w, const UnitMap<T>& other) {
@@ -242,9 +241,7 @@ class SideGradient {
   std::vector<double> row_;
 };
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
     const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
     const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
     double l2_eps, bool keep_for_backward) {
@@ -255,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   std::vector<double> partial(static_cast<size_t>(N * 2 * M), 0.0);
   const auto contiguous = in.cams.options().memory_format(at::MemoryFormat::Contiguous);
   at::Tensor kept_warped = keep_for_backward ? at::empty({N, M, in.Hd, in.Wd}, contiguous) : at::empty({0}, contiguous);
-  at::Tensor kept_stats = keep_for_backward ? at::zeros({N, M, kStatSlots}, contiguous.dtype(at::kDouble))
+  at::Tensor kept_stats = keep_for_backward ? at::zeros({N, M, kKeptStatsPerPlane}, contiguous.dtype(at::kDouble))
                                             : at::empty({0}, contiguous.dtype(at::kDouble));
 
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
@@ -287,7 +284,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
             if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
           }
           if (keep_for_backward) {
-            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kStatSlots, sides.source[i], sides.target[i]);
+            store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane, sides.source[i],
+                        sides.target[i]);
           }
         }
       }
@@ -306,7 +304,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   return {out, kept_warped, kept_stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cpu(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
     const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
@@ -338,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
         kept.load(in, n, kept_warped.const_data_ptr<T>(), kept_stats.const_data_ptr<double>(), e);
         const InverseAffine inv = inverse_of_sample(in.inverses, n);
         for (int64_t i = 0; i < M; ++i) {
-          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kStatSlots;
+          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane;
           const double c_er = g[i] * er_scale(in) * y;
           const double c_cm = g[M + i] * cmer_scale(in) * y;
           const T* P = kept.source[i].map;
@@ -371,4 +369,10 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   return {grad_cams, grad_cams_t};
 }
 
+}  // namespace
 }  // namespace mmcam::cpu
+
+TORCH_LIBRARY_IMPL(mmcam, CPU, m) {
+  m.impl("equivariance_terms", &mmcam::cpu::equivariance_terms_cpu);
+  m.impl("equivariance_terms_backward", &mmcam::cpu::equivariance_terms_backward_cpu);
+}

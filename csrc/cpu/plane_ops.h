@@ -98,9 +98,9 @@ template <class T>
 struct LanePairs {
   using TV = typename Vec16<T>::type;
   typedef double D2 __attribute__((vector_size(16)));
-  static constexpr int kTWidth = Vec16<T>::kWidth;       // elements per T vector
-  static constexpr int kTVectors = kLanes / kTWidth;     // T vectors per block
-  static constexpr int kPairs = kLanes / 2;              // double pairs per block
+  static constexpr int kTWidth = Vec16<T>::kWidth;    // elements per T vector
+  static constexpr int kTVectors = kLanes / kTWidth;  // T vectors per block
+  static constexpr int kPairs = kLanes / 2;           // double pairs per block
   static D2 load_pair(const double* p) {
     D2 v;
     std::memcpy(&v, p, sizeof(D2));
@@ -232,8 +232,8 @@ bool any_tied(const T* row, int64_t cols, const MinMaxStats<T>& s) {
 /// v > 0 tied at lo / hi, recomputing its value as direct + hi share + lo share in one rounding (the
 /// operation order of math::minmax_input_grad). Only rows holding such an element are re-read in g.
 template <class T, class RowFn>
-void add_tie_shares(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, double lo_tie,
-                    double hi_tie, T* grad, int64_t grad_row_stride) {
+void add_tie_shares(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, double lo_tie, double hi_tie,
+                    T* grad, int64_t grad_row_stride) {
   if (lo_tie == 0.0 && hi_tie == 0.0) return;
   const double inv_den = 1.0 / static_cast<double>(s.den);
   for (int64_t y = 0; y < p.rows; ++y) {

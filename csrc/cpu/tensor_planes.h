@@ -1,5 +1,8 @@
-// Views of (n, c) planes of 4-D CPU tensors whose last dimension has unit stride.
+// Views of (n, c) planes of 4-D CPU tensors whose last dimension has unit stride, and the device and
+// dtype check of the CPU kernels.
 #pragma once
+
+#include <vector>
 
 #include <ATen/core/Tensor.h>
 
@@ -7,6 +10,13 @@
 #include "cpu/warp_plane.h"
 
 namespace mmcam::cpu {
+
+/// t must be a float32 or float64 CPU tensor.
+inline void check_cpu(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu(), "mmcam: ", name, " must be a CPU tensor here, got ", t.device());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, "mmcam: ", name,
+                   " must be float32 or float64 on the CPU, got ", t.scalar_type());
+}
 
 template <class T>
 PlaneView<T> plane_of(const at::Tensor& t, int64_t n, int64_t c) {

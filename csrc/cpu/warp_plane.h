@@ -44,12 +44,11 @@ struct InteriorSpan {
   int64_t begin, end;
 };
 
-inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by, int64_t src_rows,
-                                  int64_t src_cols, int64_t dst_cols) {
+inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by, int64_t src_rows, int64_t src_cols,
+                                  int64_t dst_cols) {
   auto interior = [&](int64_t x) {
     const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
-    return sx >= 0.0 && sx < static_cast<double>(src_cols - 1) && sy >= 0.0 &&
-           sy < static_cast<double>(src_rows - 1);
+    return sx >= 0.0 && sx < static_cast<double>(src_cols - 1) && sy >= 0.0 && sy < static_cast<double>(src_rows - 1);
   };
   // Real-valued solution of lo <= start + slope * x < hi for both coordinates, widened by a pixel;
   // the exact integer span is then found by testing its ends (the set is an interval: sx, sy are
@@ -78,8 +77,8 @@ inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by
 
 /// warp_plane for any affine map: per-pixel coordinates, branch-free inside the interior span.
 template <class T>
-void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv,
-                        int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
+void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv, int64_t dst_rows,
+                        int64_t dst_cols, T* out, int64_t out_row_stride) {
   for (int64_t y = 0; y < dst_rows; ++y) {
     const double bx = inv.row_x(y), by = inv.row_y(y);
     T* o = out + y * out_row_stride;
@@ -93,8 +92,8 @@ void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const 
       const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
       const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
       const T* r0 = src + y0 * src_cols + x0;
-      o[x] = static_cast<T>(math::bilinear_interior(r0, r0 + src_cols, sx - static_cast<double>(x0),
-                                                    sy - static_cast<double>(y0)));
+      o[x] = static_cast<T>(
+          math::bilinear_interior(r0, r0 + src_cols, sx - static_cast<double>(x0), sy - static_cast<double>(y0)));
     }
     for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
   }
@@ -279,8 +278,8 @@ void transpose_plane(const S* in, int64_t rows, int64_t cols, D* out) {
 /// Column and row taps of a separable map. AxisAligned: destination column x samples source column
 /// m2 + m0 x, row y samples source row m5 + m4 y. AxisSwapped: the taps address the TRANSPOSED source
 /// (rows = source columns): column x samples source row m5 + m3 x, row y samples source column m2 + m1 y.
-inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_rows, int64_t src_cols,
-                           int64_t dst_rows, int64_t dst_cols, WarpScratch& s) {
+inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_rows, int64_t src_cols, int64_t dst_rows,
+                           int64_t dst_cols, WarpScratch& s) {
   if (kind == MapKind::AxisAligned) {
     s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
     s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
@@ -293,8 +292,8 @@ inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_r
 /// out (dst_rows x dst_cols, row stride out_row_stride) = bilinear warp with zero padding of the
 /// contiguous plane src (src_rows x src_cols) by inv_in (destination pixel -> source pixel).
 template <class T>
-void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv_in,
-                int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride) {
+void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv_in, int64_t dst_rows,
+                int64_t dst_cols, T* out, int64_t out_row_stride) {
   const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
   WarpScratch& s = warp_scratch();
   const MapKind kind = classify(inv);
@@ -343,9 +342,7 @@ void warp_plane_adjoint(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const
       for (size_t i = 0; i < back.size(); ++i) acc[i] += back[i];
       return;
     }
-    case MapKind::General:
-      warp_plane_adjoint_general(g_row, dst_rows, dst_cols, inv, src_rows, src_cols, acc);
-      return;
+    case MapKind::General: warp_plane_adjoint_general(g_row, dst_rows, dst_cols, inv, src_rows, src_cols, acc); return;
   }
 }
 

@@ -1,11 +1,12 @@
 // Torch-side helpers of the CUDA back end: argument checks, tensor -> kernel views, device workspaces,
-// the current stream. The kernels themselves (csrc/cuda/*.cu) see none of this.
+// the current stream, and the steps shared by the warp_normalized and equivariance_loss ops. The kernels
+// themselves (csrc/cuda/*.cu) see none of this.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
-#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "cuda/kernels.h"
 
@@ -23,8 +24,8 @@ inline DType dtype_of(const at::Tensor& t) {
 
 /// Kernel view of a 4-D tensor whose last dimension has unit stride.
 inline Planes planes_of(const at::Tensor& t) {
-  return {t.const_data_ptr(), dtype_of(t), t.size(0), t.size(1), t.size(2), t.size(3),
-          t.stride(0),        t.stride(1),  t.stride(2)};
+  return {t.const_data_ptr(), dtype_of(t), t.size(0),   t.size(1),  t.size(2),
+          t.size(3),          t.stride(0), t.stride(1), t.stride(2)};
 }
 
 /// t must be a CUDA tensor (checked before a device guard is set up from it).
@@ -88,5 +89,29 @@ inline DeviceMaps device_maps(const at::Tensor& matrix, int64_t n, int64_t src_r
                                 maps.inv.mutable_data_ptr<double>(), current_stream()));
   return maps;
 }
+
+// --- steps shared by warp_normalized and equivariance_loss (cuda_glue.cpp) ---------------------------------
+
+/// A CAM tensor (op_args' check_cam_tensor) on a CUDA device, with at most 65535 planes.
+void check_cam(const at::Tensor& t, const char* name);
+
+/// Min-max statistics (lo, hi, den) of every plane of x, (planes x kPlaneStatSlots) doubles on the device.
+at::Tensor minmax_of(const at::Tensor& x, double eps);
+
+/// Where the kernels find the statistics computed by minmax_of.
+StatsSource stats_of(const at::Tensor& stats);
+
+/// P = warp(mn(src)), (N, C, rows, cols) contiguous in src's dtype, from src's statistics (minmax_of).
+at::Tensor warp_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps, int64_t rows, int64_t cols,
+                     double eps);
+
+/// dL/dx of mn(x) from g = dL/dmn(x) (same shape as x) and x's statistics (minmax_of); samples whose
+/// sample_mask entry is 0 get exact zeros, any other sample with a non-invertible matrix NaN (maps.inv).
+at::Tensor minmax_backward(const at::Tensor& x, const at::Tensor& stats, const at::Tensor& g,
+                           const c10::optional<at::Tensor>& sample_mask, const DeviceMaps& maps, double eps);
+
+/// dL/dsrc of warp(mn(src)) from g = dL/dP (N, C, Hd, Wd) and src's statistics (minmax_of).
+at::Tensor warp_backward_with(const at::Tensor& src, const at::Tensor& stats, const DeviceMaps& maps,
+                              const at::Tensor& g, const c10::optional<at::Tensor>& sample_mask, double eps);
 
 }  // namespace mmcam::cuda

@@ -19,10 +19,12 @@ namespace mmcam::cuda {
 
 /// Value type V in which an element of storage type T is computed (float for the 16-bit types, which
 /// are computed in float32 and rounded once when stored) and type G of the gradient maps.
+// clang-format off
 template <class T> struct Types { using V = T; using G = float; };
 template <> struct Types<double> { using V = double; using G = double; };
 template <> struct Types<__half> { using V = float; using G = float; };
 template <> struct Types<__nv_bfloat16> { using V = float; using G = float; };
+// clang-format on
 
 __device__ __forceinline__ float to_value(__half x) { return __half2float(x); }
 __device__ __forceinline__ float to_value(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -39,9 +41,7 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_double<__nv_bfloat16>(
 /// of the call fits, else int64_t).
 template <class F>
 cudaError_t dispatch(DType dtype, bool fits_int32, F&& f) {
-  auto with_index = [&](auto t) {
-    return fits_int32 ? f(t, int32_t{}) : f(t, int64_t{});
-  };
+  auto with_index = [&](auto t) { return fits_int32 ? f(t, int32_t{}) : f(t, int64_t{}); };
   switch (dtype) {
     case DType::Float32: return with_index(float{});
     case DType::Float64: return with_index(double{});

@@ -1,5 +1,5 @@
-// CUDA kernels of the fused equivariance terms (DESIGN §1-2; the CPU version and the formulas are in
-// csrc/cpu/equivariance_terms_cpu.cpp):
+// CUDA kernels of the fused equivariance terms (docs/method.md, docs/operator.md; the CPU version and the
+// formulas are in csrc/cpu/equivariance_terms_cpu.cpp):
 //
 //   ER_i   = sum_n y_n sum_hw d(P_i - Q_i)                                   / (N Hd Wd)
 //   CMER_i = sum_n sum_{j != i} [ y_n pt_j,n ||A_i - B_j||^2 + y_n p_j,n ||B_i - A_j||^2 ] / (2 (M-1) N Hd Wd)
@@ -22,8 +22,6 @@
 namespace mmcam::cuda {
 namespace {
 
-// Slots of the kept statistics (as StatSlot in the CPU op).
-enum : int { kSrcLo = 0, kDstLo = 3, kNormP = 6, kNormQ = 7 };
 // Slots of the per-tile side sums.
 enum : int { kSumSqP = 0, kSumSqQ = 1, kSumEr = 2, kSideSlots = kTermsSideSlots };
 
@@ -62,13 +60,15 @@ __global__ void __launch_bounds__(kThreads)
       out[k] = from_double<T>(0.0);
       continue;
     }
-    const double sampled = map.valid()
-        ? sample_normalized(cams, src, map.tap(k % cams_t.cols, k / cams_t.cols, cams.cols, cams.rows), s_src, e)
-        : NAN;
+    const double sampled =
+        map.valid()
+            ? sample_normalized(cams, src, map.tap(k % cams_t.cols, k / cams_t.cols, cams.cols, cams.rows), s_src, e)
+            : NAN;
     const T stored = from_double<T>(static_cast<double>(static_cast<V>(sampled)));
     out[k] = stored;
     const V P = to_value(stored), Q = math::minmax_value<V>(cams_t.at(dst, k), s_dst.lo, s_dst.den, e);
-    const double p_shift = static_cast<double>(static_cast<V>(P + le)), q_shift = static_cast<double>(static_cast<V>(Q + le));
+    const double p_shift = static_cast<double>(static_cast<V>(P + le)),
+                 q_shift = static_cast<double>(static_cast<V>(Q + le));
     sums[kSumSqP] += p_shift * p_shift;
     sums[kSumSqQ] += q_shift * q_shift;
     sums[kSumEr] += static_cast<double>(math::distance_value<V>(P - Q, static_cast<math::Distance>(distance)));
@@ -135,10 +135,17 @@ __global__ void __launch_bounds__(kThreads)
       c.dst_hi[m] = s_dst.hi;
       c.dst_den[m] = s_dst.den;
       if (tile == 0) {
-        double* slot = kept_stats + p * kTermsStatSlots;
-        const double values[kTermsStatSlots] = {s_src.lo, s_src.hi, s_src.den, s_dst.lo, s_dst.hi, s_dst.den,
-                                                norm_p, norm_q};
-        for (int k = 0; k < kTermsStatSlots; ++k) slot[k] = y != 0.0 ? values[k] : 0.0;
+        double values[kKeptStatsPerPlane];
+        values[kSrcLo] = s_src.lo;
+        values[kSrcHi] = s_src.hi;
+        values[kSrcDen] = s_src.den;
+        values[kDstLo] = s_dst.lo;
+        values[kDstHi] = s_dst.hi;
+        values[kDstDen] = s_dst.den;
+        values[kNormP] = norm_p;
+        values[kNormQ] = norm_q;
+        double* slot = kept_stats + p * kKeptStatsPerPlane;
+        for (int k = 0; k < kKeptStatsPerPlane; ++k) slot[k] = y != 0.0 ? values[k] : 0.0;
       }
     }
   }
@@ -191,16 +198,53 @@ __global__ void __launch_bounds__(kThreads)
 
 // --- backward -----------------------------------------------------------------------------------------
 
+/// The problem as the backward kernels read it: typed views of both CAM sets (built on the host) and the
+/// per-sample inputs and options of TermsProblem.
+template <class T, class I>
+struct TermsViews {
+  PlaneSet<T, I> cams, cams_t;
+  const double* inv;
+  const float *labels, *pred, *pred_t;
+  int distance;
+  double eps, l2_eps;
+  explicit TermsViews(const TermsProblem& p)
+      : cams(p.cams), cams_t(p.cams_t), inv(p.inv), labels(p.labels), pred(p.pred), pred_t(p.pred_t),
+        distance(p.distance), eps(p.eps), l2_eps(p.l2_eps) {}
+};
+
+/// What the backward kernels read besides the problem: the upstream gradient, what the forward pass kept
+/// and, in B2, B1's dot products.
+template <class T>
+struct BackwardInputs {
+  const double* grad;        // (2, M): dL/dER_m, dL/dCMER_m
+  Scales scale;              // of the terms (scales_of)
+  int64_t tiles;             // destination tiles per plane
+  const T* warped;           // the kept P (N, M, Hd, Wd)
+  const double* kept_stats;  // (N, M, kKeptStatsPerPlane), kept_stats.h
+  const double* dot_totals;  // B1's dot products summed over the tiles (N x 2M); read by B2 only
+};
+
+/// What B2 writes: dL/dP (stored in grad_warped on the deterministic path, else scattered into acc), dL/dQ
+/// (grad_target) and the per-tile sums of the min-max backward of cams_t (dst_sums).
+template <class G>
+struct GradOutputs {
+  bool need_cams, need_cams_t, deterministic;
+  G* grad_warped;    // N*M x Hd*Wd (deterministic path only)
+  G* acc;            // N*M x Hs*Ws
+  G* grad_target;    // N*M x Hd*Wd
+  double* dst_sums;  // N*M x tiles x kBackwardSumSlots
+};
+
 /// Loads the kept per-modality constants of sample n into shared memory (every thread must call it).
 template <class V>
 __device__ void load_kept_constants(const double* kept_stats, int64_t n, int M, SampleConstants<V>& c) {
   if (threadIdx.x < M) {
-    const double* slot = kept_stats + (n * M + threadIdx.x) * kTermsStatSlots;
+    const double* slot = kept_stats + (n * M + threadIdx.x) * kKeptStatsPerPlane;
     c.inv_norm_p[threadIdx.x] = 1.0 / slot[kNormP];
     c.inv_norm_q[threadIdx.x] = 1.0 / slot[kNormQ];
     c.dst_lo[threadIdx.x] = static_cast<V>(slot[kDstLo]);
-    c.dst_hi[threadIdx.x] = static_cast<V>(slot[kDstLo + 1]);
-    c.dst_den[threadIdx.x] = static_cast<V>(slot[kDstLo + 2]);
+    c.dst_hi[threadIdx.x] = static_cast<V>(slot[kDstHi]);
+    c.dst_den[threadIdx.x] = static_cast<V>(slot[kDstDen]);
   }
   __syncthreads();
 }
@@ -238,29 +282,27 @@ struct Coefficients {
 /// B1, grid (destination tiles, N): per-tile dot products sum_k gA_i P_i and sum_k gB_i Q_i
 /// (dot_sums[(n * tiles + tile) * 2M + {i, M + i}]), the L2-normalisation backward needs them.
 template <class T, class I>
-__global__ void __launch_bounds__(kThreads)
-    dots_kernel(PlaneSet<T, I> cams_t, const float* labels, const float* pred, const float* pred_t,
-                const double* grad, Scales scale, double eps, int64_t tiles, const T* warped, const double* kept_stats,
-                double* dot_sums) {
+__global__ void __launch_bounds__(kThreads) dots_kernel(TermsViews<T, I> p, BackwardInputs<T> in, double* dot_sums) {
   using V = typename Types<T>::V;
+  const PlaneSet<T, I>& cams_t = p.cams_t;
   const int M = static_cast<int>(cams_t.c);
   const int64_t n = blockIdx.y;
   const I tile = static_cast<I>(blockIdx.x);
-  const double y = labels[n];
+  const double y = p.labels[n];
   __shared__ SampleConstants<V> c;
-  load_kept_constants(kept_stats, n, M, c);
+  load_kept_constants(in.kept_stats, n, M, c);
   double dots[2 * kMaxModalities] = {};
   const I hw = cams_t.size();
   if (y != 0.0) {
-    const Coefficients coef(grad, M, scale, y);
-    const T* warped_n = warped + n * M * static_cast<int64_t>(hw);
+    const Coefficients coef(in.grad, M, in.scale, y);
+    const T* warped_n = in.warped + n * M * static_cast<int64_t>(hw);
     PixelMaps<V> px;
     double g_a[kMaxModalities], g_b[kMaxModalities];
     for (int it = 0; it < kItemsPerThread; ++it) {
       const I k = tile * static_cast<I>(kTile) + it * kThreads + threadIdx.x;
       if (k >= hw) break;
-      px.load(warped_n, cams_t, n, k, M, c, static_cast<V>(eps));
-      pair_gradients(px, M, coef.c_cm, pred + n * M, pred_t + n * M, g_a, g_b);
+      px.load(warped_n, cams_t, n, k, M, c, static_cast<V>(p.eps));
+      pair_gradients(px, M, coef.c_cm, p.pred + n * M, p.pred_t + n * M, g_a, g_b);
       for (int i = 0; i < M; ++i) {
         dots[i] += g_a[i] * static_cast<double>(px.P[i]);
         dots[M + i] += g_b[i] * static_cast<double>(px.Q[i]);
@@ -269,7 +311,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   block_sum(dots);
   if (threadIdx.x == 0) {
-    for (int k = 0; k < 2 * M; ++k) dot_sums[(n * tiles + tile) * 2 * M + k] = dots[k];
+    for (int k = 0; k < 2 * M; ++k) dot_sums[(n * in.tiles + tile) * 2 * M + k] = dots[k];
   }
 }
 
@@ -280,27 +322,24 @@ __global__ void __launch_bounds__(kThreads)
 /// dL/dQ to grad_target, with the per-tile sums of the min-max backward of cams_t (dst_sums). dot_totals:
 /// B1's dot products summed over the tiles (N x 2M).
 template <class T, class G, class I>
-__global__ void __launch_bounds__(kThreads)
-    grads_kernel(PlaneSet<T, I> cams, PlaneSet<T, I> cams_t, const double* inv, const float* labels,
-                 const float* pred, const float* pred_t, const double* grad, Scales scale, int distance, double eps,
-                 double l2_eps, int64_t tiles, const T* warped, const double* kept_stats, const double* dot_totals,
-                 bool need_cams, bool need_cams_t, bool deterministic, G* grad_warped, G* acc, G* grad_target,
-                 double* dst_sums) {
+__global__ void __launch_bounds__(kThreads) grads_kernel(TermsViews<T, I> p, BackwardInputs<T> in, GradOutputs<G> out) {
   using V = typename Types<T>::V;
+  const PlaneSet<T, I>& cams = p.cams;
+  const PlaneSet<T, I>& cams_t = p.cams_t;
   const int M = static_cast<int>(cams_t.c);
   const int64_t n = blockIdx.y;
   const I tile = static_cast<I>(blockIdx.x);
-  const double y = labels[n];
-  const V e = static_cast<V>(eps), le = static_cast<V>(l2_eps);
+  const double y = p.labels[n];
+  const V e = static_cast<V>(p.eps), le = static_cast<V>(p.l2_eps);
   __shared__ SampleConstants<V> c;
-  load_kept_constants(kept_stats, n, M, c);
-  const double* dot_a = dot_totals + n * 2 * M;
+  load_kept_constants(in.kept_stats, n, M, c);
+  const double* dot_a = in.dot_totals + n * 2 * M;
   const double* dot_b = dot_a + M;
   const I hw = cams_t.size();
   double sums[kMaxModalities * kBackwardSumSlots] = {};
-  const SampleMap map(inv + 6 * n);
-  const T* warped_n = warped + n * M * static_cast<int64_t>(hw);
-  const Coefficients coef(grad, M, scale, y);
+  const SampleMap map(p.inv + 6 * n);
+  const T* warped_n = in.warped + n * M * static_cast<int64_t>(hw);
+  const Coefficients coef(in.grad, M, in.scale, y);
   PixelMaps<V> px;
   double g_a[kMaxModalities], g_b[kMaxModalities];
   for (int it = 0; it < kItemsPerThread; ++it) {
@@ -308,39 +347,40 @@ __global__ void __launch_bounds__(kThreads)
     if (k >= hw) break;
     if (y == 0.0) {
       for (int i = 0; i < M; ++i) {
-        if (need_cams && deterministic) grad_warped[(n * M + i) * hw + k] = G(0);
-        if (need_cams_t) grad_target[(n * M + i) * hw + k] = G(0);
+        if (out.need_cams && out.deterministic) out.grad_warped[(n * M + i) * hw + k] = G(0);
+        if (out.need_cams_t) out.grad_target[(n * M + i) * hw + k] = G(0);
       }
       continue;
     }
     px.load(warped_n, cams_t, n, k, M, c, e);
-    pair_gradients(px, M, coef.c_cm, pred + n * M, pred_t + n * M, g_a, g_b);
+    pair_gradients(px, M, coef.c_cm, p.pred + n * M, p.pred_t + n * M, g_a, g_b);
     for (int i = 0; i < M; ++i) {
-      const int64_t p = n * M + i;
-      const double er = math::distance_grad<double>(static_cast<double>(px.P[i] - px.Q[i]),
-                                                    static_cast<math::Distance>(distance));
-      if (need_cams) {
+      const int64_t plane = n * M + i;
+      const double er =
+          math::distance_grad<double>(static_cast<double>(px.P[i] - px.Q[i]), static_cast<math::Distance>(p.distance));
+      if (out.need_cams) {
         const double inv_p = c.inv_norm_p[i];
-        const double g_p = g_a[i] * inv_p - dot_a[i] * inv_p * inv_p * inv_p * static_cast<double>(static_cast<V>(px.P[i] + le)) +
+        const double g_p = g_a[i] * inv_p -
+                           dot_a[i] * inv_p * inv_p * inv_p * static_cast<double>(static_cast<V>(px.P[i] + le)) +
                            coef.c_er[i] * er;
-        if (deterministic) {
-          grad_warped[p * hw + k] = static_cast<G>(g_p);
+        if (out.deterministic) {
+          out.grad_warped[plane * hw + k] = static_cast<G>(g_p);
         } else if (g_p != 0.0) {
           int64_t index[4];
           double weight[4];
           const int taps = math::bilinear_taps_inside(map.tap(k % cams_t.cols, k / cams_t.cols, cams.cols, cams.rows),
                                                       cams.cols, cams.rows, index, weight);
-          G* a = acc + p * cams.size();
+          G* a = out.acc + plane * cams.size();
           for (int j = 0; j < taps; ++j) atomicAdd(a + index[j], static_cast<G>(g_p * weight[j]));
         }
       }
-      if (need_cams_t) {
+      if (out.need_cams_t) {
         const double inv_q = c.inv_norm_q[i];
-        const G g_q = static_cast<G>(g_b[i] * inv_q -
-                                     dot_b[i] * inv_q * inv_q * inv_q * static_cast<double>(static_cast<V>(px.Q[i] + le)) -
-                                     coef.c_er[i] * er);
-        grad_target[p * hw + k] = g_q;
-        const V r = math::relu(cams_t.at(cams_t.plane(static_cast<I>(p)), k));
+        const G g_q = static_cast<G>(
+            g_b[i] * inv_q - dot_b[i] * inv_q * inv_q * inv_q * static_cast<double>(static_cast<V>(px.Q[i] + le)) -
+            coef.c_er[i] * er);
+        out.grad_target[plane * hw + k] = g_q;
+        const V r = math::relu(cams_t.at(cams_t.plane(static_cast<I>(plane)), k));
         double* s = sums + i * kBackwardSumSlots;
         s[0] += static_cast<double>(g_q) * static_cast<double>(px.Q[i]);
         s[1] += ((r - c.dst_lo[i]) - e > V(0)) ? static_cast<double>(g_q) : 0.0;
@@ -349,11 +389,11 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
-  if (!need_cams_t) return;  // uniform across the block
+  if (!out.need_cams_t) return;  // uniform across the block
   block_sum(sums);
   if (threadIdx.x == 0) {
     for (int i = 0; i < M; ++i) {
-      double* o = dst_sums + ((n * M + i) * tiles + tile) * kBackwardSumSlots;
+      double* o = out.dst_sums + ((n * M + i) * in.tiles + tile) * kBackwardSumSlots;
       for (int k = 0; k < kBackwardSumSlots; ++k) o[k] = sums[i * kBackwardSumSlots + k];
     }
   }
@@ -424,16 +464,19 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
     using T = decltype(t);
     using I = decltype(i);
     using G = typename Types<T>::G;
-    const PlaneSet<T, I> cams(p.cams), cams_t(p.cams_t);
-    const T* kept = static_cast<const T*>(warped);
-    dots_kernel<T, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(
-        cams_t, p.labels, p.pred, p.pred_t, grad, scale, p.eps, tiles, kept, stats, ws.dot_sums);
+    const BackwardInputs<T> in{grad, scale, tiles, static_cast<const T*>(warped), stats, ws.dot_totals};
+    const TermsViews<T, I> views(p);
+    dots_kernel<T, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(views, in, ws.dot_sums);
     if (cudaError_t e = launched(); e != cudaSuccess) return e;
     if (cudaError_t e = sum_tiles(ws.dot_sums, N, tiles, 2 * M, ws.dot_totals, stream); e != cudaSuccess) return e;
-    grads_kernel<T, G, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(
-        cams, cams_t, p.inv, p.labels, p.pred, p.pred_t, grad, scale, p.distance, p.eps, p.l2_eps, tiles, kept, stats,
-        ws.dot_totals, need_cams, need_cams_t, deterministic, static_cast<G*>(ws.grad_warped),
-        static_cast<G*>(ws.acc), static_cast<G*>(ws.grad_target), ws.dst_sums);
+    const GradOutputs<G> out{need_cams,
+                             need_cams_t,
+                             deterministic,
+                             static_cast<G*>(ws.grad_warped),
+                             static_cast<G*>(ws.acc),
+                             static_cast<G*>(ws.grad_target),
+                             ws.dst_sums};
+    grads_kernel<T, G, I><<<TileGrid{tiles, N}.grid(), kThreads, 0, stream>>>(views, in, out);
     return launched();
   });
   if (err != cudaSuccess) return err;
@@ -443,7 +486,7 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
       err = warp_adjoint(ws.grad_warped, g_dtype, N * M, M, Hd, Wd, p.inv, p.matrix, Hs, Ws, true, ws.acc, stream);
       if (err != cudaSuccess) return err;
     }
-    const StatsSource src_stats{stats + kSrcLo, kTermsStatSlots};
+    const StatsSource src_stats{stats + kSrcLo, kKeptStatsPerPlane};
     err = minmax_backward_sums(p.cams, src_stats, ws.acc, p.eps, ws.src_sums, ws.src_totals, stream);
     if (err != cudaSuccess) return err;
     err = minmax_backward_apply(p.cams, src_stats, ws.acc, ws.src_totals, p.labels, p.inv, p.eps, grad_cams, stream);
@@ -452,9 +495,9 @@ cudaError_t equivariance_terms_backward(const TermsProblem& p, const double* gra
   if (need_cams_t) {
     err = sum_tiles(ws.dst_sums, N * M, tiles, kBackwardSumSlots, ws.dst_totals, stream);
     if (err != cudaSuccess) return err;
-    const StatsSource dst_stats{stats + kDstLo, kTermsStatSlots};
-    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps,
-                                grad_cams_t, stream);
+    const StatsSource dst_stats{stats + kDstLo, kKeptStatsPerPlane};
+    err = minmax_backward_apply(p.cams_t, dst_stats, ws.grad_target, ws.dst_totals, p.labels, p.inv, p.eps, grad_cams_t,
+                                stream);
   }
   return err;
 }

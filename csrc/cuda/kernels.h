@@ -1,9 +1,9 @@
 // Launchers of the CUDA kernels of the fused operators. Torch-free: this header is included by the
-// kernels (.cu, compiled by nvcc alone) and by the torch glue (ops_cuda.cpp), so it speaks in raw
+// kernels (.cu, compiled by nvcc alone) and by the torch glue (the *_cuda.cpp files), so it speaks in raw
 // pointers, sizes and a cudaStream_t. Every launcher enqueues work on `stream` and returns the launch
 // status (cudaGetLastError); none synchronises with the host.
 //
-// Conventions (DESIGN §2, csrc/mmcam_math.h):
+// Conventions (docs/operator.md, csrc/mmcam_math.h):
 //   * A plane set is a 4-D (N, C, H, W) tensor whose last dimension has unit stride; plane p = n * C + c.
 //   * inv is an (N, 6) row-major array of destination->source pixel maps in double, computed on the
 //     device by invert_affines(); a sample whose matrix is non-finite or singular gets NaN entries (the
@@ -24,6 +24,8 @@
 #include <cstdint>
 
 #include <cuda_runtime_api.h>
+
+#include "kept_stats.h"
 
 namespace mmcam::cuda {
 
@@ -51,8 +53,6 @@ constexpr int kPlaneStatSlots = 3;
 constexpr int kBackwardSumSlots = 4;
 /// Largest M the fused equivariance_terms kernels handle (per-thread register arrays).
 constexpr int kMaxModalities = 8;
-/// Doubles per (n, m) of the statistics equivariance_terms keeps for its backward pass (as on the CPU).
-constexpr int kTermsStatSlots = 8;
 /// Doubles per (plane, tile) of the equivariance_terms side sums: sum (P+l2_eps)^2, sum (Q+l2_eps)^2, sum d(P-Q).
 constexpr int kTermsSideSlots = 3;
 
@@ -74,8 +74,8 @@ cudaError_t sum_tiles(const double* partials, int64_t groups, int64_t tiles, int
                       cudaStream_t stream);
 
 /// Where a kernel finds a plane's min-max statistics: lo, hi, den at data[plane * stride + 0, 1, 2]
-/// (stride kPlaneStatSlots for plane_minmax's output, kTermsStatSlots for the statistics that
-/// equivariance_terms keeps).
+/// (stride kPlaneStatSlots for plane_minmax's output, kKeptStatsPerPlane for the statistics that
+/// equivariance_terms keeps, kept_stats.h).
 struct StatsSource {
   const double* data;
   int64_t stride;
@@ -91,13 +91,13 @@ cudaError_t warp_normalized(const Planes& src, StatsSource src_stats, const doub
 /// pixel of it, which also bounds the scan when a source axis of size 1 is collapsed); otherwise a
 /// scatter with atomicAdd. A sample with a non-invertible matrix adds nothing (see inv above).
 cudaError_t warp_adjoint(const void* g, DType g_dtype, int64_t planes, int64_t channels, int64_t dst_rows,
-                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows,
-                         int64_t src_cols, bool deterministic, void* acc, cudaStream_t stream);
+                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows, int64_t src_cols,
+                         bool deterministic, void* acc, cudaStream_t stream);
 
 /// Backward of mn, pass 1: totals (planes x kBackwardSumSlots) of g (planes x rows*cols, G); partials
 /// (planes x tiles_of(rows*cols) x kBackwardSumSlots) is the workspace of the per-tile pass.
-cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps,
-                                 double* partials, double* totals, cudaStream_t stream);
+cudaError_t minmax_backward_sums(const Planes& x, StatsSource x_stats, const void* g, double eps, double* partials,
+                                 double* totals, cudaStream_t stream);
 
 /// Backward of mn, pass 2: grad (planes x rows*cols, x's dtype, contiguous) = dL/dx from g and the totals.
 /// sample_mask (N, optional): a sample whose entry is 0 gets an exact zero gradient. inv (N x 6, optional):
@@ -106,8 +106,8 @@ cudaError_t minmax_backward_apply(const Planes& x, StatsSource x_stats, const vo
                                   const float* sample_mask, const double* inv, double eps, void* grad,
                                   cudaStream_t stream);
 
-/// Inputs of the fused equivariance terms (DESIGN §1-2): cams (N, M, Hs, Ws), cams_t (N, M, Hd, Wd),
-/// per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
+/// Inputs of the fused equivariance terms (docs/method.md, docs/operator.md): cams (N, M, Hs, Ws), cams_t
+/// (N, M, Hd, Wd), per-sample labels (N) and predicted classes pred / pred_t (N, M) as device floats (0 or 1).
 struct TermsProblem {
   Planes cams, cams_t;
   const double* inv;     // (N, 6)
@@ -131,20 +131,20 @@ struct TermsForwardWorkspace {
 };
 
 /// Forward: terms (2, M) in cams' dtype; warped (N, M, Hd, Wd, cams' dtype) = P; stats (N, M,
-/// kTermsStatSlots) double, the per-plane values the backward pass reads (same slots as the CPU op).
+/// kKeptStatsPerPlane) double, the per-plane values the backward pass reads (kept_stats.h, as the CPU op).
 cudaError_t equivariance_terms_forward(const TermsProblem& p, const TermsForwardWorkspace& ws, void* terms,
                                        void* warped, double* stats, cudaStream_t stream);
 
 struct TermsBackwardWorkspace {
-  double* dot_sums;      // N x tiles_of(Hd*Wd) x 2M
-  double* dot_totals;    // N x 2M: the same summed over the tiles
-  void* grad_warped;     // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
-  void* grad_target;     // N*M x Hd*Wd (G), dL/dQ
-  void* acc;             // N*M x Hs*Ws (G), zeroed here
-  double* src_sums;      // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
-  double* src_totals;    // N*M x kBackwardSumSlots
-  double* dst_sums;      // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
-  double* dst_totals;    // N*M x kBackwardSumSlots
+  double* dot_sums;    // N x tiles_of(Hd*Wd) x 2M
+  double* dot_totals;  // N x 2M: the same summed over the tiles
+  void* grad_warped;   // N*M x Hd*Wd (G), dL/dP (deterministic path only, else unused)
+  void* grad_target;   // N*M x Hd*Wd (G), dL/dQ
+  void* acc;           // N*M x Hs*Ws (G), zeroed here
+  double* src_sums;    // N*M x tiles_of(Hs*Ws) x kBackwardSumSlots
+  double* src_totals;  // N*M x kBackwardSumSlots
+  double* dst_sums;    // N*M x tiles_of(Hd*Wd) x kBackwardSumSlots
+  double* dst_totals;  // N*M x kBackwardSumSlots
 };
 
 /// Backward: grad (2, M) device doubles; warped and stats as kept by the forward pass. Writes

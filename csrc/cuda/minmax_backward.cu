@@ -1,4 +1,4 @@
-// CUDA kernels of the backward pass of the min-max normalisation mn (DESIGN §1), in two passes over a
+// CUDA kernels of the backward pass of the min-max normalisation mn (docs/method.md), in two passes over a
 // plane set: per-tile sums (sum g*mn, sum over the active set of g, number of elements tied at hi / lo),
 // reduced once per plane (sum_tiles), then the element-wise gradient, in which the ties share dL/dhi and
 // dL/dlo equally (amax / amin).

@@ -1,4 +1,4 @@
-// CUDA kernels of the warp of min-max normalised planes and its adjoint (DESIGN §2):
+// CUDA kernels of the warp of min-max normalised planes and its adjoint (docs/operator.md):
 //   warp_normalized  P = bilinear warp (zero padding) of mn(src), one thread per destination pixel;
 //   warp_adjoint     acc += W^T g, either scattered with atomics (fast) or gathered per source pixel
 //                    (deterministic: the map is affine, so the destination pixels whose bilinear taps
@@ -13,8 +13,8 @@ namespace {
 
 template <class T, class I>
 __global__ void __launch_bounds__(kThreads)
-    warp_normalized_kernel(PlaneSet<T, I> src, StatsSource stats, const double* inv, I dst_rows, I dst_cols,
-                           double eps, T* out) {
+    warp_normalized_kernel(PlaneSet<T, I> src, StatsSource stats, const double* inv, I dst_rows, I dst_cols, double eps,
+                           T* out) {
   using V = typename Types<T>::V;
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   const Stats<V> s = load_stats<V>(stats, p);
@@ -25,17 +25,16 @@ __global__ void __launch_bounds__(kThreads)
     const I k = tile * static_cast<I>(kTile) + i * kThreads + threadIdx.x;
     if (k >= dst_rows * dst_cols) break;
     const I x = k % dst_cols, y = k / dst_cols;
-    const double v = map.valid() ? sample_normalized(src, plane, map.tap(x, y, src.cols, src.rows), s, static_cast<V>(eps))
-                                 : NAN;
+    const double v =
+        map.valid() ? sample_normalized(src, plane, map.tap(x, y, src.cols, src.rows), s, static_cast<V>(eps)) : NAN;
     o[k] = from_double<T>(static_cast<double>(static_cast<V>(v)));
   }
 }
 
 /// grid (destination tiles, planes): acc[p][taps of pixel k] += g[p][k] * tap weight.
 template <class G, class I>
-__global__ void __launch_bounds__(kThreads)
-    adjoint_scatter_kernel(const G* g, I channels, I dst_rows, I dst_cols, const double* inv, I src_rows, I src_cols,
-                           G* acc) {
+__global__ void __launch_bounds__(kThreads) adjoint_scatter_kernel(const G* g, I channels, I dst_rows, I dst_cols,
+                                                                   const double* inv, I src_rows, I src_cols, G* acc) {
   const I p = static_cast<I>(blockIdx.y), tile = static_cast<I>(blockIdx.x);
   const SampleMap map(inv + 6 * static_cast<int64_t>(p / channels));
   const G* gp = g + static_cast<int64_t>(p) * dst_rows * dst_cols;
@@ -74,8 +73,8 @@ __device__ ScanRange intersect(ScanRange a, ScanRange b) {
 /// rounding (each candidate is then tested with the exact tap of the forward pass). With a collapsed
 /// (size-1) source axis the forward matrix does not describe the sampling: the whole destination, which
 /// the per-row bound of row_columns then narrows.
-__device__ void scan_box(const double* fwd, int64_t u, int64_t v, int64_t dst_rows, int64_t dst_cols,
-                         bool collapsed, ScanRange& xs, ScanRange& ys) {
+__device__ void scan_box(const double* fwd, int64_t u, int64_t v, int64_t dst_rows, int64_t dst_cols, bool collapsed,
+                         ScanRange& xs, ScanRange& ys) {
   xs = {0, dst_cols - 1};
   ys = {0, dst_rows - 1};
   if (collapsed) return;
@@ -153,18 +152,18 @@ cudaError_t warp_normalized(const Planes& src, StatsSource src_stats, const doub
   if (g.planes == 0) return cudaSuccess;
   return dispatch(src.dtype, fits_int32(extent(src), g.planes * dst_rows * dst_cols, g.tiles * kTile),
                   [&](auto t, auto i) {
-                    using T = decltype(t);
-                    using I = decltype(i);
-                    warp_normalized_kernel<T, I><<<g.grid(), kThreads, 0, stream>>>(
-                        PlaneSet<T, I>(src), src_stats, inv, static_cast<I>(dst_rows), static_cast<I>(dst_cols), eps,
-                        static_cast<T*>(out));
-                    return launched();
-                  });
+    using T = decltype(t);
+    using I = decltype(i);
+    warp_normalized_kernel<T, I><<<g.grid(), kThreads, 0, stream>>>(PlaneSet<T, I>(src), src_stats, inv,
+                                                                    static_cast<I>(dst_rows), static_cast<I>(dst_cols),
+                                                                    eps, static_cast<T*>(out));
+    return launched();
+  });
 }
 
 cudaError_t warp_adjoint(const void* g, DType g_dtype, int64_t planes, int64_t channels, int64_t dst_rows,
-                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows,
-                         int64_t src_cols, bool deterministic, void* acc, cudaStream_t stream) {
+                         int64_t dst_cols, const double* inv, const double* matrix, int64_t src_rows, int64_t src_cols,
+                         bool deterministic, void* acc, cudaStream_t stream) {
   if (planes == 0) return cudaSuccess;
   const bool small = fits_int32(planes * dst_rows * dst_cols, planes * src_rows * src_cols,
                                 (tiles_of(dst_rows * dst_cols) + tiles_of(src_rows * src_cols)) * kTile);

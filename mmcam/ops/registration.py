@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 
 from mmcam.ops.checks import DISTANCES, REDUCTIONS
-from mmcam.ops.extension import _C  # noqa: F401  (loading it defines the operators registered here)
+from mmcam.ops.extension import _C  # loading it defines the operators registered here
 
 _ops = torch.ops.mmcam
 
@@ -105,7 +105,8 @@ def _equivariance_loss_backward_fake(
     return _grad_like(src, need_src), _grad_like(dst, need_dst)
 
 
-_KEPT_STATS_PER_PLANE = 8  # see StatSlot in csrc/cpu/equivariance_terms_cpu.cpp
+# float64 statistics per plane that equivariance_terms keeps for its backward (csrc/kept_stats.h)
+_KEPT_STATS_PER_PLANE = _C.KEPT_STATS_PER_PLANE
 
 
 @torch.library.register_fake("mmcam::equivariance_terms")

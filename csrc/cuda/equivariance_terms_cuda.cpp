@@ -1,15 +1,13 @@
 // CUDA implementation of mmcam::equivariance_terms and its backward: argument checks, device views of the
 // inputs, workspaces, and the launches of csrc/cuda/equivariance_terms.cu.
 #include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
 
 #include "cuda/cuda_glue.h"
-#include "cuda/cuda_ops.h"
 #include "op_args.h"
 
 namespace mmcam::cuda {
 namespace {
-
-static_assert(kTermsStatSlots == kKeptStatsPerPlane);
 
 /// Checked inputs of both passes, with device floats for the per-sample 0/1 values.
 struct TermsInputs {
@@ -61,9 +59,7 @@ at::Tensor grad_map_workspace(const TermsInputs& in, int64_t rows, int64_t cols)
   return at::empty({in.N, in.M, rows, cols}, in.cams.options().dtype(grad_map_dtype(in.cams)));
 }
 
-}  // namespace
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cuda(
     const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix, const at::Tensor& labels,
     const at::Tensor& pred_mask, const at::Tensor& pred_t_mask, const std::string& er_distance, double eps,
     double l2_eps, bool keep_for_backward) {
@@ -83,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   at::Tensor terms = at::empty({2, in.M}, contiguous);
   // The forward pass always writes P (the CMER pass reads it back); it is returned only when kept.
   at::Tensor warped = at::empty({in.N, in.M, in.Hd, in.Wd}, contiguous);
-  at::Tensor stats = at::empty({in.N, in.M, kTermsStatSlots}, contiguous.dtype(at::kDouble));
+  at::Tensor stats = at::empty({in.N, in.M, kKeptStatsPerPlane}, contiguous.dtype(at::kDouble));
   const TermsForwardWorkspace ws{src_partials.mutable_data_ptr<double>(), dst_partials.mutable_data_ptr<double>(),
                                  src_stats.mutable_data_ptr<double>(),    dst_stats.mutable_data_ptr<double>(),
                                  side_sums.mutable_data_ptr<double>(),    side_totals.mutable_data_ptr<double>(),
@@ -95,7 +91,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms(
   return {terms, warped, stats};
 }
 
-std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
+std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cuda(
     const at::Tensor& grad, const at::Tensor& cams, const at::Tensor& cams_t, const at::Tensor& matrix,
     const at::Tensor& labels, const at::Tensor& pred_mask, const at::Tensor& pred_t_mask,
     const at::Tensor& kept_warped_in, const at::Tensor& kept_stats_in, const std::string& er_distance, double eps,
@@ -125,17 +121,26 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward(
   const at::Tensor dst_sums = double_workspace(planes * dst_tiles * kBackwardSumSlots, device);
   const at::Tensor dst_totals = double_workspace(planes * kBackwardSumSlots, device);
   auto ptr = [](const at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; };
-  const TermsBackwardWorkspace ws{dot_sums.mutable_data_ptr<double>(),   dot_totals.mutable_data_ptr<double>(),
-                                  ptr(grad_warped),                      ptr(grad_target),
-                                  ptr(acc),                              src_sums.mutable_data_ptr<double>(),
-                                  src_totals.mutable_data_ptr<double>(), dst_sums.mutable_data_ptr<double>(),
+  const TermsBackwardWorkspace ws{dot_sums.mutable_data_ptr<double>(),
+                                  dot_totals.mutable_data_ptr<double>(),
+                                  ptr(grad_warped),
+                                  ptr(grad_target),
+                                  ptr(acc),
+                                  src_sums.mutable_data_ptr<double>(),
+                                  src_totals.mutable_data_ptr<double>(),
+                                  dst_sums.mutable_data_ptr<double>(),
                                   dst_totals.mutable_data_ptr<double>()};
   C10_CUDA_CHECK(equivariance_terms_backward(in.problem(er_distance, eps, l2_eps), g.const_data_ptr<double>(),
                                              kept_warped.const_data_ptr(), kept_stats.const_data_ptr<double>(),
                                              deterministic, ws, need_cams ? grad_cams.mutable_data_ptr() : nullptr,
-                                             need_cams_t ? grad_cams_t.mutable_data_ptr() : nullptr,
-                                             current_stream()));
+                                             need_cams_t ? grad_cams_t.mutable_data_ptr() : nullptr, current_stream()));
   return {grad_cams, grad_cams_t};
 }
 
+}  // namespace
 }  // namespace mmcam::cuda
+
+TORCH_LIBRARY_IMPL(mmcam, CUDA, m) {
+  m.impl("equivariance_terms", &mmcam::cuda::equivariance_terms_cuda);
+  m.impl("equivariance_terms_backward", &mmcam::cuda::equivariance_terms_backward_cuda);
+}

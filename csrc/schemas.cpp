@@ -1,8 +1,9 @@
-// Schemas of the `mmcam` operator namespace and their CPU implementations. Autograd formulas
-// (register_autograd) and shape functions (register_fake) live in mmcam/ops.py.
+// Schemas of the `mmcam` operator namespace, all in one place. Each back end registers its kernels at
+// the end of its own file, one file per op (forward and backward) and device: csrc/cpu/<op>_cpu.cpp
+// (functions <op>_cpu, <op>_backward_cpu) and csrc/cuda/<op>_cuda.cpp (<op>_cuda, <op>_backward_cuda).
+// Autograd formulas (register_autograd) and shape functions (register_fake) live in mmcam/ops.py.
+// Semantics: docs/operator.md and the docstrings of mmcam/ops.py.
 #include <torch/library.h>
-
-#include "ops.h"
 
 TORCH_LIBRARY(mmcam, m) {
   m.def("warp_normalized(Tensor src, Tensor matrix, int[2] dsize, float eps) -> Tensor");
@@ -22,13 +23,4 @@ TORCH_LIBRARY(mmcam, m) {
       "equivariance_terms_backward(Tensor grad, Tensor cams, Tensor cams_t, Tensor matrix, Tensor labels, "
       "Tensor pred_mask, Tensor pred_t_mask, Tensor kept_warped, Tensor kept_stats, str er_distance, float eps, "
       "float l2_eps, bool need_cams, bool need_cams_t) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(mmcam, CPU, m) {
-  m.impl("warp_normalized", &mmcam::cpu::warp_normalized);
-  m.impl("warp_normalized_backward", &mmcam::cpu::warp_normalized_backward);
-  m.impl("equivariance_loss", &mmcam::cpu::equivariance_loss);
-  m.impl("equivariance_loss_backward", &mmcam::cpu::equivariance_loss_backward);
-  m.impl("equivariance_terms", &mmcam::cpu::equivariance_terms);
-  m.impl("equivariance_terms_backward", &mmcam::cpu::equivariance_terms_backward);
 }
