@@ -48,6 +48,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -168,7 +169,8 @@ def _evaluate_map(
     run: LoadedRun, dataset: SliceDataset, map_type: str, rule: ThresholdRule, chosen: dict | None, batch_size: int
 ) -> tuple[list[dict], dict]:
     """Per-patient rows of the CSV and per-channel statistics of one map type."""
-    rows, values = [], {c: {m: [] for m in METRICS} for c in run.channels}
+    rows: list[dict] = []
+    values: dict[str, dict[str, list[float]]] = {c: {m: [] for m in METRICS} for c in run.channels}
     for subject, maps, volumes, truth in patient_volumes(run, dataset, map_type, batch_size):
         zooms = maps.meta.zooms
         row = {
@@ -179,11 +181,14 @@ def _evaluate_map(
         }
         for c in run.channels:
             volume = volumes[c]
-            t = (
-                otsu_threshold(volume[volume > 0])
-                if rule.mode == "otsu"
-                else (rule.value if rule.mode == "fixed" else chosen[c])
-            )
+            if rule.mode == "otsu":
+                t = otsu_threshold(volume[volume > 0])
+            elif rule.mode == "fixed":
+                t = rule.fixed_value
+            elif chosen is not None:
+                t = chosen[c]
+            else:
+                raise ValueError(f"threshold mode {rule.mode!r} needs the thresholds chosen per channel")
             prediction = volume >= t if math.isfinite(t) else np.zeros(volume.shape, dtype=bool)
             metrics = case_metrics(prediction, truth, zooms)
             row[f"{c}_threshold"] = t
@@ -243,7 +248,8 @@ def evaluate_run(
     if rule.oracle:
         log(f"warning: {ORACLE_WARNING}")
 
-    results, selected_on = {}, None
+    results: dict[str, dict[str, Any]] = {}
+    selected_on: str | None = None
     for map_type in map_types:
         log(f"evaluating {map_type} on {len(dataset.subject_ids)} {split} patients ({run.checkpoint} checkpoint)")
         chosen = selection_dice = None

@@ -174,7 +174,7 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
             raise DataError(f"{subject.images[0].path}: every slice of every modality is empty")
     else:
         keep = np.arange(stack.shape[3])
-    geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, occupied.any(axis=2))
+    geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, np.asarray(occupied.any(axis=2)))
     cut = geometry.voxels_outside(mask.transpose(2, 0, 1))
     if cut:
         raise DataError(
