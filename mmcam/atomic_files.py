@@ -45,7 +45,7 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path, write: Callable[[Path], Any]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp)`` to create a temporary file, then rename it to ``path``.
 
     On any exception the temporary file is removed and ``path`` is left as it was.
@@ -62,12 +62,12 @@ def atomic_write(path, write: Callable[[Path], Any]) -> Path:
     return path
 
 
-def atomic_write_text(path, text: str) -> Path:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_write_json(path, obj, indent: int = 1) -> Path:
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int = 1) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=indent) + "\n")
 

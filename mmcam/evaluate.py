@@ -48,6 +48,7 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from mmcam.atomic_files import atomic_write_text
 from mmcam.cams.pseudo_masks import MAP_TYPES
@@ -158,7 +159,8 @@ def _evaluate_map(
     run: LoadedRun, dataset: SliceDataset, map_type: str, rule: ThresholdRule, chosen: dict | None, batch_size: int
 ) -> tuple[list[dict], dict]:
     """Per-patient rows of the CSV and per-channel statistics of one map type."""
-    rows, values = [], {c: {m: [] for m in METRICS} for c in run.channels}
+    rows: list[dict] = []
+    values: dict[str, dict[str, list[float]]] = {c: {m: [] for m in METRICS} for c in run.channels}
     for subject, maps, volumes, truth in patient_volumes(run, dataset, map_type, batch_size):
         zooms = maps.meta.zooms
         row = {
@@ -228,7 +230,8 @@ def evaluate_run(
     if rule.oracle:
         log(f"warning: {ORACLE_WARNING}")
 
-    results, selected_on = {}, None
+    results: dict[str, dict[str, Any]] = {}
+    selected_on: str | None = None
     for map_type in map_types:
         log(f"evaluating {map_type} on {len(dataset.subject_ids)} {split} patients ({run.checkpoint} checkpoint)")
         chosen = selection_dice = None

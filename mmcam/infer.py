@@ -45,6 +45,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -126,7 +127,10 @@ def _build_options(run: LoadedRun) -> tuple[BuildOptions, str | None]:
         return BuildOptions(size=run.config.size), None
     index = read_cache_index(cache)
     names = {f.name for f in dataclasses.fields(BuildOptions)}
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in (index.options or {}).items() if k in names}
+    # as the cache index recorded them (JSON): BuildOptions checks them
+    options: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in (index.options or {}).items() if k in names
+    }
     return BuildOptions(**options), index.dataset
 
 
@@ -203,11 +207,12 @@ def infer(args: argparse.Namespace, log: Callable[[str], None] = print) -> dict:
         parse_files(args.files)
     elif not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder")
-    thresholds, source = {}, rule.describe()
+    thresholds: dict[str, float] = {}
+    source = rule.describe()
     if rule.mode == "val":
         thresholds, source = _val_thresholds(run, args.map, args.batch_size)
     elif rule.mode == "fixed":
-        thresholds = {c: rule.value for c in run.channels}
+        thresholds = {c: rule.fixed_value for c in run.channels}
     out = Path(args.out)
     with tempfile.TemporaryDirectory(prefix="mmcam-infer-") as workdir:
         cache = _prepared_input(args, run, Path(workdir), log)

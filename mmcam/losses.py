@@ -72,7 +72,7 @@ def predicted_classes(logits: torch.Tensor | Sequence[torch.Tensor]) -> torch.Te
     return stacked.detach().argmax(dim=-1)
 
 
-def _check_mask_like(t, name: str, shape: tuple[int, ...], layout: str, device: torch.device) -> None:
+def _check_mask_like(t: torch.Tensor, name: str, shape: tuple[int, ...], layout: str, device: torch.device) -> None:
     """``t``: bool, integer or floating tensor of exactly ``shape`` on ``device``."""
     checks.check_tensor(t, name, len(shape), layout)
     if tuple(t.shape) != shape:
@@ -106,7 +106,18 @@ def _check_values(matrix: torch.Tensor, labels: torch.Tensor, pred: torch.Tensor
         raise ValueError("matrix must be finite and invertible (non-zero determinant of its 2x2 part)")
 
 
-def _validate(cams, cams_t, matrix, labels, pred, pred_t, backend, er_distance, eps, l2_eps) -> None:
+def _validate(
+    cams: torch.Tensor,
+    cams_t: torch.Tensor,
+    matrix: torch.Tensor,
+    labels: torch.Tensor,
+    pred: torch.Tensor,
+    pred_t: torch.Tensor,
+    backend: str,
+    er_distance: str,
+    eps: float,
+    l2_eps: float,
+) -> None:
     checks.check_option(backend, "backend", BACKENDS)
     checks.check_option(er_distance, "er_distance", checks.DISTANCES)
     checks.check_eps(eps, "eps")

@@ -29,6 +29,7 @@ The network expects z-scored input: call :func:`zscore_per_sample` on every view
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn as nn
@@ -132,7 +133,7 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, self.upsample(x)], dim=1))
 
 
-def _check_width_divisor(width_divisor) -> tuple[int, int, int, int]:
+def _check_width_divisor(width_divisor: int) -> tuple[int, int, int, int]:
     """The four encoder widths for ``width_divisor`` (a positive int dividing 64)."""
     if isinstance(width_divisor, bool) or not isinstance(width_divisor, int):
         raise TypeError(f"width_divisor must be an int, got {width_divisor!r}")
@@ -280,7 +281,8 @@ class MultiModalCAM(nn.Module):
 
     def network(self, modality: str | int) -> CAMUNet:
         """The network of ``modality`` (its name or its channel index)."""
-        return self.networks[self.modality_name(modality)]
+        # nn.ModuleDict is not generic: its items are typed as nn.Module
+        return cast(CAMUNet, self.networks[self.modality_name(modality)])
 
     def backbone_name(self, modality: str | int) -> str:
         """Qualified name of the Grad-CAM layer of ``modality``, for :meth:`nn.Module.get_submodule`."""
@@ -295,7 +297,7 @@ class MultiModalCAM(nn.Module):
         return logits, cams
 
 
-def check_images(images, modalities: Sequence[str]) -> None:
+def check_images(images: torch.Tensor, modalities: Sequence[str]) -> None:
     """``images`` must be a floating-point ``(N, M, H, W)`` tensor with ``M == len(modalities)``."""
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor of shape (N, M, H, W), got {type(images).__name__}")
@@ -315,7 +317,7 @@ def check_images(images, modalities: Sequence[str]) -> None:
 def unwrap_model(model: nn.Module) -> MultiModalCAM:
     """The :class:`MultiModalCAM` inside ``model``, through DDP / DataParallel (``.module``) and
     ``torch.compile`` (``._orig_mod``) wrappers."""
-    inner = model
+    inner: nn.Module | torch.Tensor = model  # what nn.Module's attribute lookup is typed to return
     for _ in range(8):  # wrappers nest at most a few levels
         if isinstance(inner, MultiModalCAM):
             return inner

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any, TypedDict
 
 import torch
 import torch.nn as nn
@@ -51,8 +52,18 @@ __all__ = [
 #: Names of the four terms of ``L_i``, the keys of :attr:`ObjectiveResult.terms`.
 TERMS = ("cls", "kd", "er", "cmer")
 
+
+class _TermSwitches(TypedDict):
+    """The ``use_<term>`` fields of :class:`ObjectiveConfig`."""
+
+    use_cls: bool
+    use_kd: bool
+    use_er: bool
+    use_cmer: bool
+
+
 #: The ablation of the paper: which terms each variant keeps (``use_<term>`` switches).
-ABLATIONS = {
+ABLATIONS: dict[str, _TermSwitches] = {
     "cam": dict(use_cls=True, use_kd=False, use_er=False, use_cmer=False),  # classification only
     "er": dict(use_cls=True, use_kd=False, use_er=True, use_cmer=False),  # SEAM-style, per modality
     "er_kd": dict(use_cls=True, use_kd=True, use_er=True, use_cmer=False),
@@ -90,7 +101,7 @@ class ObjectiveConfig:
     use_cmer: bool = True
     zscore_eps: float = 1e-6
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for name in ("lambda_kd", "temperature", "zscore_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -118,7 +129,7 @@ class ObjectiveConfig:
         return getattr(self, f"use_{term}")
 
     @classmethod
-    def ablation(cls, name: str, **overrides) -> ObjectiveConfig:
+    def ablation(cls, name: str, **overrides: Any) -> ObjectiveConfig:
         """The config of ablation variant ``name`` (a key of :data:`ABLATIONS`), other fields from
         ``overrides``."""
         checks.check_option(name, "ablation", tuple(ABLATIONS))
@@ -221,11 +232,12 @@ def distillation_loss(logits: torch.Tensor, temperature: float) -> torch.Tensor:
         # kl_div(input=log q, target=log p, log_target=True) = p (log p - log q) = KL(p || q) summed over c
         kl = F.kl_div(log_student, teacher, reduction="none", log_target=True).sum(dim=-1)  # (N, M)
         total = kl if total is None else total + kl
+    assert total is not None  # m >= 2: the loop ran
     return total.mean(dim=0) * (temperature**2 / (m - 1))
 
 
 # ------------------------------------------------------------------------------------------ checks
-def _check_labels(labels, n: int, device: torch.device) -> torch.Tensor:
+def _check_labels(labels: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
     """``labels`` ``(N,)`` bool or integer with values 0/1 on ``device``; returned as int64."""
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"labels must be a torch.Tensor of shape (N,), got {type(labels).__name__}")
@@ -240,7 +252,13 @@ def _check_labels(labels, n: int, device: torch.device) -> torch.Tensor:
     return labels.long()
 
 
-def _check_arguments(model, images, labels, generator, config) -> tuple[tuple, torch.Tensor]:
+def _check_arguments(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    generator: torch.Generator,
+    config: ObjectiveConfig,
+) -> tuple[tuple, torch.Tensor]:
     """Validates the arguments of :func:`compute_objective`; returns (modalities, int64 labels)."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a MultiModalCAM (possibly wrapped), got {type(model).__name__}")
@@ -258,7 +276,15 @@ def _check_arguments(model, images, labels, generator, config) -> tuple[tuple, t
     return modalities, _check_labels(labels, images.shape[0], images.device)
 
 
-def _equivariance(cams, cams_t, matrix, labels, pred, pred_t, config) -> tuple[torch.Tensor, torch.Tensor]:
+def _equivariance(
+    cams: torch.Tensor,
+    cams_t: torch.Tensor,
+    matrix: torch.Tensor,
+    labels: torch.Tensor,
+    pred: torch.Tensor,
+    pred_t: torch.Tensor,
+    config: ObjectiveConfig,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L_ER, L_CMER)``, each ``(M,)``, from the foreground CAMs ``(N, M, H, W)`` / ``(N, M, H', W')``.
 
     With ``M == 1`` (ER only) the single plane is paired with itself so that

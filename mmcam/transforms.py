@@ -53,7 +53,7 @@ _AFFINE_TRANSLATE_FRACTION = 0.1
 
 
 # ----------------------------------------------------------------------------------------- checks
-def _check_int(value, name: str, minimum: int) -> int:
+def _check_int(value: int, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {value!r}")
     if value < minimum:
@@ -61,7 +61,7 @@ def _check_int(value, name: str, minimum: int) -> int:
     return value
 
 
-def _check_size(size, name: str) -> tuple[int, int]:
+def _check_size(size: Sequence[int], name: str) -> tuple[int, int]:
     """``size`` = (H, W), two positive ints."""
     if isinstance(size, torch.Size):
         size = tuple(size)
@@ -76,7 +76,7 @@ def _check_size(size, name: str) -> tuple[int, int]:
     return h, w
 
 
-def _check_real(t, name: str, shapes: Sequence[tuple], layout: str) -> torch.Tensor:
+def _check_real(t: torch.Tensor, name: str, shapes: Sequence[tuple], layout: str) -> torch.Tensor:
     """A finite real tensor whose shape is one of ``shapes`` (``None`` matches any size); returned as
     float64 on the CPU."""
     if not isinstance(t, torch.Tensor):
@@ -91,7 +91,7 @@ def _check_real(t, name: str, shapes: Sequence[tuple], layout: str) -> torch.Ten
     return t
 
 
-def _check_pixel_matrix(matrix, n: int | None = None) -> None:
+def _check_pixel_matrix(matrix: torch.Tensor, n: int | None = None) -> None:
     if not isinstance(matrix, torch.Tensor):
         raise TypeError(f"matrix must be a torch.Tensor of shape (N, 2, 3), got {type(matrix).__name__}")
     if matrix.dim() != 3 or tuple(matrix.shape[1:]) != (2, 3) or (n is not None and matrix.shape[0] != n):
@@ -109,7 +109,7 @@ def _check_invertible(matrix: torch.Tensor) -> None:
         raise ValueError("matrix must be finite and invertible (non-zero determinant of its 2x2 part)")
 
 
-def _finish(m: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+def _finish(m: torch.Tensor, dtype: torch.dtype, device: torch.device | str | None) -> torch.Tensor:
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating-point torch.dtype, got {dtype!r}")
     return m.to(device=device, dtype=dtype)
@@ -141,7 +141,12 @@ def invert_matrix(matrix: torch.Tensor) -> torch.Tensor:
 
 
 def flip_matrix(
-    n: int, size: Sequence[int], *, horizontal: bool, dtype: torch.dtype = torch.float32, device=None
+    n: int,
+    size: Sequence[int],
+    *,
+    horizontal: bool,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     r"""Flip the whole batch left-right (``horizontal=True``, ``torch.flip(x, (-1,))``) or up-down
     (``torch.flip(x, (-2,))``).
@@ -163,7 +168,11 @@ def flip_matrix(
 
 
 def rot90_matrix(
-    k: torch.Tensor, size: Sequence[int], *, dtype: torch.dtype = torch.float32, device=None
+    k: torch.Tensor,
+    size: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     r"""Rotate sample ``i`` by ``k[i] * 90`` degrees, exactly as ``torch.rot90(x[i], k[i], dims=(-2, -1))``.
 
@@ -211,7 +220,11 @@ def rot90_matrix(
 
 
 def translation_matrix(
-    shift: torch.Tensor, size: Sequence[int], *, dtype: torch.dtype = torch.float32, device=None
+    shift: torch.Tensor,
+    size: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     r"""Translate sample ``i`` by ``shift[i] = (dx, dy)`` pixels (content moves right/down for positive
     values), zero fill, same output size.
@@ -236,7 +249,7 @@ def resize_matrix(
     out_size: Sequence[int],
     *,
     dtype: torch.dtype = torch.float32,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     r"""Resize to ``out_size`` like ``F.interpolate(x, out_size, mode="bilinear", align_corners=True)``.
 
@@ -285,7 +298,7 @@ def affine_matrix(
     translation: torch.Tensor | None = None,
     center: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int]]:
     r"""General affine map per sample, about ``center``, same output size.
 
@@ -353,13 +366,13 @@ def affine_matrix(
 
 
 # ---------------------------------------------------------------------------------------- sampler
-def _uniform(shape, generator: torch.Generator | None) -> torch.Tensor:
+def _uniform(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     """U[0, 1) float64 on the CPU, drawn from ``generator`` (on its device)."""
     dev = generator.device if generator is not None else torch.device("cpu")
     return torch.rand(shape, generator=generator, device=dev, dtype=torch.float64).cpu()
 
 
-def _randint(low: int, high: int, shape, generator: torch.Generator | None) -> torch.Tensor:
+def _randint(low: int, high: int, shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     dev = generator.device if generator is not None else torch.device("cpu")
     return torch.randint(low, high, shape, generator=generator, device=dev).cpu()
 
@@ -371,7 +384,7 @@ def sample_transform(
     policy: str = "all",
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, tuple[int, int], str]:
     r"""Draw a random transform π for a batch (docs/method.md).
 
@@ -408,7 +421,6 @@ def sample_transform(
         raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
     n = _check_int(n, "n", 0)
     h, w = _check_size(size, "size")
-    opts = dict(dtype=dtype, device=device)
 
     family = policy
     if policy == "all":
@@ -416,18 +428,18 @@ def sample_transform(
 
     if family == "flip":
         horizontal = bool(_randint(0, 2, (1,), generator) == 1)
-        matrix, dsize = flip_matrix(n, (h, w), horizontal=horizontal, **opts)
+        matrix, dsize = flip_matrix(n, (h, w), horizontal=horizontal, dtype=dtype, device=device)
     elif family == "rot90":
         k = _randint(1, 4, (n,), generator) if h == w else torch.full((n,), 2, dtype=torch.long)
-        matrix, dsize = rot90_matrix(k, (h, w), **opts)
+        matrix, dsize = rot90_matrix(k, (h, w), dtype=dtype, device=device)
     elif family == "translate":
         bound = torch.tensor([_TRANSLATE_FRACTION * w, _TRANSLATE_FRACTION * h], dtype=torch.float64)
         shift = (2.0 * _uniform((n, 2), generator) - 1.0) * bound
-        matrix, dsize = translation_matrix(shift, (h, w), **opts)
+        matrix, dsize = translation_matrix(shift, (h, w), dtype=dtype, device=device)
     elif family == "resize":
         side = _RESIZE_SIDES[int(_randint(0, len(_RESIZE_SIDES), (1,), generator))]
         out = tuple(int(math.floor(side * v / _RESIZE_REFERENCE + 0.5)) for v in (h, w))
-        matrix, dsize = resize_matrix(n, (h, w), out, **opts)
+        matrix, dsize = resize_matrix(n, (h, w), out, dtype=dtype, device=device)
     else:  # affine
         u = _uniform((n, 6), generator)
         angle = (2.0 * u[:, 0] - 1.0) * _AFFINE_ANGLE
@@ -436,7 +448,9 @@ def sample_transform(
         shear = (2.0 * u[:, 2:4] - 1.0) * _AFFINE_SHEAR
         bound = torch.tensor([_AFFINE_TRANSLATE_FRACTION * w, _AFFINE_TRANSLATE_FRACTION * h], dtype=torch.float64)
         translation = (2.0 * u[:, 4:6] - 1.0) * bound
-        matrix, dsize = affine_matrix(angle, (h, w), scale=scale, shear=shear, translation=translation, **opts)
+        matrix, dsize = affine_matrix(
+            angle, (h, w), scale=scale, shear=shear, translation=translation, dtype=dtype, device=device
+        )
     return matrix, dsize, family
 
 
@@ -504,7 +518,7 @@ def warp_images(
     fx, fy = sx - x0f, sy - y0f
     # x0 < -1 or x0 > w - 1 leaves both neighbours outside: clamp to avoid int64 overflow
     x0, y0 = x0f.clamp(-2, w).long(), y0f.clamp(-2, h).long()
-    out = None
+    total: torch.Tensor | None = None
     for ix, iy, wgt in (
         (x0, y0, (1.0 - fx) * (1.0 - fy)),
         (x0 + 1, y0, fx * (1.0 - fy)),
@@ -514,5 +528,6 @@ def warp_images(
         vals, valid = read(ix, iy)
         wgt = (wgt.reshape(n, 1, ho * wo) * valid).to(images.dtype)
         term = vals * wgt
-        out = term if out is None else out + term
-    return out.reshape(n, c, ho, wo)
+        total = term if total is None else total + term
+    assert total is not None  # the loop above runs four times
+    return total.reshape(n, c, ho, wo)

@@ -94,7 +94,7 @@ def gradcam_maps(
         activations = captured[0].detach()
         weights = gradcam_weights(activations, gradients, method)
         heat = torch.relu((weights[:, :, None, None] * activations).sum(dim=1))
-        heat = _to_input_size(heat, tuple(images.shape[-2:])).float()
+        heat = _to_input_size(heat, (images.shape[-2], images.shape[-1])).float()
         # scale to a maximum of 1 first, so that the ε of the min-max is as small as for the CAM
         heat = minmax_normalize(heat / heat.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30))
         pred = logits.detach().argmax(dim=-1)

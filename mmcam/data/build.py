@@ -184,7 +184,7 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
             raise DataError(f"{subject.images[0].path}: every slice of every modality is empty")
     else:
         keep = np.arange(stack.shape[3])
-    geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, occupied.any(axis=2))
+    geometry = plan_geometry(stack.shape[1:3], options.size, options.fit, np.asarray(occupied.any(axis=2)))
     cut = geometry.voxels_outside(mask.transpose(2, 0, 1))
     if cut:
         raise DataError(
@@ -448,10 +448,9 @@ def prepare_raw(
         raise DataError(f"--workers must be >= 1, got {workers}")
     found = discover(data, dataset)
     labeled = [s.id for s in found.subjects if s.label is not None]
-    split = {"fractions": fractions, "seed": seed, "folds": folds}
-    splits_record(labeled, unlabeled=found.unlabeled, **split)  # bad split options fail early
+    splits_record(labeled, unlabeled=found.unlabeled, fractions=fractions, seed=seed, folds=folds)  # fail early
     index = build_cache(
         found, cache_dir, options=options or BuildOptions(), workers=workers, overwrite=overwrite, progress=progress
     )
-    write_splits(cache_dir, **split)
+    write_splits(cache_dir, fractions=fractions, seed=seed, folds=folds)
     return index

@@ -216,6 +216,7 @@ class SubjectMeta:
     @property
     def stored_affine(self) -> np.ndarray:
         """``(4, 4)`` voxel->world matrix of the stored grid: stored ``(i, j, k)`` -> mm."""
+        assert self.geometry is not None  # set by __post_init__
         return self.geometry.stored_affine(self.affine)
 
     def header(self):
@@ -223,6 +224,7 @@ class SubjectMeta:
         return header_from_text(self.header_text)
 
     def to_json(self) -> dict:
+        assert self.geometry is not None  # set by __post_init__
         return {
             "id": self.id,
             "shape": list(self.shape),
@@ -240,13 +242,15 @@ class SubjectMeta:
 
     @classmethod
     def from_json(cls, record: dict) -> SubjectMeta:
+        x, y, z = (int(v) for v in record["shape"])
+        zx, zy, zz = (float(v) for v in record["zooms"])
         return cls(
             record["id"],
-            tuple(int(v) for v in record["shape"]),
+            (x, y, z),
             np.asarray(record["slice_index"], dtype=np.int64),
             {r: np.asarray(v, dtype=np.int64) for r, v in record["slice_labels"].items()},
             np.asarray(record["affine"], dtype=np.float64),
-            tuple(float(v) for v in record["zooms"]),
+            (zx, zy, zz),
             record["header"],
             record["sources"],
             record["settings"],
@@ -268,6 +272,7 @@ class SubjectMeta:
         planes = np.asarray(planes)
         if planes.ndim < 2:
             raise DataError(f"subject {self.id}: uncrop needs (..., h, w) planes, got shape {planes.shape}")
+        assert self.geometry is not None  # set by __post_init__
         planes = center_crop_or_pad(planes, self.geometry.size)
         return self.geometry.invert(planes, interpolation, fill)
 

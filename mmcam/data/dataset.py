@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -192,8 +193,9 @@ class SliceDataset(torch.utils.data.Dataset):
                     )
                 mask = cropped
             image = fmt.center_crop_or_pad(image, self.spatial_size)
-        item = {"image": torch.from_numpy(np.ascontiguousarray(image))}
+        item: dict[str, Any] = {"image": torch.from_numpy(np.ascontiguousarray(image))}
         if mask is not None:
+            assert self.labels is not None  # masks and labels are both there when has_masks
             item["mask"] = torch.from_numpy(mask.astype(np.uint8))
             item["label"] = torch.tensor(int(self.labels[i]), dtype=torch.int64)
         item["subject"] = self.subject_ids[s]

@@ -188,7 +188,7 @@ class InPlaneGeometry:
         return cls(shape, box, size)
 
 
-def _crop_start(n: int, size: int, occupied: np.ndarray) -> int:
+def _crop_start(n: int, size: int, occupied: np.ndarray | np.bool_) -> int:
     """Start of a window of ``size`` along an axis of ``n`` voxels (``occupied``: (n,) bool)."""
     if n <= size:
         return -((size - n) // 2)

@@ -75,7 +75,8 @@ class Volume:
     @property
     def zooms(self) -> tuple[float, float, float]:
         """Voxel spacing (mm) along the three spatial axes."""
-        return tuple(float(z) for z in self.header.get_zooms()[:3])
+        x, y, z = self.header.get_zooms()[:3]
+        return float(x), float(y), float(z)
 
 
 def _open(path) -> nib.Nifti1Image:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class PatientSplit:
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     """``(train, val, test)`` as floats; :class:`DataError` unless three finite numbers >= 0 summing to
     1 (within 1e-6)."""
+    values: tuple[Any, ...]  # what was given: checked below
     try:
         values = tuple(fractions)
     except TypeError:
@@ -64,7 +66,7 @@ def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
         raise DataError(f"split fractions must be non-negative, got {values}")
     if abs(sum(values) - 1.0) > 1e-6:
         raise DataError(f"split fractions (train, val, test) must sum to 1, got {values} (sum {sum(values):g})")
-    return values
+    return values[0], values[1], values[2]
 
 
 def parse_fractions(text: str) -> tuple[float, float, float]:

@@ -229,7 +229,9 @@ def _to_int16(image: np.ndarray, scale: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ phantoms
-def _blobs(rng: np.random.Generator, coords, allowed: np.ndarray, count: int, radius_mm) -> np.ndarray:
+def _blobs(
+    rng: np.random.Generator, coords, allowed: np.ndarray, count: int, radius_mm: tuple[float, float]
+) -> np.ndarray:
     """Union of ``count`` small random ellipsoids centred on voxels of ``allowed``."""
     x, y, z = coords
     out = np.zeros(allowed.shape, dtype=bool)
@@ -286,7 +288,7 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
     heterogeneity = 1.0 + 0.08 * _smooth_noise(rng, shape, (16, 16, 10))
     images = []
     for m in range(4):
-        table = dict(_BRAIN_TISSUES)
+        table: dict[str, tuple[float, ...]] = dict(_BRAIN_TISSUES)
         normal = (table["gm"][m] + table["wm"][m]) / 2
         contrast = rng.uniform(0.45, 1.0)  # this subject's tumour contrast in this modality
         for tissue in _TUMOUR_TISSUES:
@@ -380,7 +382,8 @@ def _check_layout_shape(layout: str, shape) -> tuple[int, int, int]:
     shape = DEFAULT_SHAPES[layout] if shape is None else tuple(shape)
     if len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 8 for v in shape):
         raise DataError(f"shape must be three ints >= 8 (X, Y, Z), got {shape!r}")
-    return tuple(int(v) for v in shape)
+    x, y, z = shape
+    return int(x), int(y), int(z)
 
 
 def make_subject(layout: str, seed: int, index: int, shape=None) -> SyntheticSubject:

@@ -19,6 +19,7 @@ Bad input raises :class:`UsageError` (the command-line tools print it and exit w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ class LoadedRun:
         return list(self.modalities) + [COMBINED]
 
 
-def load_run(run_dir, checkpoint: str | None = None, device: str = "cpu") -> LoadedRun:
+def load_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None, device: str = "cpu") -> LoadedRun:
     """Load ``RUN_DIR/config.yaml`` and a checkpoint.
 
     Args:
@@ -130,8 +131,8 @@ def load_run(run_dir, checkpoint: str | None = None, device: str = "cpu") -> Loa
         model.load_state_dict(saved["model"])
     except (ValueError, KeyError, RuntimeError, TypeError, AttributeError) as exc:
         raise UsageError(f"{path}: not a usable checkpoint of python -m mmcam.train ({exc})") from None
-    device = torch.device(device)
-    return LoadedRun(run_dir, config, checkpoint, path, model.to(device).eval(), device)
+    target = torch.device(device)
+    return LoadedRun(run_dir, config, checkpoint, path, model.to(target).eval(), target)
 
 
 def training_cache(config: cfg.TrainConfig) -> Path | None:
@@ -188,7 +189,7 @@ class SubjectMaps:
 
 
 def subject_maps(
-    run: LoadedRun, cache_dir, subject_id: str, map_type: str = "cam", batch_size: int = 32
+    run: LoadedRun, cache_dir: str | os.PathLike[str], subject_id: str, map_type: str = "cam", batch_size: int = 32
 ) -> SubjectMaps:
     """Run every modality's network on its own modality of every stored slice of one subject.
 
@@ -212,7 +213,7 @@ def subject_maps(
     )
 
 
-def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.ndarray:
+def truth_volume(cache_dir: str | os.PathLike[str], subject_id: str, region: str | None = None) -> np.ndarray:
     """``(X, Y, Z)`` bool ground-truth mask of ``region`` (default: the label spec's) on the input's grid.
 
     Restacked from the cache when prepare only cropped / padded (exact); read from the source label file
@@ -229,6 +230,7 @@ def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.nd
     if not dataset.has_masks:
         raise UsageError(f"subject {subject_id} of {cache_dir} has no ground-truth mask")
     meta = dataset.subject_meta(subject_id)
+    assert meta.geometry is not None  # SubjectMeta sets it on construction
     if meta.geometry.scale == (1.0, 1.0):
         masks = np.stack([dataset[i]["mask"].numpy() for i in range(len(dataset))])
         return meta.restack(masks.astype(np.uint8), fill=0).astype(bool)
@@ -242,7 +244,9 @@ def truth_volume(cache_dir, subject_id: str, region: str | None = None) -> np.nd
     return get_label_spec(dataset.index.label_spec).region_mask(labels.data, dataset.region)
 
 
-def labelled_split(run: LoadedRun, cache_dir, split: str, option: str = "--split") -> SliceDataset:
+def labelled_split(
+    run: LoadedRun, cache_dir: str | os.PathLike[str], split: str, option: str = "--split"
+) -> SliceDataset:
     """The slices of ``split`` of the cache for ``run``'s modalities and region; a :class:`UsageError`
     naming ``option`` when the split is unknown, empty or without ground-truth masks."""
     try:

@@ -60,7 +60,9 @@ METRIC_DEFINITIONS = {
 }
 
 
-def _check(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None):
+def _check(
+    pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     if pred.shape != truth.shape:
         raise ValueError(f"pred and truth must have the same shape, got {pred.shape} and {truth.shape}")

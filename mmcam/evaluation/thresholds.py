@@ -16,6 +16,7 @@ A pseudo-mask is ``map >= t`` with ``map`` a normalised map in [0, 1] (:mod:`mmc
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -61,13 +62,20 @@ class ThresholdRule:
             return ""
         return f"fixed{self.value:g}" if self.mode == "fixed" else self.mode
 
+    @property
+    def fixed_value(self) -> float:
+        """``value`` of a ``fixed`` rule; :class:`ValueError` for a rule without a value."""
+        if self.value is None:
+            raise ValueError(f"the {self.mode!r} threshold rule has no fixed value")
+        return self.value
+
     def threshold_for(self, volume: np.ndarray, chosen: float | None = None) -> float:
         """The threshold of one patient's normalised map ``volume``: Otsu's of its non-zero values
         (``otsu``, NaN when it has none), ``value`` (``fixed``), else ``chosen``, the value chosen on a split
         (``val``, ``oracle``)."""
         if self.mode == "otsu":
             return otsu_threshold(volume[volume > 0])
-        threshold = self.value if self.mode == "fixed" else chosen
+        threshold = self.fixed_value if self.mode == "fixed" else chosen
         if threshold is None:
             raise ValueError(f"threshold mode {self.mode!r} needs the value chosen on a split")
         return float(threshold)
@@ -173,7 +181,12 @@ def sweep_thresholds(
 
 
 def choose_on_split(
-    run: LoadedRun, cache_dir, split: str, map_type: str = "cam", batch_size: int = 32, option: str = "--split"
+    run: LoadedRun,
+    cache_dir: str | os.PathLike[str],
+    split: str,
+    map_type: str = "cam",
+    batch_size: int = 32,
+    option: str = "--split",
 ) -> tuple[dict[str, float], dict[str, float]]:
     """:func:`sweep_thresholds` over the patients of a labelled ``split`` of ``cache_dir`` (every channel of
     ``run``); ``option`` names the command-line option in errors (e.g. a missing validation split)."""

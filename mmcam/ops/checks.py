@@ -22,7 +22,7 @@ def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
 
-def check_tensor(t, name: str, ndim: int, layout: str) -> None:
+def check_tensor(t: object, name: str, ndim: int, layout: str) -> None:
     """``t`` must be a tensor of rank ``ndim`` (``layout`` names the axes in messages)."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(t).__name__}")
@@ -54,7 +54,7 @@ def check_nonempty_spatial(t: torch.Tensor, name: str) -> None:
         raise ValueError(f"{name} has an empty spatial size {tuple(t.shape[-2:])}; H and W must be >= 1")
 
 
-def check_matrix(matrix, n: int, device: torch.device) -> None:
+def check_matrix(matrix: torch.Tensor, n: int, device: torch.device) -> None:
     """``matrix`` (N, 2, 3) floating point, on the CAMs' device."""
     check_tensor(matrix, "matrix", 3, "(N, 2, 3)")
     if tuple(matrix.shape[1:]) != (2, 3) or matrix.shape[0] != n:
@@ -65,7 +65,7 @@ def check_matrix(matrix, n: int, device: torch.device) -> None:
         raise ValueError(f"matrix is on {matrix.device} but the CAMs are on {device}; they must share a device")
 
 
-def check_dsize(dsize) -> tuple[int, int]:
+def check_dsize(dsize: Sequence[int]) -> tuple[int, int]:
     """``dsize`` = (H_out, W_out), two positive ints."""
     if not isinstance(dsize, Sequence) or len(dsize) != 2:
         raise TypeError(f"dsize must be a pair (H_out, W_out), got {dsize!r}")
@@ -78,19 +78,19 @@ def check_dsize(dsize) -> tuple[int, int]:
     return h, w
 
 
-def check_eps(value, name: str) -> None:
+def check_eps(value: float, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float, got {value!r}")
     if not (value >= 0.0 and value < float("inf")):
         raise ValueError(f"{name} must be a finite non-negative float, got {value!r}")
 
 
-def check_option(value, name: str, choices: Sequence[str]) -> None:
+def check_option(value: str, name: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}; got {value!r}")
 
 
-def check_warp_args(src, matrix, dsize, eps) -> tuple[int, int]:
+def check_warp_args(src: torch.Tensor, matrix: torch.Tensor, dsize: Sequence[int], eps: float) -> tuple[int, int]:
     """Arguments of ``warp_normalized``; returns dsize as (H_out, W_out)."""
     check_tensor(src, "src", 4, "(N, C, H, W)")
     check_cam_dtype(src, "src")
@@ -101,7 +101,15 @@ def check_warp_args(src, matrix, dsize, eps) -> tuple[int, int]:
 
 
 def check_equivariance_args(
-    src, matrix, dst, weight: torch.Tensor | None, distance, l2_normalize, eps, l2_eps, reduction
+    src: torch.Tensor,
+    matrix: torch.Tensor,
+    dst: torch.Tensor,
+    weight: torch.Tensor | None,
+    distance: str,
+    l2_normalize: bool,
+    eps: float,
+    l2_eps: float,
+    reduction: str,
 ) -> None:
     """Arguments of ``equivariance_loss``."""
     check_tensor(src, "src", 4, "(N, C, Hs, Ws)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -26,7 +27,7 @@ def _installed_package_dir() -> Path | None:
         return None
     for file in dist.files or ():
         if file.name == "_build_info.py" and file.parent.name == "mmcam":
-            return Path(dist.locate_file(file)).parent
+            return Path(str(dist.locate_file(file))).parent
     return None
 
 
@@ -43,23 +44,23 @@ def _use_installed_build() -> bool:
     return True
 
 
-def _load():
+def _load() -> ModuleType:
     try:
-        from mmcam import _build_info
+        import mmcam._build_info as _build_info
     except ImportError:
         if not _use_installed_build():
             raise ImportError(
                 "mmcam's compiled extension is not built (mmcam/_build_info.py is missing). Install with "
                 "`pip install --no-build-isolation .` after installing torch (see README.md)."
             ) from None
-        from mmcam import _build_info
+        import mmcam._build_info as _build_info
     if _build_info.TORCH_VERSION != torch.__version__:
         raise ImportError(
             f"mmcam was built against torch {_build_info.TORCH_VERSION} but torch {torch.__version__} "
             f"is installed. {_REBUILD_HINT}"
         )
     try:
-        from mmcam import _C
+        import mmcam._C as _C
     except ImportError as exc:
         raise ImportError(f"mmcam's extension mmcam._C failed to load: {exc}. {_REBUILD_HINT}") from exc
     return _C

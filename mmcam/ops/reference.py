@@ -76,10 +76,11 @@ def pixel_matrix_to_theta(matrix: torch.Tensor, src_size: Sequence[int], dst_siz
     sx_s, ox_s, _, _ = _normalization(int(src_size[1]))
     _, _, sy_d, oy_d = _normalization(int(dst_size[0]))
     _, _, sx_d, ox_d = _normalization(int(dst_size[1]))
-    opts = dict(dtype=matrix.dtype, device=matrix.device)
-    norm_src = torch.tensor([[sx_s, 0.0, ox_s], [0.0, sy_s, oy_s], [0.0, 0.0, 1.0]], **opts)
-    denorm_dst = torch.tensor([[sx_d, 0.0, ox_d], [0.0, sy_d, oy_d], [0.0, 0.0, 1.0]], **opts)
-    inv3 = torch.cat([inv, torch.tensor([[[0.0, 0.0, 1.0]]], **opts).expand(inv.shape[0], 1, 3)], dim=1)
+    dtype, device = matrix.dtype, matrix.device
+    norm_src = torch.tensor([[sx_s, 0.0, ox_s], [0.0, sy_s, oy_s], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    denorm_dst = torch.tensor([[sx_d, 0.0, ox_d], [0.0, sy_d, oy_d], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    last_row = torch.tensor([[[0.0, 0.0, 1.0]]], dtype=dtype, device=device)
+    inv3 = torch.cat([inv, last_row.expand(inv.shape[0], 1, 3)], dim=1)
     return (norm_src @ inv3 @ denorm_dst)[:, :2, :]
 
 
@@ -220,7 +221,7 @@ def equivariance_loss_kornia(
         a scalar (``"mean"``, ``"sum"``) or an :math:`(N,)` tensor (``"none"``), dtype of ``src``.
     """
     check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
-    p = _warp_kornia(src, matrix, tuple(dst.shape[-2:]), eps)
+    p = _warp_kornia(src, matrix, (dst.shape[-2], dst.shape[-1]), eps)
     return _equivariance_from_warped(p, dst, weight, distance, l2_normalize, eps, l2_eps, reduction).to(src.dtype)
 
 
@@ -238,5 +239,5 @@ def equivariance_loss_torch(
 ) -> torch.Tensor:
     r"""Same as :func:`equivariance_loss_kornia`, with the ``affine_grid`` + ``grid_sample`` warp."""
     check_equivariance_args(src, matrix, dst, weight, distance, l2_normalize, eps, l2_eps, reduction)
-    p = _warp_torch(src, matrix, tuple(dst.shape[-2:]), eps)
+    p = _warp_torch(src, matrix, (dst.shape[-2], dst.shape[-1]), eps)
     return _equivariance_from_warped(p, dst, weight, distance, l2_normalize, eps, l2_eps, reduction).to(src.dtype)

@@ -178,10 +178,10 @@ def evaluation_summary(summary: dict, known_format: bool) -> str:
             value = "; ".join(f"{k}: {format_value(v)}" for k, v in value.items())
         items.append((key, value))
     parts.append(definition_list(items))
-    rows = []
+    metric_rows = []
     for map_type, result in summary.get("maps", {}).items():
         for channel, stats in (result.get("channels", {}) if isinstance(result, dict) else {}).items():
-            rows.append(
+            metric_rows.append(
                 [
                     map_type,
                     channel,
@@ -189,5 +189,7 @@ def evaluation_summary(summary: dict, known_format: bool) -> str:
                     *[_statistic(stats.get(key)) for key, _ in EVALUATION_METRICS],
                 ]
             )
-    parts.append(table(["map", "channel", "threshold", *[h for _, h in EVALUATION_METRICS]], rows, numeric_from=2))
+    parts.append(
+        table(["map", "channel", "threshold", *[h for _, h in EVALUATION_METRICS]], metric_rows, numeric_from=2)
+    )
     return "".join(parts)

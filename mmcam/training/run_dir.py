@@ -22,16 +22,19 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
 import mmcam
 from mmcam.atomic_files import atomic_write_text
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 
 def package_versions() -> dict[str, str | None]:
-    out = {"python": platform.python_version()}
+    out: dict[str, str | None] = {"python": platform.python_version()}
     for name in ("mmcam", "torch", "kornia", "numpy", "nibabel", "tqdm", "pyyaml", "tensorboard"):
         try:
             out[name] = importlib.metadata.version(name)
@@ -46,7 +49,7 @@ class RunDirectory:
     def __init__(self, path: str | Path, *, is_main: bool = True):
         self.path = Path(path)
         self.is_main = is_main
-        self._tensorboard = None
+        self._tensorboard: SummaryWriter | Literal[False] | None = None  # False: tensorboard is not installed
         if is_main:
             self.path.mkdir(parents=True, exist_ok=True)
 
@@ -61,15 +64,16 @@ class RunDirectory:
         if not self.is_main:
             return
         atomic_write_text(self.config_file, yaml.safe_dump(config, sort_keys=True))
+        build = mmcam.build_info()
+        build.pop("parallel_backend", None)
         env = {
             "versions": package_versions(),
-            "build": mmcam.build_info(),
+            "build": build,
             "seed": seed,
             "argv": sys.argv,
             "platform": platform.platform(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        env["build"].pop("parallel_backend", None)
         atomic_write_text(self.path / "environment.json", json.dumps(env, indent=2, default=str))
 
     def read_config(self) -> dict[str, Any]:
@@ -98,13 +102,13 @@ class RunDirectory:
                 writer.writerow([step, epoch, split, name, value])
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps({"step": step, "epoch": epoch, "split": split, **values}) + "\n")
-        writer = self._tensorboard_writer()
-        if writer is not None:
+        tensorboard = self._tensorboard_writer()
+        if tensorboard is not None:
             for name, value in values.items():
-                writer.add_scalar(f"{split}/{name}", value, step)
-            writer.flush()
+                tensorboard.add_scalar(f"{split}/{name}", value, step)
+            tensorboard.flush()
 
-    def _tensorboard_writer(self):
+    def _tensorboard_writer(self) -> SummaryWriter | None:
         if self._tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter

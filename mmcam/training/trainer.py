@@ -116,9 +116,11 @@ class Trainer:
                 cache_dir, self.train_set.subject_ids[: config.limit_subjects], self.modalities, region=config.region
             )
         torch.manual_seed(config.seed)
-        model = MultiModalCAM(self.modalities, width_divisor=config.width_divisor).to(self.device)
+        # the bare MultiModalCAM, or it wrapped for DDP
+        model: torch.nn.Module = MultiModalCAM(self.modalities, width_divisor=config.width_divisor).to(self.device)
         if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # nn.Module.to takes memory_format (see its docstring); torch's overloads of it leave it out
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         if self.dist.world > 1:
             # CUDA: batch statistics over the global batch. SyncBatchNorm has no CPU kernel, so CPU (gloo)
             # runs normalise each rank's shard separately. static_graph: every parameter is used by two
@@ -195,7 +197,8 @@ class Trainer:
         labels = batch["label"].to(self.device, non_blocking=True)
         if self.config.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.amp)
+        amp_dtypes: dict[str | None, torch.dtype] = {"bf16": torch.bfloat16, "fp16": torch.float16}
+        amp_dtype = amp_dtypes.get(self.config.amp)
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             result = compute_objective(self.model, images, labels, self.transform_generator, self.objective)
         self.optimizer.zero_grad(set_to_none=True)
@@ -331,7 +334,7 @@ class Trainer:
         _, val_dice = self.predict(self.val_set)
         thresholds = {name: d.best_threshold() for name, d in val_dice.items()}
         accuracy, test_dice = self.predict(self.test_set, thresholds=sorted(set(thresholds.values())))
-        results = {
+        results: dict[str, Any] = {
             "protocol": "per-patient 3-D Dice on the stored slice grid of the test split; pseudo-mask = "
             "mn(relu(foreground CAM)), zeroed when the network predicts no target, thresholded "
             "at the value with the best mean patient Dice on the validation split",
