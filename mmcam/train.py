@@ -154,18 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StopRequested as stop:
         run_dir.log(f"{stop}: saved {run_dir.checkpoint('last')}; continue with --resume {run_path}")
         return 128 + stop.signum
-    results = trainer.evaluate()
-    results["run_dir"] = str(run_path)
-    run_dir.write_results(results)
-    combined = results["dice"]["combined"]
-    run_dir.log(
-        "test Dice (per patient, 3-D, threshold chosen on validation): "
-        + ", ".join(
-            f"{name} {r['mean']:.3f} ± {r['std']:.3f} (t={r['threshold']:.2f})" for name, r in results["dice"].items()
+    if distributed.is_main:  # the test evaluation (python -m mmcam.evaluate's protocol) runs once
+        results = trainer.evaluate()
+        results["run_dir"] = str(run_path)
+        run_dir.write_results(results)
+        run_dir.log(
+            "test Dice (per patient, 3-D, original voxel grid, threshold chosen on validation): "
+            + ", ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f}" for name, r in results["dice"].items())
+            + f"; results in {run_path / 'results.json'}"
         )
-    )
-    run_dir.log(f"combined Dice {combined['mean']:.3f}; results in {run_path / 'results.json'}")
     if distributed.world > 1:
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     return 0
 

@@ -15,6 +15,7 @@ import os
 import signal
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,8 @@ import torch.distributed as dist
 
 from mmcam.cams.pseudo_masks import foreground_maps
 from mmcam.data import SliceDataset
-from mmcam.evaluation.overlap import PatientDice, patient_statistics, threshold_grid
+from mmcam.evaluation.overlap import PatientDice, threshold_grid
+from mmcam.evaluation.protocol import GRID_RULE, PSEUDO_MASK_RULE, evaluate_run
 from mmcam.models import MultiModalCAM, unwrap_model
 from mmcam.objective import compute_objective
 from mmcam.progress import progress_bar
@@ -104,6 +106,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, cache_dir, run_dir: RunDirectory, distributed: Distributed | None = None):
         self.config, self.run_dir, self.dist = config, run_dir, distributed or Distributed()
+        self.cache_dir = Path(cache_dir)
         self.device = torch.device(config.device)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
@@ -326,27 +329,36 @@ class Trainer:
         return {"accuracy": accuracy, "scalars": scalars, "dice": scalars["dice/combined"]}
 
     def evaluate(self) -> dict[str, Any]:
-        """Threshold chosen on the validation split (highest mean patient Dice), then test Dice with it."""
-        checkpoint = self.run_dir.checkpoint("best_dice")
+        """The run's test results (``results.json``), on the main process (others return ``{}``): the
+        evaluation protocol of ``python -m mmcam.evaluate`` on the test split (:func:`evaluate_run`: the
+        run's default checkpoint, per-channel thresholds chosen on the validation split, per-patient metrics
+        on the original voxel grid; its files go to ``RUN_DIR/eval/``), plus each network's test
+        classification accuracy with the same checkpoint."""
+        if not self.dist.is_main:
+            return {}
+        summary = evaluate_run(
+            self.run_dir.path,
+            split="test",
+            data=str(self.cache_dir),
+            device=self.config.device,
+            log=self.run_dir.log,
+        )
+        checkpoint = Path(summary["protocol"]["checkpoint_file"])
+        evaluation = (Path(summary["output_dir"]) / summary["summary_file"]).relative_to(self.run_dir.path)
         model = unwrap_model(self.model)
-        if checkpoint.is_file():
-            model.load_state_dict(ckpt.load(checkpoint)["model"])
-        _, val_dice = self.predict(self.val_set)
-        thresholds = {name: d.best_threshold() for name, d in val_dice.items()}
-        accuracy, test_dice = self.predict(self.test_set, thresholds=sorted(set(thresholds.values())))
-        results: dict[str, Any] = {
-            "protocol": "per-patient 3-D Dice on the stored slice grid of the test split; pseudo-mask = "
-            "mn(relu(foreground CAM)), zeroed when the network predicts no target, thresholded "
-            "at the value with the best mean patient Dice on the validation split",
-            "checkpoint": checkpoint.name if checkpoint.is_file() else "last",
+        model.load_state_dict(ckpt.load(checkpoint)["model"])
+        accuracy, _ = self.predict(self.test_set)
+        channels = summary["maps"]["cam"]["channels"]
+        return {
+            "protocol": f"{summary['protocol']['threshold']['description']}; {PSEUDO_MASK_RULE}; {GRID_RULE} "
+            f"(python -m mmcam.evaluate, {evaluation})",
+            "checkpoint": checkpoint.name,
+            "evaluation": str(evaluation),
             "test_accuracy": dict(zip(self.modalities, accuracy)),
-            "dice": {},
+            "dice": {
+                name: {"threshold": c["threshold"], **c["dice"], "per_patient": c["per_patient_dice"]}
+                for name, c in channels.items()
+            },
+            "hd95_mm": {name: c["hd95_mm"] for name, c in channels.items()},
+            "assd_mm": {name: c["assd_mm"] for name, c in channels.items()},
         }
-        for name, t in thresholds.items():
-            per_patient = test_dice[name].per_patient(t)
-            results["dice"][name] = {
-                "threshold": t,
-                **patient_statistics(per_patient.values()),
-                "per_patient": per_patient,
-            }
-        return results

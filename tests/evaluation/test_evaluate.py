@@ -20,6 +20,7 @@ import pytest
 from mmcam import evaluate, infer, train
 from mmcam.data import build_cache, discover, split_patients, write_splits
 from mmcam.data.synthetic import generate_synthetic
+from mmcam.evaluation import protocol
 from mmcam.evaluation.overlap import threshold_grid
 from mmcam.evaluation.runs import UsageError, load_run
 from mmcam.evaluation.surface_metrics import case_metrics
@@ -141,7 +142,7 @@ def test_empty_truth_and_empty_prediction_follow_the_convention(setup, tmp_path)
     empty, other = rows[setup.empty], rows[setup.test[1]]
     assert empty["truth_voxels"] == "0" and int(other["truth_voxels"]) > 0
     for c in CHANNELS:  # both empty: perfect and finite; only the truth non-empty: Dice 0, distances undefined
-        assert [float(empty[f"{c}_{m}"]) for m in evaluate.METRICS] == [1.0, 0.0, 0.0, 1.0]
+        assert [float(empty[f"{c}_{m}"]) for m in protocol.METRICS] == [1.0, 0.0, 0.0, 1.0]
         assert float(other[f"{c}_dice"]) == 0.0 and math.isnan(float(other[f"{c}_hd95_mm"]))
     hd = summary_of(run, "test_fixed0.5")["maps"]["cam"]["channels"]["t1ce"]["hd95_mm"]
     assert hd == {"mean": 0.0, "std": 0.0, "n": 1, "n_undefined": 1}
@@ -179,7 +180,7 @@ def test_metrics_agree_with_infer_masks_and_the_raw_labels(setup, tmp_path):
         assert mask.any() and not mask.all()
         expected = case_metrics(mask, truth, spacing)
         assert int(row[f"{c}_predicted_voxels"]) == expected.predicted_voxels
-        for m in evaluate.METRICS:
+        for m in protocol.METRICS:
             assert float(row[f"{c}_{m}"]) == pytest.approx(getattr(expected, m), rel=1e-9), (c, m)
         assert math.isfinite(expected.hd95_mm) and expected.hd95_mm > 0
 

@@ -178,6 +178,29 @@ def test_a_bad_raw_file_stops_training_with_the_prepare_error(tmp_path, capsys):
     assert not (raw.parent / f"{raw.name}-mmcam-cache" / "mmcam_cache.json").exists()
 
 
+def test_training_results_are_the_evaluate_protocol(cache, tmp_path):
+    """One test-Dice protocol: results.json holds the figures of `python -m mmcam.evaluate`'s protocol
+    (original voxel grid, validation threshold, default checkpoint), written by the same code to eval/."""
+    from mmcam import evaluate
+
+    run_dir = tmp_path / "run"
+    assert run(cache, run_dir, "--max-steps", "4") == 0
+    results = json.loads((run_dir / "results.json").read_text())
+    summary = json.loads((run_dir / results["evaluation"]).read_text())
+    channels = summary["maps"]["cam"]["channels"]
+    assert set(results["dice"]) == set(channels) == {"t1ce", "flair", "combined"}
+    for name, entry in results["dice"].items():
+        assert entry["per_patient"] == channels[name]["per_patient_dice"]
+        assert entry["mean"] == channels[name]["dice"]["mean"] and entry["threshold"] == channels[name]["threshold"]
+    assert results["checkpoint"] == Path(summary["protocol"]["checkpoint_file"]).name
+    # the command line, run afterwards with its defaults, reproduces them
+    (run_dir / results["evaluation"]).unlink()
+    assert evaluate.main(["--run", str(run_dir), "--data", str(cache)]) == 0
+    again = json.loads((run_dir / results["evaluation"]).read_text())["maps"]["cam"]["channels"]
+    for name, channel in again.items():
+        assert channel["per_patient_dice"] == channels[name]["per_patient_dice"]
+
+
 def test_loss_options_are_defined_once_and_reach_the_objective():
     """TrainConfig takes its loss keys from ObjectiveConfig (one definition, one validation), so every one
     of them, zscore_eps included, can be set and reaches the objective the trainer uses."""
