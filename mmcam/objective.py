@@ -79,6 +79,9 @@ class ObjectiveConfig:
 
     Attributes:
         lambda_kd: weight ``lambda`` of ``L_KD`` (0.5).
+        lambda_er, lambda_cmer: weights of ``L_ER`` and ``L_CMER`` (1, the original). Each CMER term is at
+            most ``2 / (H W)`` (unit-norm planes, mean over pixels: about 2e-4 at 96x96), so with weight 1 it is
+            orders of magnitude below ER; ``lambda_cmer`` lets a user weigh it.
         temperature: KD temperature ``T`` (10).
         transform: the π policy of :func:`mmcam.transforms.sample_transform` (``"all"``, ``"flip"``,
             ``"rot90"``, ``"translate"``, ``"resize"``, ``"affine"``).
@@ -91,6 +94,8 @@ class ObjectiveConfig:
     """
 
     lambda_kd: float = 0.5
+    lambda_er: float = 1.0
+    lambda_cmer: float = 1.0
     temperature: float = 10.0
     transform: str = "all"
     equivariance_backend: str = "fused"
@@ -102,14 +107,15 @@ class ObjectiveConfig:
     zscore_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        for name in ("lambda_kd", "temperature", "zscore_eps"):
+        for name in ("lambda_kd", "lambda_er", "lambda_cmer", "temperature", "zscore_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"{name} must be a float, got {value!r}")
             if not math.isfinite(value):
                 raise ValueError(f"{name} must be finite, got {value!r}")
-        if self.lambda_kd < 0:
-            raise ValueError(f"lambda_kd must be >= 0, got {self.lambda_kd!r}")
+        for name in ("lambda_kd", "lambda_er", "lambda_cmer"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
         if self.zscore_eps <= 0:
@@ -122,6 +128,11 @@ class ObjectiveConfig:
                 raise TypeError(f"use_{term} must be a bool, got {getattr(self, f'use_{term}')!r}")
         if not any(self.enabled(term) for term in TERMS):
             raise ValueError("the objective is empty: at least one of use_cls, use_kd, use_er, use_cmer must be True")
+
+    def weights(self) -> dict[str, float]:
+        """The weight of each term of :data:`TERMS` in ``L_i`` (0 for a switched-off term)."""
+        given = {"cls": 1.0, "kd": self.lambda_kd, "er": self.lambda_er, "cmer": self.lambda_cmer}
+        return {term: given[term] if self.enabled(term) else 0.0 for term in TERMS}
 
     def enabled(self, term: str) -> bool:
         """Whether ``term`` (one of :data:`TERMS`) enters ``L_i``."""
@@ -155,7 +166,7 @@ class ObjectiveResult:
         matrix: ``(N, 2, 3)`` the pixel matrix of π; dsize: the transformed view's ``(H', W')``;
             family: the π family drawn.
         modalities: the model's modality names (the order of every ``M`` axis).
-        lambda_kd: the weight of ``terms["kd"]`` in ``per_network``.
+        weights: the weight of each term in ``per_network`` (:meth:`ObjectiveConfig.weights`).
     """
 
     total: torch.Tensor
@@ -169,7 +180,7 @@ class ObjectiveResult:
     dsize: tuple
     family: str
     modalities: tuple
-    lambda_kd: float
+    weights: dict
 
     def scalars(self) -> dict:
         """Detached values for logging, as python floats (one host sync):
@@ -356,7 +367,8 @@ def compute_objective(
         if config.use_cmer:
             terms["cmer"] = cmer.to(zeros.dtype)
 
-    per_network = terms["cls"] + config.lambda_kd * terms["kd"] + terms["er"] + terms["cmer"]
+    weights = config.weights()
+    per_network = sum(weights[term] * terms[term] for term in TERMS)
     return ObjectiveResult(
         total=per_network.sum(),
         per_network=per_network,
@@ -369,5 +381,5 @@ def compute_objective(
         dsize=tuple(dsize),
         family=family,
         modalities=tuple(modalities),
-        lambda_kd=config.lambda_kd,
+        weights=weights,
     )

@@ -97,6 +97,22 @@ def test_per_network_and_total_are_consistent():
 
 
 # ----------------------------------------------------------------------------------------- KD
+def test_term_weights_scale_exactly_their_terms():
+    """lambda_er / lambda_cmer (and lambda_kd) weigh their terms in L_i; weight 0 equals switching off."""
+    model = _model()
+    config = ObjectiveConfig(equivariance_backend="torch", lambda_kd=0.25, lambda_er=2.0, lambda_cmer=1000.0)
+    r = _run(model, config)
+    t = r.terms
+    expected = t["cls"] + 0.25 * t["kd"] + 2.0 * t["er"] + 1000.0 * t["cmer"]
+    torch.testing.assert_close(r.per_network, expected, rtol=1e-6, atol=0)
+    assert bool((t["cmer"] > 0).all())  # the weighted term is really there
+    default = _run(model, ObjectiveConfig(equivariance_backend="torch"))
+    torch.testing.assert_close(t["cmer"], default.terms["cmer"])  # weights change L_i, not the terms
+    no_cmer = _run(model, ObjectiveConfig(equivariance_backend="torch", lambda_cmer=0.0))
+    off = _run(model, ObjectiveConfig(equivariance_backend="torch", use_cmer=False))
+    torch.testing.assert_close(no_cmer.per_network, off.per_network, rtol=0, atol=0)
+
+
 def _kl(p, q):
     return sum(pc * (math.log(pc) - math.log(qc)) for pc, qc in zip(p, q))
 
@@ -376,6 +392,8 @@ def test_rejects_bad_arguments():
         (dict(lambda_kd=-1.0), ValueError),
         (dict(lambda_kd=float("nan")), ValueError),
         (dict(lambda_kd="0.5"), TypeError),
+        (dict(lambda_er=-0.1), ValueError),
+        (dict(lambda_cmer=float("inf")), ValueError),
         (dict(temperature=0.0), ValueError),
         (dict(zscore_eps=0.0), ValueError),
         (dict(transform="shear"), ValueError),
