@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from mmcam.cams.pseudo_masks import MAP_TYPES
 from mmcam.data import DataError
 from mmcam.evaluation.protocol import evaluate_run
-from mmcam.evaluation.runs import CHECKPOINTS, UsageError
+from mmcam.evaluation.runs import CHECKPOINT_HELP, CHECKPOINTS, UsageError
 
 __all__ = ["main", "parse_args"]
 
@@ -46,9 +46,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="sweep the threshold on the evaluated split's own labels (flagged ORACLE: not a valid result)",
     )
-    p.add_argument(
-        "--checkpoint", choices=CHECKPOINTS, default=None, help="default: best_dice when the run has it, else last"
-    )
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None, help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="CACHE", help="the slice cache (default: the run's, from its config)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--batch-size", type=int, default=32, help="slices per forward pass")

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from mmcam.cams.pseudo_masks import MAP_TYPES
 from mmcam.data import DataError
 from mmcam.evaluation.export import MANIFEST, ExportRequest, export_run_maps
-from mmcam.evaluation.runs import CHECKPOINTS, UsageError
+from mmcam.evaluation.runs import CHECKPOINT_HELP, CHECKPOINTS, UsageError
 
 __all__ = ["MANIFEST", "main", "parse_args"]
 
@@ -39,9 +39,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--subjects", nargs="+", metavar="ID", help="only these subjects (default: all)")
     p.add_argument("--subject-id", metavar="ID", help="the subject's id for --files (default: the first file's name)")
-    p.add_argument(
-        "--checkpoint", choices=CHECKPOINTS, default=None, help="default: best_dice when the run has it, else last"
-    )
+    p.add_argument("--checkpoint", choices=CHECKPOINTS, default=None, help=CHECKPOINT_HELP)
     p.add_argument(
         "--threshold",
         default=None,

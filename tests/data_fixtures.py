@@ -217,3 +217,27 @@ LAYOUTS = {
     "brats2024": lambda root: make_brats2023(root, with_resection_cavity=True),
     "msd_prostate": make_msd_prostate,
 }
+
+
+def make_mixed_sizes(root, layout: str, shapes) -> dict:
+    """Raw subjects of different in-plane sizes (``shapes``: one ``(X, Y, Z)`` each), in the BraTS 2021
+    (``"brats"``) or the MSD prostate (``"prostate"``) layout, as the real MSD download has them."""
+    root = pathlib.Path(root)
+    subjects = {}
+    for n, shape in enumerate(shapes):
+        affine = affine_for(n)
+        if layout == "brats":
+            subject_id = f"BraTS2021_{n:05d}"
+            images, seg = subject_arrays(n, 4, (2, 1, 4), shape=shape)
+            for suffix, image in zip(("t1", "t1ce", "t2", "flair"), images):
+                write_nifti(root / subject_id / f"{subject_id}_{suffix}.nii.gz", image, affine)
+            write_nifti(root / subject_id / f"{subject_id}_seg.nii.gz", seg, affine)
+        else:
+            subject_id = f"prostate_{n:02d}"
+            images, seg = subject_arrays(n, 2, (1, 2), shape=shape)
+            write_nifti(root / "imagesTr" / f"{subject_id}.nii.gz", np.stack(images, axis=-1), affine)
+            write_nifti(root / "labelsTr" / f"{subject_id}.nii.gz", seg, affine)
+        subjects[subject_id] = RawSubject(images, seg, affine)
+    if layout == "prostate":
+        write_msd_json(root, list(subjects))
+    return subjects

@@ -89,8 +89,12 @@ class SliceDataset(torch.utils.data.Dataset):
         self.max_open_subjects = max_open_subjects
 
         owners, positions, slice_index, labels = [], [], [], []
+        #: subject id -> ``(H, W)`` of its stored slices (items come out at ``spatial_size`` when set)
+        self.slice_sizes: dict[str, tuple[int, int]] = {}
         for s, subject_id in enumerate(self.subject_ids):
             meta = fmt.read_subject_meta(self.index.root, subject_id)
+            assert meta.geometry is not None  # set by SubjectMeta.__post_init__
+            self.slice_sizes[subject_id] = meta.geometry.size
             n = len(meta.slice_index)
             owners.append(np.full(n, s, dtype=np.int64))
             positions.append(np.arange(n, dtype=np.int64))

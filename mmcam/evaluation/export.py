@@ -232,6 +232,7 @@ def export_run_maps(args: ExportRequest, log: Callable[[str], None] = print) -> 
         "version": 1,
         "run_dir": str(run.run_dir),
         "checkpoint": run.checkpoint,
+        "departure": run.selection_note,
         "map": args.map_type,
         "modalities": list(run.modalities),
         "threshold": {

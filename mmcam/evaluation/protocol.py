@@ -28,7 +28,8 @@ carries the rule too: ``test_otsu``, ``test_fixed0.5``, ``test_oracle``), writte
   ``c_hd95_mm``, ``c_assd_mm`` (``nan`` = undefined, see the empty-mask convention), ``c_dice_2d``,
   ``c_predicted_voxels``;
 - ``<name>_summary.json``: ``{"format": "mmcam-evaluation", "version": 1, "oracle": bool, "warning":
-  str|null, "protocol": {split, n_subjects, subjects, checkpoint, checkpoint_file, threshold: {mode,
+  str|null, "protocol": {split, n_subjects, subjects, checkpoint, checkpoint_file, departure (null, or why
+  the checkpoint departs from the paper's selection), threshold: {mode,
   value, description, selected_on}, pseudo_mask, combined, grid, region, metrics, empty_masks, aggregation},
   "run_dir", "output_dir", "summary_file" (this file's name), "cache", "modalities", "channels", "maps":
   {<map>: {"cases_csv": file name, "channels":
@@ -222,6 +223,8 @@ def evaluate_run(
             channels[c] = {**entry, **statistics[c], "per_patient_dice": per_patient_dice}
         results[map_type] = {"cases_csv": cases_file, "channels": channels}
 
+    if run.selection_note:
+        log(f"warning: {run.selection_note}")
     warning = ORACLE_WARNING if rule.oracle else None
     if rule.mode == "val" and split == "val":
         warning = "the threshold was chosen on the evaluated (validation) split itself: optimistic figures"
@@ -237,6 +240,7 @@ def evaluate_run(
             "subjects": list(dataset.subject_ids),
             "checkpoint": run.checkpoint,
             "checkpoint_file": str(run.checkpoint_path),
+            "departure": run.selection_note,
             "threshold": {
                 "mode": rule.mode,
                 "value": rule.value,
@@ -279,6 +283,8 @@ def format_table(summary: dict) -> str:
         f"{protocol['split']} split, {protocol['n_subjects']} patients, checkpoint {protocol['checkpoint']}, "
         f"threshold {protocol['threshold']['mode']}: {protocol['threshold']['description']}"
     )
+    if protocol.get("departure"):
+        head += f"\n*** {protocol['departure']} ***"
     columns = ["map", "channel", "threshold", "Dice (3-D)", "HD95 mm", "ASSD mm", "Dice (2-D)"]
     lines = []
     for map_type, result in summary["maps"].items():

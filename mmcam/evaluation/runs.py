@@ -37,6 +37,7 @@ from mmcam.training import config as cfg
 
 __all__ = [
     "CHECKPOINTS",
+    "CHECKPOINT_HELP",
     "COMBINED",
     "UsageError",
     "LoadedRun",
@@ -52,6 +53,11 @@ __all__ = [
 
 #: Checkpoint names of a run directory (``RUN_DIR/<name>.pt``, written by :mod:`mmcam.training.trainer`).
 CHECKPOINTS = ("best", "best_dice", "last")
+#: The ``--checkpoint`` help of the commands that read a run (evaluate, infer).
+CHECKPOINT_HELP = (
+    "default: best (each modality's network at its best validation accuracy, the paper's selection) when the "
+    "run has it, else last; best_dice (selected on validation Dice: a flagged departure) on request"
+)
 #: The channel of the combined map: the mean of the modality maps, thresholded like a modality's map.
 COMBINED = "combined"
 
@@ -81,6 +87,16 @@ class LoadedRun:
     device: torch.device
 
     @property
+    def selection_note(self) -> str | None:
+        """A warning to print and record when the checkpoint was not selected as in the paper."""
+        if self.checkpoint == "best_dice":
+            return (
+                "checkpoint best_dice: selected on validation Dice of the combined map, a departure from the "
+                "paper's per-modality selection by validation classification accuracy (best)"
+            )
+        return None
+
+    @property
     def modalities(self) -> tuple[str, ...]:
         return self.model.modalities
 
@@ -95,8 +111,10 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None, dev
 
     Args:
         run_dir: a run directory of ``python -m mmcam.train``.
-        checkpoint: one of :data:`CHECKPOINTS`; ``None``: ``best_dice`` when the run has it, else
-            ``last`` (the checkpoint that the trainer's own test evaluation uses).
+        checkpoint: one of :data:`CHECKPOINTS`; ``None``: ``best`` (each modality's network at its best
+            validation classification accuracy, the paper's selection) when the run has it, else ``last``;
+            the checkpoint that the trainer's own test evaluation uses. ``best_dice`` (selected on
+            validation Dice, a departure from the paper) only when asked for.
         device: ``"cpu"`` or ``"cuda"``.
 
     Raises:
@@ -115,7 +133,7 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None, dev
         raise UsageError(f"{config_file}: {exc}") from None
     present = [name for name in CHECKPOINTS if (run_dir / f"{name}.pt").is_file()]
     if checkpoint is None:
-        checkpoint = "best_dice" if "best_dice" in present else "last"
+        checkpoint = "best" if "best" in present else "last"
     if checkpoint not in CHECKPOINTS:
         raise UsageError(f"--checkpoint {checkpoint!r}: unknown; choose one of {', '.join(CHECKPOINTS)}")
     path = run_dir / f"{checkpoint}.pt"

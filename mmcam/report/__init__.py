@@ -4,7 +4,7 @@ protocol, and the training curves; every PNG is usable on its own.
 
 ::
 
-    python -m mmcam.report RUN_DIR [--out RUN_DIR/report] [--split test] [--slices 4] [--checkpoint best_dice]
+    python -m mmcam.report RUN_DIR [--out RUN_DIR/report] [--split test] [--slices 4] [--checkpoint best]
 
 or :func:`write_report` from Python. Needs matplotlib (``pip install 'mmcam[report]'``). Modules:
 :mod:`~mmcam.report.run_outputs` (reading the run directory), :mod:`~mmcam.report.slices` (slice

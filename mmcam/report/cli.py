@@ -19,7 +19,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", help="output folder (default RUN_DIR/report; a previous report there is replaced)")
     p.add_argument("--split", default="test", choices=["test", "val", "train"], help="split of the slices shown")
     p.add_argument("--slices", type=int, default=4, help="slices per modality (default 4)")
-    p.add_argument("--checkpoint", help="best_dice | best | last | a .pt path (default: the one results.json used)")
+    p.add_argument("--checkpoint", help="best | best_dice | last | a .pt path (default: the one results.json used)")
     p.add_argument("--data", help="the slice cache, when it is no longer where config.yaml says")
     return p.parse_args(argv)
 

@@ -166,7 +166,7 @@ def checkpoint_path(run_dir: Path, name: str | None, results: dict) -> Path:
     """The checkpoint to draw the slices with: ``name`` (``best_dice``, ``best``, ``last`` or a file
     name / path), default the one ``results.json`` was computed with."""
     if name is None:
-        name = str(results.get("checkpoint", "best_dice"))
+        name = str(results.get("checkpoint", "best"))
     candidate = Path(name)
     if candidate.suffix != ".pt":
         candidate = candidate.with_name(candidate.name + ".pt")

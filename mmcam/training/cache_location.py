@@ -27,13 +27,17 @@ def synthetic_workdir(config: cfg.TrainConfig) -> Path:
 
 def cache_location(config: cfg.TrainConfig) -> Path:
     """Where the slice cache of a config is (or will be): the synthetic phantoms' cache (no ``data``),
-    ``data`` itself when it is a cache, else ``cache`` or ``<data>-mmcam-cache`` next to the raw folder."""
+    ``data`` itself when it is a cache, else ``cache`` or ``<data>-mmcam-cache`` next to the raw folder
+    (``<data>-mmcam-cache-<size><fit>``, e.g. ``-256scale``, when slices are stored at a size ``size``)."""
     if config.data is None:
         return synthetic_workdir(config) / "cache"
     data = Path(config.data)
     if (data / INDEX_FILE).is_file():
         return data
-    return Path(config.cache) if config.cache else data.parent / f"{data.name}-mmcam-cache"
+    if config.cache:
+        return Path(config.cache)
+    suffix = f"-{config.size}{config.fit}" if config.size is not None else ""
+    return data.parent / f"{data.name}-mmcam-cache{suffix}"
 
 
 def resolve_cache(config: cfg.TrainConfig, log) -> Path:
@@ -51,6 +55,10 @@ def resolve_cache(config: cfg.TrainConfig, log) -> Path:
     if not (cache / INDEX_FILE).is_file():
         log(f"preparing {data} into {cache}")
         prepare_raw(
-            data, cache, dataset=config.dataset, options=BuildOptions(size=config.size), workers=default_workers()
+            data,
+            cache,
+            dataset=config.dataset,
+            options=BuildOptions(size=config.size, fit=config.fit),
+            workers=default_workers(),
         )
     return cache

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from mmcam.data.geometry import FITS
 from mmcam.data.synthetic import LAYOUTS as SYNTHETIC_LAYOUTS
 from mmcam.objective import ObjectiveConfig
 
@@ -52,6 +53,8 @@ class TrainConfig(ObjectiveConfig):
     modalities: list[str] | None = None
     region: str | None = None
     size: int | None = None
+    fit: str = "crop"
+    fold: int = 0
     limit_subjects: int | None = None
     synthetic_subjects: int = 24
     synthetic_layout: str = "brats"
@@ -64,8 +67,12 @@ class TrainConfig(ObjectiveConfig):
     batch_size: int = 16
     epochs: int = 30
     max_steps: int | None = None
-    # validation (every eval_every epochs; the test threshold is always chosen on validation)
+    # validation and model selection: every val_every_steps steps when set (the paper: 200), else every
+    # eval_every epochs; best.pt = each modality's network at its best validation accuracy (the paper);
+    # dice_selection also keeps best_dice.pt (best validation Dice of the combined map: a departure)
     eval_every: int = 1
+    val_every_steps: int | None = None
+    dice_selection: bool = False
     # runtime
     device: str = "cpu"
     amp: str | None = None
@@ -92,8 +99,40 @@ class TrainConfig(ObjectiveConfig):
 
 #: Named presets: the paper's hyperparameters (docs/method.md) and a CPU quick start on synthetic data.
 PRESETS: dict[str, dict[str, Any]] = {
-    "paper-brats": dict(lr=5e-5, weight_decay=0.5, batch_size=16, epochs=30, width_divisor=1),
-    "paper-prostate": dict(lr=1e-4, weight_decay=0.5, batch_size=16, epochs=100, width_divisor=4),
+    # the released configuration: T1 + T2 networks at BraTS' native 240x240, validated every 200 steps
+    "paper-brats": dict(
+        lr=5e-5,
+        weight_decay=0.5,
+        batch_size=16,
+        epochs=30,
+        width_divisor=1,
+        modalities=["t1", "t2"],
+        val_every_steps=200,
+    ),
+    # the same with one network per BraTS modality
+    "paper-brats-4": dict(
+        lr=5e-5,
+        weight_decay=0.5,
+        batch_size=16,
+        epochs=30,
+        width_divisor=1,
+        modalities=["t1", "t1ce", "t2", "flair"],
+        val_every_steps=200,
+    ),
+    # T2 + ADC at 256x256: MSD cases are 256, 320 or 384 pixels wide; scale (pad to a square, resize)
+    # keeps every case's whole field of view, as the paper's resized slices do, where a 256 crop would cut
+    # the border of the larger fields
+    "paper-prostate": dict(
+        lr=1e-4,
+        weight_decay=0.5,
+        batch_size=16,
+        epochs=100,
+        width_divisor=4,
+        modalities=["t2", "adc"],
+        size=256,
+        fit="scale",
+        val_every_steps=200,
+    ),
     # CPU quick start on the synthetic phantoms (about 2-3 minutes of training on 2 cores)
     "quick": dict(
         lr=1e-3,
@@ -110,7 +149,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_KEYS = frozenset({"max_steps", "epochs", "workers", "device", "log_every", "eval_every", "data", "cache"})
 
-_CHOICES = {"device": DEVICES, "amp": (None, *AMP_MODES), "synthetic_layout": SYNTHETIC_LAYOUTS}
+_CHOICES = {"device": DEVICES, "amp": (None, *AMP_MODES), "synthetic_layout": SYNTHETIC_LAYOUTS, "fit": FITS}
 _POSITIVE = ("batch_size", "epochs", "width_divisor", "synthetic_subjects", "log_every", "eval_every")
 
 
@@ -189,8 +228,11 @@ def _validate_run_settings(config: TrainConfig) -> None:
             f"config keys: lr must be > 0 and weight_decay >= 0, got lr={config.lr!r}, "
             f"weight_decay={config.weight_decay!r}"
         )
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ConfigError(f"config key 'max_steps' must be >= 1, got {config.max_steps}")
+    for key in ("max_steps", "val_every_steps", "size"):
+        if getattr(config, key) is not None and getattr(config, key) < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)}")
+    if config.fold < 0:
+        raise ConfigError(f"config key 'fold' must be >= 0, got {config.fold}")
     if config.amp is not None and config.device != "cuda":
         raise ConfigError(f"--amp {config.amp} needs --device cuda (mixed precision is a CUDA feature here)")
 

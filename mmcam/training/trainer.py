@@ -13,7 +13,7 @@ import dataclasses
 import math
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 
 from mmcam.cams.pseudo_masks import foreground_maps
-from mmcam.data import SliceDataset
+from mmcam.data import DataError, SliceDataset
 from mmcam.evaluation.overlap import PatientDice, threshold_grid
 from mmcam.evaluation.protocol import GRID_RULE, PSEUDO_MASK_RULE, evaluate_run
 from mmcam.models import MultiModalCAM, unwrap_model
@@ -84,6 +84,7 @@ class TrainState:
     step: int = 0
     best_accuracy: dict = field(default_factory=dict)  # modality -> best validation accuracy
     best_dice: float = -math.inf
+    last_validated_step: int = -1
 
 
 class StopRequested(Exception):
@@ -92,6 +93,19 @@ class StopRequested(Exception):
     def __init__(self, signum: int):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+def _check_one_slice_size(cache_dir: Path, datasets: Sequence[SliceDataset]) -> None:
+    """Batches need one in-plane size: a cache whose cases differ (e.g. MSD prostate at its native sizes)
+    stops here with what to pass, never in the data loader's collate."""
+    sizes = sorted({size for dataset in datasets for size in dataset.slice_sizes.values()})
+    if len(sizes) > 1:
+        listed = ", ".join(f"{h}x{w}" for h, w in sizes[:6]) + (", ..." if len(sizes) > 6 else "")
+        raise DataError(
+            f"{cache_dir}: the cases differ in in-plane size ({listed}) and a batch needs one size; train "
+            "from the raw download with size=S (e.g. --preset paper-prostate: 256, fit=scale), or prepare "
+            "the cache with python -m mmcam.prepare --size S"
+        )
 
 
 class Trainer:
@@ -110,14 +124,16 @@ class Trainer:
         self.device = torch.device(config.device)
         if config.deterministic:
             torch.use_deterministic_algorithms(True)
-        self.train_set = SliceDataset(cache_dir, "train", config.modalities, region=config.region)
+        fold = config.fold
+        self.train_set = SliceDataset(cache_dir, "train", config.modalities, region=config.region, fold=fold)
         self.modalities = list(self.train_set.modalities)
-        self.val_set = SliceDataset(cache_dir, "val", self.modalities, region=config.region)
+        self.val_set = SliceDataset(cache_dir, "val", self.modalities, region=config.region, fold=fold)
         self.test_set = SliceDataset(cache_dir, "test", self.modalities, region=config.region)
         if config.limit_subjects is not None:
             self.train_set = SliceDataset(
                 cache_dir, self.train_set.subject_ids[: config.limit_subjects], self.modalities, region=config.region
             )
+        _check_one_slice_size(self.cache_dir, (self.train_set, self.val_set, self.test_set))
         torch.manual_seed(config.seed)
         # the bare MultiModalCAM, or it wrapped for DDP
         model: torch.nn.Module = MultiModalCAM(self.modalities, width_divisor=config.width_divisor).to(self.device)
@@ -237,6 +253,8 @@ class Trainer:
                     if scalars:
                         bar.set_postfix(loss=f"{scalars['loss']:.3f}")
                         self.run_dir.scalars("train", self.state.step, self.state.epoch, scalars)
+                    if self._validation_due():
+                        self._select_best(self.state.epoch)
                     if self._stop is not None:
                         self.save("last")
                         raise StopRequested(self._stop)
@@ -244,7 +262,7 @@ class Trainer:
                         break
                 if self.state.batch_in_epoch >= self.steps_per_epoch():
                     self._end_epoch()
-                elif self.state.step >= total:  # stopped by max_steps inside an epoch
+                elif self.state.step >= total and not self._validated_now():  # max_steps inside an epoch
                     self._select_best(self.state.epoch)
                 self.save("last")
         finally:
@@ -254,15 +272,30 @@ class Trainer:
         epoch = self.state.epoch
         self.state.epoch += 1
         self.state.batch_in_epoch = 0
-        if self.state.epoch % self.config.eval_every == 0 or self.state.epoch == self.config.epochs:
+        per_epoch = self.config.val_every_steps is None and self.state.epoch % self.config.eval_every == 0
+        if per_epoch or (self.state.epoch == self.config.epochs and not self._validated_now()):
             self._select_best(epoch)
 
+    def _validation_due(self) -> bool:
+        """After a step: whether the step schedule (``val_every_steps``) validates now."""
+        every = self.config.val_every_steps
+        return every is not None and self.state.step % every == 0
+
+    def _validated_now(self) -> bool:
+        """Whether the model of the current step has been validated (by the step schedule)."""
+        return self.state.last_validated_step == self.state.step
+
     def _select_best(self, epoch: int) -> None:
-        """Validate; keep each modality's network of best validation accuracy (``best``) and the model of
-        best validation Dice (``best_dice``). Uses no random state."""
+        """Validate; keep each modality's network of best validation accuracy (``best``, the paper's
+        selection) and, with ``dice_selection``, the model of best validation Dice (``best_dice``). Uses no
+        random state."""
+        self.state.last_validated_step = self.state.step
         summary = self.validate(self.val_set)
         self.run_dir.scalars("val", self.state.step, epoch, summary["scalars"])
-        self.run_dir.log(f"epoch {epoch}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["scalars"].items()))
+        self.run_dir.log(
+            f"step {self.state.step} (epoch {epoch}): "
+            + ", ".join(f"{k} {v:.3f}" for k, v in summary["scalars"].items())
+        )
         model = unwrap_model(self.model)
         for m, name in enumerate(self.modalities):  # best network per modality, as in the paper
             accuracy = summary["accuracy"][m]
@@ -282,7 +315,7 @@ class Trainer:
                 },
                 self.run_dir.checkpoint("best"),
             )
-            if summary["dice"] is not None and summary["dice"] > self.state.best_dice:
+            if self.config.dice_selection and summary["dice"] is not None and summary["dice"] > self.state.best_dice:
                 self.state.best_dice = summary["dice"]
                 ckpt.atomic_save(
                     {

@@ -44,6 +44,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
                 ",".join(MODALITIES),
                 "width_divisor=16",
                 "batch_size=4",
+                "dice_selection=true",  # best_dice.pt too, for the --checkpoint best_dice cases
                 "--max-steps",
                 "2",
                 "--no-progress",
@@ -214,7 +215,7 @@ def test_networks_predicting_no_target_give_empty_masks(trained, tmp_path):
             data = np.asarray(nib.load(out / subject / name).dataobj)
             assert data.shape == shape and not data.any(), name
     record = manifest(out)
-    # results.json was made with best_dice: the thresholds for "last" are recomputed on validation
+    # results.json was made with best: the thresholds for "last" are recomputed on validation
     assert record["threshold"]["source"].startswith("recomputed on the validation split of")
     assert record["subjects"][subject]["combined"]["mask_voxels"] == 0
 
@@ -227,7 +228,8 @@ def test_default_threshold_comes_from_results_json(trained, tmp_path):
         infer.main(["--run", str(run_dir), "--data", str(cache), "--subjects", "synth_00001", "--out", str(out)]) == 0
     )
     record = manifest(out)
-    assert record["checkpoint"] == "best_dice" and "results.json" in record["threshold"]["source"]
+    assert record["checkpoint"] == "best" and "results.json" in record["threshold"]["source"]
+    assert record["departure"] is None  # the paper's selection
     assert record["threshold"]["values"] == {c: results["dice"][c]["threshold"] for c in (*MODALITIES, "combined")}
 
 

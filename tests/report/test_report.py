@@ -6,6 +6,7 @@ matplotlib (the ``report`` extra) is not installed.
 
 from __future__ import annotations
 
+import html as html_module
 import json
 import re
 import shutil
@@ -76,7 +77,7 @@ def positive_report(run_dir, tmp_path_factory) -> tuple[Path, Path]:
 
     run = tmp_path_factory.mktemp("positive") / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
-    saved = ckpt.load(run / "best_dice.pt")
+    saved = ckpt.load(run / "best.pt")
     for name in MODALITIES:
         weight = saved["model"][f"networks.{name}.classifier.weight"]
         weight[0], weight[1] = -weight[0].abs(), weight[1].abs() + 1e-3
@@ -238,7 +239,7 @@ def test_report_files_links_and_image_sizes(report):
         assert image.shape[0] > 200 and image.shape[1] > 200
         assert image.std() > 0  # not blank
     results = json.loads((report.parent / "results.json").read_text())
-    assert results["protocol"] in html.replace("&#x27;", "'")
+    assert results["protocol"] in html_module.unescape(html)
     assert not [p for p in report.parent.iterdir() if p.name.startswith(".tmp-mmcam-")]
 
 
@@ -291,7 +292,7 @@ def test_pseudo_masks_are_drawn_at_the_right_pixels(positive_report, cache):
     assert check_overlays(report, run, cache) >= 2  # the comparison covers non-trivial masks
 
 
-def evaluation_summary(threshold: float, *, oracle: bool, checkpoint: str = "best_dice") -> dict:
+def evaluation_summary(threshold: float, *, oracle: bool, checkpoint: str = "best") -> dict:
     """A summary in the documented format of ``python -m mmcam.evaluate`` (eval/<name>_summary.json)."""
     stats = {"mean": 0.4321, "std": 0.1, "n": 1, "n_undefined": 0}
     channels = {
@@ -326,7 +327,7 @@ def test_eval_summaries_are_copied_shown_and_give_the_threshold(run_dir, tmp_pat
 
     run = tmp_path / "run"
     shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
-    (run / "eval").mkdir()
+    (run / "eval").mkdir(exist_ok=True)  # the trainer's own test evaluation is there already
     (run / "eval" / "test_summary.json").write_text(json.dumps(evaluation_summary(0.3, oracle=False)))
     (run / "eval" / "test_cam_cases.csv").write_text("subject,threshold_mode,flair_dice\nsynth_00002,val,0.4321\n")
     (run / "eval" / "test_oracle_summary.json").write_text(json.dumps(evaluation_summary(0.9, oracle=True)))
