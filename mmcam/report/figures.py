@@ -21,6 +21,12 @@ __all__ = ["require_matplotlib", "heat_lut", "write_png", "overlay_figure", "cur
 HEAT_COLORMAP = "inferno"
 
 
+def _unit_rgb(rgb) -> tuple[float, float, float]:
+    """An 8-bit ``(r, g, b)`` colour as matplotlib's ``(r, g, b)`` in [0, 1]."""
+    r, g, b = (float(v) / 255 for v in rgb)
+    return r, g, b
+
+
 def require_matplotlib() -> None:
     """Raise a :class:`ReportError` that names the missing extra when matplotlib is not installed."""
     import importlib
@@ -93,8 +99,8 @@ def overlay_figure(
                 ax.set_ylabel(row_title, fontsize=8)
     figure.suptitle(title, fontsize=11)
     handles = [
-        Patch(color=np.array(CONTOUR_RGB) / 255, label="ground truth (contour)"),
-        Patch(color=np.array(MASK_RGB) / 255, alpha=0.6, label="pseudo-mask"),
+        Patch(color=_unit_rgb(CONTOUR_RGB), label="ground truth (contour)"),
+        Patch(color=_unit_rgb(MASK_RGB), alpha=0.6, label="pseudo-mask"),
     ]
     figure.legend(
         handles=handles, loc="outside lower center", ncol=2, fontsize=8, title=legend, title_fontsize=8, frameon=False

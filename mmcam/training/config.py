@@ -97,28 +97,16 @@ class TrainConfig(ObjectiveConfig):
         return dataclasses.asdict(self)
 
 
+_PAPER_BRATS: dict[str, Any] = dict(
+    lr=5e-5, weight_decay=0.5, batch_size=16, epochs=30, width_divisor=1, modalities=["t1", "t2"], val_every_steps=200
+)
+
 #: Named presets: the paper's hyperparameters (docs/method.md) and a CPU quick start on synthetic data.
 PRESETS: dict[str, dict[str, Any]] = {
     # the released configuration: T1 + T2 networks at BraTS' native 240x240, validated every 200 steps
-    "paper-brats": dict(
-        lr=5e-5,
-        weight_decay=0.5,
-        batch_size=16,
-        epochs=30,
-        width_divisor=1,
-        modalities=["t1", "t2"],
-        val_every_steps=200,
-    ),
+    "paper-brats": _PAPER_BRATS,
     # the same with one network per BraTS modality
-    "paper-brats-4": dict(
-        lr=5e-5,
-        weight_decay=0.5,
-        batch_size=16,
-        epochs=30,
-        width_divisor=1,
-        modalities=["t1", "t1ce", "t2", "flair"],
-        val_every_steps=200,
-    ),
+    "paper-brats-4": {**_PAPER_BRATS, "modalities": ["t1", "t1ce", "t2", "flair"]},
     # T2 + ADC at 256x256: MSD cases are 256, 320 or 384 pixels wide; scale (pad to a square, resize)
     # keeps every case's whole field of view, as the paper's resized slices do, where a 256 crop would cut
     # the border of the larger fields
