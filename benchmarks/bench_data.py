@@ -11,6 +11,9 @@ In one process, in a temporary directory:
     read       items per second of ``SliceDataset`` (memory-mapped cache) against a baseline that
                reads each slice straight from the NIfTI files (nibabel proxy slicing, one call per
                modality and the mask) -- the reason the cache exists
+    compact    bytes per subject and read items per second of the default cache (uint16, each
+               subject's foreground box) side by side with a float32 whole-plane cache (the format
+               before cache version 3), same items in the same order
     loader     slices per second through a DataLoader (batch 16, shuffled) with 0 and
                ``--workers`` worker processes (spawn)
     train      slices per second one CPU training step consumes (``mmcam.training.trainer``, batch 16), when
@@ -25,7 +28,7 @@ is shared and noisy: compare ratios.
 Usage::
 
     python benchmarks/bench_data.py [--layout brats|prostate] [--subjects N] [--workers K]
-                                    [--repeats R] [--json OUT]
+                                    [--repeats R] [--shape X Y Z] [--json OUT]
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ import torch
 
 import mmcam
 from mmcam.atomic_files import atomic_write_json
-from mmcam.data import SliceDataset, build_cache, discover, write_splits
+from mmcam.data import BuildOptions, SliceDataset, build_cache, discover, write_splits
+from mmcam.data.cache import subject_dir
 from mmcam.data.synthetic import generate_synthetic
 
 
@@ -84,6 +88,33 @@ def slices_shape(dataset):
     return nib.load(source.path).shape[:3]
 
 
+def bytes_per_subject(cache) -> float:
+    """Mean bytes of a cache's subject folders (arrays and meta.json)."""
+    folders = [subject_dir(cache, p.name) for p in (Path(cache) / "subjects").iterdir()]
+    return statistics.mean(sum(f.stat().st_size for f in d.iterdir()) for d in folders)
+
+
+def compare_storage(raw_dataset, tmp: Path, order, repeats: int, results: dict) -> None:
+    """Bytes per subject and read items/s: the default cache against float32 whole planes (``results``)."""
+    caches = {"compact": tmp / "cache", "float32_full": tmp / "cache_float32_full"}
+    build_cache(raw_dataset, caches["float32_full"], options=BuildOptions("float32", crop_to_foreground=False))
+    rates = {}
+    for name, cache in caches.items():
+        dataset = SliceDataset(cache)
+        rates[name] = len(order) / median_time(lambda: [dataset[int(i)] for i in order], repeats)
+        results[f"bytes_per_subject_{name}"] = bytes_per_subject(cache)
+        results[f"read_items_per_s_{name}"] = rates[name]
+    size_ratio = results["bytes_per_subject_compact"] / results["bytes_per_subject_float32_full"]
+    results["compact_bytes_ratio"] = size_ratio
+    results["compact_read_speed_ratio"] = rates["compact"] / rates["float32_full"]
+    print(
+        f"compact   {results['bytes_per_subject_compact'] / 1e6:.2f} MB/subject vs float32 whole planes "
+        f"{results['bytes_per_subject_float32_full'] / 1e6:.2f} MB ({size_ratio:.3f}x); read "
+        f"{rates['compact']:.0f} vs {rates['float32_full']:.0f} items/s "
+        f"({rates['compact'] / rates['float32_full']:.2f}x)"
+    )
+
+
 def training_consumption(cache, repeats: int, batch_size: int = 16):
     """Slices per second one CPU training step consumes, or ``(None, reason)`` without training.
 
@@ -119,6 +150,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--reads", type=int, default=200, help="random items per read measurement")
+    p.add_argument("--shape", type=int, nargs=3, default=None, metavar=("X", "Y", "Z"), help="phantom shape")
     p.add_argument("--json", default=None, help="write the results to this JSON file")
     a = p.parse_args()
 
@@ -128,7 +160,7 @@ def main() -> int:
         counter = iter(range(10**6))
 
         def generate():
-            generate_synthetic(tmp / f"raw{next(counter)}", a.layout, a.subjects, seed=0)
+            generate_synthetic(tmp / f"raw{next(counter)}", a.layout, a.subjects, seed=0, shape=a.shape)
 
         t = median_time(generate, a.repeats)
         results["generate_s_per_subject"] = t / a.subjects
@@ -167,6 +199,7 @@ def main() -> int:
             f"read      cache {len(order) / t_cache:.0f} items/s, NIfTI {len(order) / t_nifti:.0f} "
             f"items/s: cache {t_nifti / t_cache:.1f}x faster"
         )
+        compare_storage(dataset, tmp, order, a.repeats, results)
 
         for workers in sorted({0, a.workers}):
             loader = torch.utils.data.DataLoader(

@@ -94,7 +94,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="worker processes (default: min(4, CPUs))",
     )
     parser.add_argument(
-        "--dtype", choices=IMAGE_DTYPES, default="float32", help="stored image type (float16 halves the disk)"
+        "--dtype",
+        choices=IMAGE_DTYPES,
+        default="auto",
+        help="stored intensity type: uint16 (steps of 1/65535 of the normalised [0, 1] range), uint8 "
+        "(steps of 1/255, as the original code's PNGs), float16 or float32 (4x uint8's bytes); "
+        "default auto: uint16, or float32 with --no-normalize",
+    )
+    parser.add_argument(
+        "--no-crop",
+        action="store_true",
+        help="store whole planes (default: only each subject's in-plane foreground box, padded back "
+        "with zeros on read)",
     )
     parser.add_argument(
         "--clip-percentiles",
@@ -175,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.nonfinite,
             args.size,
             args.fit,
+            not args.no_crop,
         )
         prepare_raw(
             args.data,

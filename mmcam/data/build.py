@@ -4,8 +4,9 @@ Per subject: read every modality and the mask if there is one (:mod:`mmcam.data.
 they share one grid (shape, and affine within ``affine_tolerance`` mm) and that the mask values fit the
 label spec, normalise each modality's intensities (:mod:`mmcam.data.intensity`), cut the volumes into
 slices along the third voxel axis, optionally drop empty slices, optionally crop / pad / resize the
-planes to ``size x size`` (:mod:`mmcam.data.geometry`), and write ``image.npy``, ``labels.npy`` and
-``meta.json`` into a temporary directory that is renamed into place when complete. Subjects run in
+planes to ``size x size`` (:mod:`mmcam.data.geometry`), crop the planes to the subject's foreground box
+and quantise the intensities (:class:`~mmcam.data.cache.Storage`), and write ``image.npy``,
+``labels.npy`` and ``meta.json`` into a temporary directory that is renamed into place when complete. Subjects run in
 parallel worker processes; ``manifest.json`` and then the index ``mmcam_cache.json`` are written last.
 An interrupted build leaves no index (the cache is not usable) and is resumed by running it again:
 subjects already written from the same source files with the same options are kept.
@@ -47,7 +48,8 @@ __all__ = [
     "prepare_raw",
 ]
 
-IMAGE_DTYPES = ("float32", "float16")
+#: ``"auto"``: ``"uint16"`` for normalised intensities, else ``"float32"``.
+IMAGE_DTYPES = ("auto",) + fmt.STORED_DTYPES
 
 
 @dataclass(frozen=True)
@@ -55,7 +57,11 @@ class BuildOptions:
     """How a cache is built.
 
     Attributes:
-        image_dtype: ``"float32"`` (default) or ``"float16"`` (half the disk).
+        image_dtype: how intensities are stored (:class:`~mmcam.data.cache.Storage`): ``"uint16"``
+            (quantised to steps of 1/65535, half of float32's bytes), ``"uint8"`` (steps of 1/255, a
+            quarter; as the original code's PNGs), ``"float16"`` or ``"float32"``. The quantised
+            dtypes need ``normalize``. Default ``"auto"``: ``"uint16"`` when normalising, else
+            ``"float32"`` (resolved on construction).
         drop_empty_slices: leave out slices where every modality is 0 everywhere and the mask is empty.
         affine_tolerance: largest allowed difference (mm) between the affines of a subject's files.
         normalize: robust intensity normalisation per volume and modality (percentile clipping inside
@@ -67,9 +73,11 @@ class BuildOptions:
         size: store every slice at ``size x size`` (``None``: the native ``(X, Y)``).
         fit: how ``size`` is reached: ``"crop"`` (crop/pad, voxel size kept; refuses to cut off mask
             voxels) or ``"scale"`` (pad to a square and resize); :mod:`mmcam.data.geometry`.
+        crop_to_foreground: store only each subject's in-plane foreground box of the planes (the rest
+            is 0 and is padded back on read, exactly).
     """
 
-    image_dtype: str = "float32"
+    image_dtype: str = "auto"
     drop_empty_slices: bool = True
     affine_tolerance: float = 1e-3
     normalize: bool = True
@@ -77,10 +85,18 @@ class BuildOptions:
     nonfinite: str = "error"
     size: int | None = None
     fit: str = "crop"
+    crop_to_foreground: bool = True
 
     def __post_init__(self):
         if self.image_dtype not in IMAGE_DTYPES:
             raise DataError(f"image_dtype must be one of {IMAGE_DTYPES}, got {self.image_dtype!r}")
+        if self.image_dtype == "auto":
+            object.__setattr__(self, "image_dtype", "uint16" if self.normalize else "float32")
+        if self.image_dtype in fmt.QUANTISED and not self.normalize:
+            raise DataError(
+                f"image_dtype {self.image_dtype!r} stores intensities normalised to [0, 1]; "
+                "without normalisation choose 'float32' or 'float16'"
+            )
         if not (isinstance(self.affine_tolerance, (int, float)) and self.affine_tolerance >= 0):
             raise DataError(f"affine_tolerance must be a number >= 0, got {self.affine_tolerance!r}")
         object.__setattr__(self, "clip_percentiles", check_percentiles(self.clip_percentiles))
@@ -160,6 +176,15 @@ def _normalized_stack(
     return stack, record
 
 
+def _plan_storage(image: np.ndarray, mask_values: np.ndarray | None, options: BuildOptions) -> fmt.Storage:
+    """How to store ``(S, M, H, W)`` float32 ``image`` and ``(S, H, W)`` ``mask_values``: the dtype of
+    ``options`` and, with ``crop_to_foreground``, their non-zero box (:func:`~mmcam.data.cache.foreground_box`)."""
+    size = image.shape[-2:]
+    if not options.crop_to_foreground:
+        return fmt.Storage.full(options.image_dtype, size)
+    return fmt.Storage(options.image_dtype, (size[0], size[1]), fmt.foreground_box(image, mask_values))
+
+
 def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildOptions) -> fmt.SubjectMeta:
     """Read, check and write one subject into ``cache_dir/subjects/<id>`` (atomically).
 
@@ -192,15 +217,8 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
             f"voxels of the label mask of a {stack.shape[1:3]} plane; use a larger size "
             "or fit 'scale'"
         )
-    image = geometry.apply(stack[..., keep].transpose(3, 0, 1, 2), "linear")  # (S, M, H, W)
+    image = geometry.apply(stack[..., keep].transpose(3, 0, 1, 2), "linear")  # (S, M, H, W) float32
     del stack
-    with np.errstate(over="ignore"):  # float16 overflow is reported below
-        image = np.ascontiguousarray(image, dtype=options.image_dtype)
-    if not np.isfinite(image).all():
-        raise DataError(
-            f"{subject.images[0].path} (subject {subject.id}): intensities overflow "
-            f"{options.image_dtype}; build with image_dtype='float32' or normalisation"
-        )
     slice_labels, mask_values = {}, None
     if labels is not None:
         mask_values = np.ascontiguousarray(
@@ -209,6 +227,10 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
         slice_labels = {
             region: spec.region_mask(mask_values, region).any(axis=(1, 2)).astype(np.int64) for region in spec.regions
         }
+    storage = _plan_storage(image, mask_values, options)
+    image = storage.encode(image, f"{subject.images[0].path} (subject {subject.id})")  # (S, M, h, w)
+    if mask_values is not None:
+        mask_values = storage.crop(mask_values)  # (S, h, w)
     meta = fmt.SubjectMeta(
         subject.id,
         tuple(mask.shape),
@@ -222,6 +244,7 @@ def build_subject(subject: Subject, dataset: Dataset, cache_dir, options: BuildO
         labels is not None,
         geometry,
         intensity,
+        storage,
     )
     _write_subject(cache_dir, subject.id, image, mask_values, meta)
     return meta

@@ -10,13 +10,14 @@ A cache is a directory written by :func:`mmcam.data.build.build_cache` (``python
                                  slice index and labels of every stored slice (:mod:`mmcam.data.manifest`)
       splits.json                seeded patient split(s): the test ids, one train/val pair per fold, and
                                  the unlabelled ids
-      subjects/<id>/image.npy    (S, M, H, W) float32 (or float16): the S kept slices of the M
-                                 modalities, intensity-normalised, slice-major so one slice is one
-                                 contiguous block
-      subjects/<id>/labels.npy   (S, H, W) uint8: the raw mask values of the same slices (checked
-                                 against the label spec; regions are chosen when reading); absent for a
-                                 subject without a mask
-      subjects/<id>/meta.json    geometry and provenance of the subject (:class:`SubjectMeta`)
+      subjects/<id>/image.npy    (S, M, h, w) uint16 (default; or uint8, float16, float32): the S kept
+                                 slices of the M modalities, intensity-normalised, slice-major so one
+                                 slice is one contiguous block; only the subject's in-plane foreground
+                                 box (h, w) of the (H, W) planes (:class:`Storage`)
+      subjects/<id>/labels.npy   (S, h, w) uint8: the raw mask values of the same slices and box
+                                 (checked against the label spec; regions are chosen when reading);
+                                 absent for a subject without a mask
+      subjects/<id>/meta.json    geometry, storage and provenance of the subject (:class:`SubjectMeta`)
 
 Slicing convention: slice ``k`` of a volume ``v`` of shape ``(X, Y, Z)`` is ``v[:, :, k]`` -- the
 third voxel axis, axial for BraTS and MSD prostate -- an image of height ``X`` and width ``Y``
@@ -27,6 +28,14 @@ with empty-slice dropping, slices in which every modality is 0 everywhere (outsi
 brain) and the mask is empty are not stored; ``SubjectMeta.slice_index`` gives the original ``k`` of each
 stored slice. :meth:`SubjectMeta.uncrop` undoes the in-plane geometry and :meth:`SubjectMeta.restack`
 puts per-slice results back into a full ``(X, Y, Z)`` volume on the input's grid.
+
+Storage (version 3): every pixel of the ``(H, W)`` planes outside a subject's foreground box (the
+union over its stored slices, modalities and mask of the non-zero pixels) is 0, so only the box is
+written and readers (:class:`~mmcam.data.dataset.SliceDataset`, :func:`read_subject_arrays`) pad it
+back with zeros: what they return is the same ``(H, W)`` planes, exactly, and everything downstream
+(``spatial_size``, :meth:`SubjectMeta.restack`) is unchanged. Normalised intensities (``[0, 1]``) are
+stored as uint16 by default: ``q`` means ``q / 65535`` (a step of 1.5e-5; 0 and 1 exact). A cache
+of an older version is refused with a message to rebuild it.
 """
 
 from __future__ import annotations
@@ -52,8 +61,13 @@ __all__ = [
     "META_FILE",
     "SPLIT_PARTS",
     "CacheIndex",
+    "QUANTISED",
+    "STORED_DTYPES",
+    "Storage",
     "SubjectMeta",
+    "foreground_box",
     "subject_dir",
+    "read_subject_arrays",
     "read_cache_index",
     "read_subject_meta",
     "read_split",
@@ -61,7 +75,7 @@ __all__ = [
 ]
 
 CACHE_FORMAT = "mmcam-slice-cache"
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 INDEX_FILE = "mmcam_cache.json"
 SPLITS_FILE = "splits.json"
 IMAGE_FILE = "image.npy"
@@ -173,6 +187,132 @@ def read_cache_index(cache_dir) -> CacheIndex:
         raise DataError(f"{path}: malformed cache index ({type(exc).__name__}: {exc})") from exc
 
 
+#: Quantised image dtypes: stored value ``q`` means intensity ``q / QUANTISED[dtype]`` (``[0, 1]``).
+QUANTISED = {"uint16": 65535, "uint8": 255}
+#: Float rounding tolerated outside ``[0, 1]`` before quantising (interpolated intensities).
+_ROUNDING = 1e-5
+#: Every stored image dtype (:attr:`Storage.dtype`).
+STORED_DTYPES = ("uint16", "uint8", "float16", "float32")
+
+
+def foreground_box(image: np.ndarray, labels: np.ndarray | None = None) -> tuple[int, int, int, int]:
+    """The tightest in-plane box ``(r0, c0, r1, c1)`` (half-open) outside which every plane is 0.
+
+    Args:
+        image: ``(S, M, H, W)`` stored-grid intensities.
+        labels: ``(S, H, W)`` mask values, or ``None``.
+
+    Returns:
+        The union over slices, modalities and the mask of the non-zero pixels' bounding box;
+        ``(0, 0, 0, 0)`` when everything is 0.
+    """
+    occupied = (image != 0).any(axis=(0, 1))
+    if labels is not None:
+        occupied |= (labels != 0).any(axis=0)
+    rows, cols = np.flatnonzero(occupied.any(axis=1)), np.flatnonzero(occupied.any(axis=0))
+    if rows.size == 0:
+        return 0, 0, 0, 0
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How one subject's planes are stored in ``image.npy`` / ``labels.npy`` (``meta.json["storage"]``).
+
+    The planes of the stored grid are ``(H, W)`` (:attr:`InPlaneGeometry.size
+    <mmcam.data.geometry.InPlaneGeometry.size>`); only the box ``[r0, r1) x [c0, c1)`` of them is
+    written (every pixel outside it is 0 in every slice, modality and the mask), and padding with
+    zeros on read restores the ``(H, W)`` planes exactly. Intensities are stored as :attr:`dtype`:
+    ``float32`` / ``float16`` as they are, ``uint16`` / ``uint8`` quantised (value ``q`` means
+    ``q / QUANTISED[dtype]``; only for intensities in ``[0, 1]``, i.e. normalised; 0 and 1 are exact).
+
+    Attributes:
+        dtype: one of :data:`STORED_DTYPES`.
+        size: ``(H, W)`` of the full stored-grid planes.
+        box: ``(r0, c0, r1, c1)``, half-open, inside ``[0, H] x [0, W]``.
+    """
+
+    dtype: str
+    size: tuple[int, int]
+    box: tuple[int, int, int, int]
+
+    @classmethod
+    def full(cls, dtype: str, size: Sequence[int]) -> Storage:
+        """No crop: the whole ``size = (H, W)`` plane is stored."""
+        h, w = (int(v) for v in size)
+        return cls(dtype, (h, w), (0, 0, h, w))
+
+    @property
+    def crop_shape(self) -> tuple[int, int]:
+        """``(h, w)`` of the stored arrays' planes."""
+        r0, c0, r1, c1 = self.box
+        return r1 - r0, c1 - c0
+
+    @property
+    def scale(self) -> float:
+        """Intensity per stored unit: ``1 / QUANTISED[dtype]`` for a quantised dtype, else 1."""
+        return 1.0 / QUANTISED[self.dtype] if self.dtype in QUANTISED else 1.0
+
+    def crop(self, planes: np.ndarray) -> np.ndarray:
+        """``(..., H, W)`` -> ``(..., h, w)``: the box of ``planes`` (a contiguous copy)."""
+        r0, c0, r1, c1 = self.box
+        return np.ascontiguousarray(planes[..., r0:r1, c0:c1])
+
+    def encode(self, image: np.ndarray, where: str = "image") -> np.ndarray:
+        """``(..., H, W)`` float32 intensities -> the stored ``(..., h, w)`` array of :attr:`dtype`.
+
+        Raises:
+            DataError: naming ``where``, for intensities a quantised dtype cannot hold (outside
+                ``[0, 1]``) or that overflow float16.
+        """
+        planes = self.crop(image)
+        if self.dtype in QUANTISED:
+            if planes.size and (planes.min() < -_ROUNDING or planes.max() > 1 + _ROUNDING):
+                raise DataError(
+                    f"{where}: intensities outside [0, 1] cannot be stored as {self.dtype}; "
+                    "normalise them or choose float32 / float16"
+                )
+            return np.rint(np.clip(planes, 0, 1) * QUANTISED[self.dtype]).astype(self.dtype)
+        with np.errstate(over="ignore"):
+            stored = planes.astype(self.dtype)
+        if not np.isfinite(stored).all():
+            raise DataError(
+                f"{where}: intensities overflow {self.dtype}; build with image_dtype='float32' or normalisation"
+            )
+        return stored
+
+    def decode(self, stored: np.ndarray) -> np.ndarray:
+        """Stored ``(..., h, w)`` intensities -> ``(..., H, W)`` float32, zero-padded outside the box."""
+        out = np.zeros(stored.shape[:-2] + self.size, dtype=np.float32)
+        r0, c0, r1, c1 = self.box
+        if self.dtype in QUANTISED:
+            np.divide(stored, np.float32(QUANTISED[self.dtype]), out=out[..., r0:r1, c0:c1])
+        else:
+            out[..., r0:r1, c0:c1] = stored
+        return out
+
+    def pad(self, planes: np.ndarray) -> np.ndarray:
+        """Stored ``(..., h, w)`` planes (e.g. mask values) -> ``(..., H, W)``, zero outside the box."""
+        if planes.shape[-2:] == self.size:
+            return planes
+        out = np.zeros(planes.shape[:-2] + self.size, dtype=planes.dtype)
+        r0, c0, r1, c1 = self.box
+        out[..., r0:r1, c0:c1] = planes
+        return out
+
+    def to_json(self) -> dict:
+        return {"dtype": self.dtype, "scale": self.scale, "size": list(self.size), "box": list(self.box)}
+
+    @classmethod
+    def from_json(cls, record: dict) -> Storage:
+        dtype = record["dtype"]
+        h, w = (int(v) for v in record["size"])
+        r0, c0, r1, c1 = (int(v) for v in record["box"])
+        if dtype not in STORED_DTYPES or not (0 <= r0 <= r1 <= h and 0 <= c0 <= c1 <= w):
+            raise ValueError(f"malformed storage record {record!r}")
+        return cls(dtype, (h, w), (r0, c0, r1, c1))
+
+
 @dataclass(frozen=True)
 class SubjectMeta:
     """The contents of ``subjects/<id>/meta.json``: geometry and provenance of one subject.
@@ -194,6 +334,8 @@ class SubjectMeta:
         intensity: modality name -> ``{"lo", "hi", "foreground", "nonfinite"}``: the clipping bounds
             and foreground voxel count of the intensity normalisation (:mod:`mmcam.data.intensity`;
             only ``"nonfinite"`` when it was off) and how many NaN / inf voxels were set to 0.
+        storage: how the ``(H, W)`` planes of :attr:`geometry` are stored on disk (dtype, the in-plane
+            foreground box written); default: float32, whole planes.
     """
 
     id: str
@@ -208,10 +350,14 @@ class SubjectMeta:
     labeled: bool = True
     geometry: InPlaneGeometry | None = None
     intensity: dict | None = None
+    storage: Storage | None = None
 
     def __post_init__(self):
         if self.geometry is None:
             object.__setattr__(self, "geometry", InPlaneGeometry.identity(self.shape[:2]))
+        if self.storage is None:
+            assert self.geometry is not None  # set above
+            object.__setattr__(self, "storage", Storage.full("float32", self.geometry.size))
 
     @property
     def stored_affine(self) -> np.ndarray:
@@ -224,7 +370,7 @@ class SubjectMeta:
         return header_from_text(self.header_text)
 
     def to_json(self) -> dict:
-        assert self.geometry is not None  # set by __post_init__
+        assert self.geometry is not None and self.storage is not None  # set by __post_init__
         return {
             "id": self.id,
             "shape": list(self.shape),
@@ -238,6 +384,7 @@ class SubjectMeta:
             "labeled": self.labeled,
             "geometry": self.geometry.to_json(),
             "intensity": self.intensity or {},
+            "storage": self.storage.to_json(),
         }
 
     @classmethod
@@ -257,6 +404,7 @@ class SubjectMeta:
             bool(record["labeled"]),
             InPlaneGeometry.from_json(record["geometry"]),
             dict(record["intensity"]),
+            Storage.from_json(record["storage"]),
         )
 
     def uncrop(self, planes: np.ndarray, interpolation: str = "auto", fill=0) -> np.ndarray:
@@ -315,6 +463,24 @@ def read_subject_meta(cache_dir, subject_id: str) -> SubjectMeta:
         return SubjectMeta.from_json(record)
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(f"{path}: malformed subject metadata ({type(exc).__name__}: {exc})") from exc
+
+
+def read_subject_arrays(cache_dir, meta: SubjectMeta) -> tuple[np.ndarray, np.ndarray | None]:
+    """The whole decoded arrays of one subject: what :class:`~mmcam.data.dataset.SliceDataset` reads.
+
+    Returns:
+        ``(image, labels)``: ``(S, M, H, W)`` float32 intensities and ``(S, H, W)`` uint8 raw mask values
+        (``None`` without a mask), on the stored grid (:attr:`SubjectMeta.geometry` ``.size``): the
+        stored box dequantised and zero-padded (:class:`Storage`).
+    """
+    assert meta.storage is not None  # set by __post_init__
+    directory = subject_dir(cache_dir, meta.id)
+    try:
+        image = meta.storage.decode(np.load(directory / IMAGE_FILE))
+        labels = meta.storage.pad(np.load(directory / LABELS_FILE)) if meta.labeled else None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{directory}: cannot read the cached arrays ({exc})") from exc
+    return image, labels
 
 
 def read_split(cache_dir, part: str, fold: int = 0) -> tuple[str, ...]:

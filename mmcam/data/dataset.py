@@ -4,7 +4,8 @@ Built for a :class:`torch.utils.data.DataLoader` with worker processes: the data
 small index arrays (cheap to pickle into every worker); each process memory-maps the ``.npy`` arrays of
 the subjects it reads on first use (at most ``max_open_subjects`` at a time, least recently used closed
 first, so a large cache does not exhaust file handles), and a forked copy never reuses its parent's maps.
-It never opens a NIfTI file.
+It never opens a NIfTI file. Each subject's stored box of its planes is dequantised and zero-padded
+back to the cache's ``(H, W)`` planes on read (:class:`~mmcam.data.cache.Storage`).
 """
 
 from __future__ import annotations
@@ -91,10 +92,12 @@ class SliceDataset(torch.utils.data.Dataset):
         owners, positions, slice_index, labels = [], [], [], []
         #: subject id -> ``(H, W)`` of its stored slices (items come out at ``spatial_size`` when set)
         self.slice_sizes: dict[str, tuple[int, int]] = {}
+        storage: list[fmt.Storage] = []
         for s, subject_id in enumerate(self.subject_ids):
             meta = fmt.read_subject_meta(self.index.root, subject_id)
-            assert meta.geometry is not None  # set by SubjectMeta.__post_init__
+            assert meta.geometry is not None and meta.storage is not None  # set by SubjectMeta.__post_init__
             self.slice_sizes[subject_id] = meta.geometry.size
+            storage.append(meta.storage)
             n = len(meta.slice_index)
             owners.append(np.full(n, s, dtype=np.int64))
             positions.append(np.arange(n, dtype=np.int64))
@@ -105,6 +108,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self._position = np.concatenate(positions)  # item -> row in the subject's arrays
         self._slice_index = np.concatenate(slice_index)  # item -> k in the volume
         self.labels = np.concatenate(labels) if self.has_masks else None
+        self._storage = storage  # subject number -> how its planes are stored
         self._lookup = self.spec.lookup_table(self.region)
         self._open: OrderedDict = OrderedDict()
         self._pid = os.getpid()
@@ -184,8 +188,9 @@ class SliceDataset(torch.utils.data.Dataset):
         i = int(i) % len(self)
         s, row = int(self._owner[i]), int(self._position[i])
         image_array, label_array = self._arrays(s)
-        image = np.asarray(image_array[row, self._channels], dtype=np.float32)  # (M, H, W) copy
-        mask = self._lookup[label_array[row]] if label_array is not None else None  # (H, W) bool
+        storage = self._storage[s]
+        image = storage.decode(image_array[row, self._channels])  # (M, H, W) float32
+        mask = storage.pad(self._lookup[label_array[row]]) if label_array is not None else None  # (H, W) bool
         if self.spatial_size is not None:
             if mask is not None:
                 cropped = fmt.center_crop_or_pad(mask, self.spatial_size)

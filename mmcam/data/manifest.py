@@ -17,6 +17,9 @@ compact JSON::
                  "scale": [sx, sy], "padding": [[before, after], [before, after]]},
                                           # mmcam.data.geometry.InPlaneGeometry
         "stored_affine": [[...]],         # voxel -> world of the stored (H, W) grid
+        "storage": {"dtype": "uint16", "scale": 1 / 65535, "size": [H, W], "box": [r0, c0, r1, c1]},
+                                          # mmcam.data.cache.Storage: the part of the (H, W) planes
+                                          # written to image.npy / labels.npy, and its dtype
         "slices": [k0, k1, ...],          # third-axis index k of each stored slice (row r = slices[r])
         "labels": {"WT": [0, 1, ...], "TC": [...], "ET": [...]}}   # slice label per region, per row
      ]}
@@ -50,6 +53,7 @@ def _subject_record(meta) -> dict:
         "affine": meta.affine.tolist(),
         "crop": meta.geometry.to_json(),
         "stored_affine": meta.stored_affine.tolist(),
+        "storage": meta.storage.to_json(),
         "slices": meta.slice_index.tolist(),
         "labels": {r: v.tolist() for r, v in meta.slice_labels.items()} if meta.labeled else None,
     }

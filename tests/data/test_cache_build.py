@@ -26,7 +26,7 @@ from mmcam.data import (
     split_patients,
     write_splits,
 )
-from mmcam.data.cache import subject_dir
+from mmcam.data.cache import read_subject_arrays, subject_dir
 
 import data_fixtures as fx
 
@@ -59,10 +59,19 @@ def percentile_normalized(volume, low=0.5, high=99.5):
     return np.where(volume != 0, np.clip((volume - lo) / (hi - lo), 0, 1), 0.0)
 
 
+#: The default cache stores normalised intensities as uint16: half a step of 1/65535, plus float32 rounding.
+UINT16_ATOL = 0.5 / 65535 + 1e-6
+
+
+def cached(cache, subject_id):
+    """``(image, labels)`` of a cached subject, decoded to its full stored planes (float32, uint8)."""
+    return read_subject_arrays(cache, read_subject_meta(cache, subject_id))
+
+
 def assert_subject_matches(cache, subject_id, raw, region_values, *, dropped=(0,)):
     meta = read_subject_meta(cache, subject_id)
-    image = np.load(subject_dir(cache, subject_id) / "image.npy")
-    labels = np.load(subject_dir(cache, subject_id) / "labels.npy")
+    image = cached(cache, subject_id)[0]
+    labels = cached(cache, subject_id)[1]
     depth = raw.seg.shape[2]
     kept = [k for k in range(depth) if k not in dropped]
     assert meta.slice_index.tolist() == kept
@@ -88,14 +97,14 @@ def test_cache_holds_every_kept_slice_of_every_modality(tmp_path, layout):
         assert meta.slice_labels[default].tolist() == expected_wt
         assert expected_wt == [0, 1, 1, 1, 0]
         np.testing.assert_allclose(meta.affine, raw.affine)
-        restacked = meta.restack(np.load(subject_dir(cache, subject_id) / "labels.npy"))
+        restacked = meta.restack(cached(cache, subject_id)[1])
         np.testing.assert_array_equal(restacked, raw.seg)  # dropped slice 0 had an empty mask
 
 
 def test_brats2024_resection_cavity_slice_is_not_a_tumour_slice(tmp_path):
     written, cache = build(tmp_path, "brats2024")
     meta = read_subject_meta(cache, "BraTS-GLI-00000-000")
-    labels = np.load(subject_dir(cache, "BraTS-GLI-00000-000") / "labels.npy")
+    labels = cached(cache, "BraTS-GLI-00000-000")[1]
     assert (labels[4] == 4).any() and set(np.unique(labels[4])) == {0, 4}  # k = 5: cavity only
     assert {r: v.tolist() for r, v in meta.slice_labels.items()} == {
         "WT": [0, 1, 1, 1, 0],
@@ -131,14 +140,15 @@ def test_keep_empty_slices(tmp_path):
     raw = written["BraTS2021_00000"]
     meta = read_subject_meta(cache, "BraTS2021_00000")
     assert meta.slice_index.tolist() == list(range(raw.seg.shape[2]))
-    image = np.load(subject_dir(cache, "BraTS2021_00000") / "image.npy")
+    image = cached(cache, "BraTS2021_00000")[0]
     assert not image[0].any()
 
 
 def test_float16_cache(tmp_path):
     written, cache = build(tmp_path, "msd_prostate", options=BuildOptions(image_dtype="float16", normalize=False))
-    image = np.load(subject_dir(cache, "prostate_04") / "image.npy")
-    assert image.dtype == np.float16 and read_cache_index(cache).image_dtype == "float16"
+    stored = np.load(subject_dir(cache, "prostate_04") / "image.npy")
+    assert stored.dtype == np.float16 and read_cache_index(cache).image_dtype == "float16"
+    image = cached(cache, "prostate_04")[0]
     np.testing.assert_allclose(
         image[:, 1].astype(np.float32), written["prostate_04"].images[1][:, :, 1:].transpose(2, 0, 1), rtol=1e-3
     )
@@ -163,12 +173,12 @@ def test_real_oblique_4d_file_geometry_is_carried_to_outputs(tmp_path):
     meta = read_subject_meta(tmp_path / "cache", "prostate_01")
     np.testing.assert_allclose(meta.affine, source.affine, atol=1e-5)
     assert meta.zooms == pytest.approx(source.header.get_zooms()[:3])
-    image = np.load(subject_dir(tmp_path / "cache", "prostate_01") / "image.npy")
+    image = cached(tmp_path / "cache", "prostate_01")[0]
     for row, k in enumerate(meta.slice_index):
         for c in range(2):
             np.testing.assert_array_equal(image[row, c], written["prostate_01"].images[c][:, :, k])
     # a predicted mask restacked and saved with the carried header lands on the input's grid
-    labels = np.load(subject_dir(tmp_path / "cache", "prostate_01") / "labels.npy")
+    labels = cached(tmp_path / "cache", "prostate_01")[1]
     out = nib.load(save_nifti(tmp_path / "pred.nii.gz", meta.restack(labels > 0), meta.affine, meta.header()))
     np.testing.assert_allclose(out.affine, source.affine, atol=1e-5)
     np.testing.assert_array_equal(np.asanyarray(out.dataobj), written["prostate_01"].seg > 0)
@@ -326,10 +336,10 @@ def test_default_build_stores_percentile_normalized_intensities(tmp_path, layout
     written, cache = build(tmp_path, layout, options=BuildOptions())
     for subject_id, raw in written.items():
         meta = read_subject_meta(cache, subject_id)
-        image = np.load(subject_dir(cache, subject_id) / "image.npy")
+        image = cached(cache, subject_id)[0]
         for m, (name, volume) in enumerate(zip(read_cache_index(cache).modalities, raw.images)):
             expected = percentile_normalized(volume)[:, :, meta.slice_index].transpose(2, 0, 1)
-            np.testing.assert_allclose(image[:, m], expected, atol=1e-6)
+            np.testing.assert_allclose(image[:, m], expected, atol=UINT16_ATOL)
             assert 0.0 <= image[:, m].min() and image[:, m].max() == 1.0
             inside = np.asarray(volume, dtype=np.float64)[volume != 0]
             assert meta.intensity[name]["lo"] == pytest.approx(np.percentile(inside, 0.5))
@@ -349,12 +359,12 @@ def test_nan_voxels_are_refused_or_zeroed_with_a_warning(tmp_path):
     with pytest.warns(DataWarning, match=rf"{path}: 1 non-finite intensity values .* set to 0"):
         build_cache(discover(raw), tmp_path / "cache", options=BuildOptions(nonfinite="zero"))
     meta = read_subject_meta(tmp_path / "cache", "BraTS2021_00002")
-    image = np.load(subject_dir(tmp_path / "cache", "BraTS2021_00002") / "image.npy")
+    image = cached(tmp_path / "cache", "BraTS2021_00002")[0]
     assert np.isfinite(image).all() and meta.intensity["flair"]["nonfinite"] == 1
     row = meta.slice_index.tolist().index(2)
     assert image[row, 3, 4, 3] == 0.0  # background
     expected = percentile_normalized(np.nan_to_num(flair, nan=0.0))  # NaN out of the percentiles
-    np.testing.assert_allclose(image[:, 3], expected[:, :, meta.slice_index].transpose(2, 0, 1), atol=1e-6)
+    np.testing.assert_allclose(image[:, 3], expected[:, :, meta.slice_index].transpose(2, 0, 1), atol=UINT16_ATOL)
 
 
 # ------------------------------------------------------------------ --size: crop / pad / resize
@@ -366,8 +376,8 @@ def test_size_crop_pads_and_crops_odd_planes_and_uncrop_inverts_it(tmp_path):
     geometry = meta.geometry
     assert geometry.size == (8, 8) and geometry.scale == (1.0, 1.0)
     assert geometry.box == (0, 0, 8, 8) and geometry.padding == ((0, 0), (0, 1))
-    image = np.load(subject_dir(cache, "BraTS2021_00000") / "image.npy")
-    labels = np.load(subject_dir(cache, "BraTS2021_00000") / "labels.npy")
+    image = cached(cache, "BraTS2021_00000")[0]
+    labels = cached(cache, "BraTS2021_00000")[1]
     assert image.shape == (5, 4, 8, 8) and labels.shape == (5, 8, 8)
     k = meta.slice_index
     np.testing.assert_array_equal(image[:, 0, :8, :7], raw.images[0][:8, :, k].transpose(2, 0, 1))
@@ -395,7 +405,7 @@ def test_size_scale_resizes_and_nearest_masks_come_back_exactly(tmp_path):
     raw = written["prostate_04"]
     meta = read_subject_meta(cache, "prostate_04")
     assert meta.geometry.box == (0, -1, 9, 8) and meta.geometry.scale == (0.5, 0.5)
-    labels = np.load(subject_dir(cache, "prostate_04") / "labels.npy")
+    labels = cached(cache, "prostate_04")[1]
     assert labels.shape == (5, 18, 18)
     # nearest-exact at factor 2: stored pixel (i, j) is volume voxel (i // 2, j // 2 - 1)
     expected = np.zeros((5, 18, 18), np.uint8)
@@ -406,7 +416,7 @@ def test_size_scale_resizes_and_nearest_masks_come_back_exactly(tmp_path):
     np.testing.assert_array_equal(labels, expected)
     np.testing.assert_array_equal(meta.restack(labels), raw.seg)
     np.testing.assert_array_equal(meta.restack(labels > 0), raw.seg > 0)  # bool stays nearest
-    image = np.load(subject_dir(cache, "prostate_04") / "image.npy")
+    image = cached(cache, "prostate_04")[0]
     assert image.shape == (5, 2, 18, 18) and image.dtype == np.float32
 
 
@@ -452,12 +462,12 @@ def test_real_big_endian_anatomical_file_goes_through_prepare(tmp_path):
     build_cache(dataset, tmp_path / "cache", options=BuildOptions(size=32))
     ((subject_id, raw),) = written.items()
     meta = read_subject_meta(tmp_path / "cache", subject_id)
-    image = np.load(subject_dir(tmp_path / "cache", subject_id) / "image.npy")
-    labels = np.load(subject_dir(tmp_path / "cache", subject_id) / "labels.npy")
+    image = cached(tmp_path / "cache", subject_id)[0]
+    labels = cached(tmp_path / "cache", subject_id)[1]
     assert image.dtype.isnative and image.shape == (25, 4, 32, 32)
     normalized = percentile_normalized(raw.images[0])  # no zero voxel: every voxel is foreground
     stored = meta.geometry.apply(normalized.transpose(2, 0, 1).astype(np.float32))
-    np.testing.assert_allclose(image[:, 2], stored, atol=1e-6)
+    np.testing.assert_allclose(image[:, 2], stored, atol=UINT16_ATOL)
     np.testing.assert_array_equal(meta.restack(labels), raw.seg)
     assert meta.slice_labels["ET"].tolist() == [int(k == 11) for k in range(25)]
 
@@ -476,7 +486,7 @@ def test_subjects_without_a_mask_are_cached_for_inference_only(tmp_path):
         meta = read_subject_meta(tmp_path / "cache", subject_id)
         assert not meta.labeled and meta.slice_labels == {}
         np.testing.assert_array_equal(meta.affine, subject.affine)
-        image = np.load(directory / "image.npy")
+        image = cached(tmp_path / "cache", subject_id)[0]
         np.testing.assert_array_equal(image[:, 1], subject.images[1][:, :, 1:].transpose(2, 0, 1))
     record = write_splits(tmp_path / "cache", seed=0)
     assert record["test"] == [] and record["folds"] == [{"train": [], "val": []}]

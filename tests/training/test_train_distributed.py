@@ -13,13 +13,17 @@ import torch
 import torch.multiprocessing as mp
 
 from mmcam import train
-from mmcam.data import SliceDataset
+from mmcam.data import BuildOptions, SliceDataset
 from mmcam.data.synthetic import prepare_synthetic
 from mmcam.models import MultiModalCAM
 from mmcam.objective import ObjectiveConfig, compute_objective
 from mmcam.training import checkpoint as ckpt
 from mmcam.training.trainer import EpochBatches
 
+#: float32 intensities: the 1e-6 comparison below is at the edge of AdamW's first steps (a weight's
+#: update is about lr * sign(gradient) where its gradient is near 0), and the uint16 default cache's
+#: slightly different inputs put one such weight 2.7e-6 apart; the test is about DDP, not the cache.
+FLOAT32 = BuildOptions(image_dtype="float32")
 MODALITIES = ["t1ce", "flair"]
 STEPS, PER_RANK, WORLD, SEED = 3, 2, 2, 5
 ARGS = [
@@ -59,7 +63,9 @@ def worker(rank: int, port: int, cache: str, run_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    return prepare_synthetic(tmp_path_factory.mktemp("synthetic"), "brats", n_subjects=6, seed=0, shape=(32, 32, 12))
+    return prepare_synthetic(
+        tmp_path_factory.mktemp("synthetic"), "brats", n_subjects=6, seed=0, shape=(32, 32, 12), options=FLOAT32
+    )
 
 
 def single_process_reference(cache: Path) -> dict:
