@@ -28,7 +28,8 @@ def synthetic_workdir(config: cfg.TrainConfig) -> Path:
 def cache_location(config: cfg.TrainConfig) -> Path:
     """Where the slice cache of a config is (or will be): the synthetic phantoms' cache (no ``data``),
     ``data`` itself when it is a cache, else ``cache`` or ``<data>-mmcam-cache`` next to the raw folder
-    (``<data>-mmcam-cache-<size><fit>``, e.g. ``-256scale``, when slices are stored at a size ``size``)."""
+    (``<data>-mmcam-cache-<size><fit>``, e.g. ``-256scale``, when slices are stored at a size ``size``, and
+    ``-<folds>folds`` for a cross-validation split)."""
     if config.data is None:
         return synthetic_workdir(config) / "cache"
     data = Path(config.data)
@@ -37,6 +38,7 @@ def cache_location(config: cfg.TrainConfig) -> Path:
     if config.cache:
         return Path(config.cache)
     suffix = f"-{config.size}{config.fit}" if config.size is not None else ""
+    suffix += f"-{config.folds}folds" if config.folds is not None else ""
     return data.parent / f"{data.name}-mmcam-cache{suffix}"
 
 
@@ -59,6 +61,7 @@ def resolve_cache(config: cfg.TrainConfig, log) -> Path:
             cache,
             dataset=config.dataset,
             options=BuildOptions(size=config.size, fit=config.fit),
+            folds=config.folds,
             workers=default_workers(),
         )
     return cache

@@ -40,8 +40,9 @@ class TrainConfig(ObjectiveConfig):
 
     Data: ``data`` is a raw download or a prepared cache (``None``: the built-in synthetic phantoms),
     ``dataset`` its kind, ``modalities`` the subset to train on (one network each; ``None``: all),
-    ``region`` the target region (``None``: the dataset's default), ``size`` the in-plane size of prepared
-    slices (``None``: native).
+    ``region`` the target region (``None``: the dataset's default), ``size`` and ``fit`` the in-plane size
+    of prepared slices (``None``: native) and how it is reached, ``folds`` the cross-validation folds a raw
+    download is prepared with (``None``: one train/val split), ``fold`` the fold trained on.
 
     Every instance is valid: construction checks every key and raises :class:`ConfigError`.
     """
@@ -54,6 +55,7 @@ class TrainConfig(ObjectiveConfig):
     region: str | None = None
     size: int | None = None
     fit: str = "crop"
+    folds: int | None = None
     fold: int = 0
     limit_subjects: int | None = None
     synthetic_subjects: int = 24
@@ -107,9 +109,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "paper-brats": _PAPER_BRATS,
     # the same with one network per BraTS modality
     "paper-brats-4": {**_PAPER_BRATS, "modalities": ["t1", "t1ce", "t2", "flair"]},
-    # T2 + ADC at 256x256: MSD cases are 256, 320 or 384 pixels wide; scale (pad to a square, resize)
-    # keeps every case's whole field of view, as the paper's resized slices do, where a 256 crop would cut
-    # the border of the larger fields
+    # T2 + ADC at 256x256: MSD cases differ in in-plane size; scale (pad to a square, resize) keeps every
+    # case's whole field of view, as the paper's resized slices do, where a 256 crop would cut the border of
+    # the larger fields
     "paper-prostate": dict(
         lr=1e-4,
         weight_decay=0.5,
@@ -221,6 +223,10 @@ def _validate_run_settings(config: TrainConfig) -> None:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)}")
     if config.fold < 0:
         raise ConfigError(f"config key 'fold' must be >= 0, got {config.fold}")
+    if config.folds is not None and not (config.folds >= 2 and config.fold < config.folds):
+        raise ConfigError(
+            f"config keys: folds must be >= 2 and fold < folds, got folds={config.folds}, fold={config.fold}"
+        )
     if config.amp is not None and config.device != "cuda":
         raise ConfigError(f"--amp {config.amp} needs --device cuda (mixed precision is a CUDA feature here)")
 
