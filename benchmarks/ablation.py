@@ -1,29 +1,41 @@
 #!/usr/bin/env python
-"""The ablation of the method on the built-in synthetic phantoms (docs/evaluation.md).
+"""The ablation study of the loss terms on synthetic phantoms (docs/evaluation.md, "The ablation").
 
-Trains every variant of :data:`mmcam.objective.ABLATIONS` -- CAM only (classification), ER only
-(SEAM-style, per modality), ER + KD, ER + CMER and the full method -- with the same preset, budget and
-seeds, through ``mmcam.train.main`` (so each run is an ordinary run directory with its test evaluation
-in ``results.json``), then writes the table of test Dice, mean ± std over seeds, as markdown and JSON::
+One command runs the whole study, resumably::
 
-    python benchmarks/ablation.py [--seeds 3 | --seeds 0,1,2] [--epochs 5] [--variants cam,er,...]
-                                  [--preset quick] [--runs runs/ablation] [--out benchmarks/results]
-                                  [--set key=value ...] [--aggregate-only]
+    python benchmarks/ablation.py                       # the study: data, every run, the tables and plot
+    python benchmarks/ablation.py --pilot               # the pilot that set the budget and the CMER weight
+    python benchmarks/ablation.py --aggregate-only      # re-tabulate finished runs, train nothing
 
-Runs go to ``RUNS/<variant>-seed<k>``. The script is resumable: a run whose ``results.json`` exists is
-read, not retrained; a run interrupted after its first checkpoint continues with ``--resume``. Every
-existing run must have been made with exactly the configuration this invocation asks for (else the
-script stops and names the run), so a table never mixes budgets. The numbers are whatever the runs
-measured; nothing is tuned here.
+Design (fixed before the runs; the defaults of this script are the design):
 
-Outputs: ``OUT/ablation_synthetic.md`` and ``OUT/ablation_synthetic.json`` (written atomically), and the
-markdown table on stdout.
+- data: ``--subjects`` (60) synthetic BraTS-layout phantoms generated with seed 0, one patient split
+  ``--fractions`` (0.4, 0.2, 0.4: 24 train / 12 validation / 24 test patients), prepared once into
+  ``RUNS/data`` and shared by every run;
+- training: preset ``quick`` (T1ce + FLAIR networks, width/8, AdamW lr 1e-3) for ``--steps`` optimiser
+  steps, validated every ``--val-every`` steps; the reported checkpoint is the paper's (each modality's
+  network at its best validation accuracy), the threshold is chosen on the 12 validation patients;
+- variants (:data:`VARIANTS`): CAM only, ER, ER + KD, ER + CMER, the full method, and ER + CMER with
+  ``lambda_cmer = --cmer-weight`` (the ratio of the ER to the CMER magnitude measured by the pilot);
+- seeds ``--seeds`` (0..4): seed k of every variant has the same initialisation, batch order and π
+  sequence (paired); nothing else differs between the runs of one seed;
+- scores per test patient, per channel (each modality's map and the combined map): 3-D Dice at the
+  validation threshold, and the threshold-free average precision of the map on the slices that hold
+  target (mmcam.evaluation.ranking); plus each network's test slice accuracy;
+- contrasts (:data:`CONTRASTS`): paired differences with 95 % bootstrap intervals over seeds and patients
+  (ablation_stats).
+
+Runs go to ``RUNS/<variant>-seed<k>``: a run whose ``results.json`` exists is read, an interrupted one is
+resumed, one made with another configuration stops the script naming it. Outputs (atomic):
+``OUT/ablation_synthetic.{json,md,png}``; ``--readme README.md`` also replaces the block between
+``<!-- ablation:begin -->`` and ``<!-- ablation:end -->`` of that file with the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import shutil
 import statistics
@@ -33,23 +45,41 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mmcam import train
-from mmcam.atomic_files import atomic_write_text
+from mmcam.atomic_files import atomic_write, atomic_write_text
 from mmcam.objective import ABLATIONS
 
-#: Table rows, in this order, with their names in the table.
-VARIANT_LABELS = {
+from ablation_stats import BOOTSTRAP_REPS, CONFIDENCE, Estimate, bootstrap_mean, paired_contrast, score_table
+
+#: The study's variants: their labels and the config keys that make them (the rest is the shared budget).
+#: ``er_cmer_w`` gets ``lambda_cmer`` from ``--cmer-weight``.
+VARIANTS: dict[str, str] = {
     "cam": "CAM only (classification)",
     "er": "ER only (SEAM-style)",
     "er_kd": "ER + KD",
     "er_cmer": "ER + CMER",
     "full": "full (ER + CMER + KD)",
+    "er_cmer_w": "ER + CMER, CMER weighted to ER's scale",
 }
+#: Paired contrasts ``(a, b)``: the effect of what ``a`` adds to ``b``.
+CONTRASTS: tuple[tuple[str, str], ...] = (
+    ("full", "er"),
+    ("er", "cam"),
+    ("er_cmer", "er"),
+    ("er_kd", "er"),
+    ("er_cmer_w", "er"),
+)
+SCORES = {"dice": "Dice (3-D, validation threshold)", "ap": "AP (threshold-free, slices with target)"}
 COMBINED = "combined"
 TABLE_NAME = "ablation_synthetic"
+PILOT_NAME = "ablation_pilot"
+README_BEGIN, README_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
 SIDE_FILE = "ablation_run.json"  # per run: its command and the wall time of the invocation that finished it
+#: Keys that differ between the runs of the study by design (the rest must be equal).
+VARYING_KEYS = frozenset({"seed", "use_cls", "use_kd", "use_er", "use_cmer", "lambda_cmer", "workers"})
 
 
 # ------------------------------------------------------------------------------------- arguments
@@ -66,17 +96,41 @@ def parse_seeds(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(
             f"--seeds {text!r}: give a count >= 1 (3 means 0,1,2) or a comma-separated list (0,1,2; one seed: 5,)"
         ) from None
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be distinct")
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds {text!r}: seeds must be distinct and >= 0")
     return seeds
 
 
 def parse_variants(text: str) -> list[str]:
     variants = [v.strip() for v in text.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in ABLATIONS]
+    unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        raise argparse.ArgumentTypeError(f"--variants: unknown {unknown}; choose from {', '.join(ABLATIONS)}")
+        raise argparse.ArgumentTypeError(f"--variants: unknown {unknown}; choose from {', '.join(VARIANTS)}")
     return variants
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    from mmcam.data.errors import DataError
+    from mmcam.data.splits import parse_fractions as parse
+
+    try:
+        return parse(text)
+    except DataError as exc:
+        raise argparse.ArgumentTypeError(f"--fractions: {exc}") from None
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
+    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -85,34 +139,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("5"), help="a count (0..K-1) or a list (5)")
+    p.add_argument("--variants", type=parse_variants, default=list(VARIANTS), help="comma-separated (all)")
+    p.add_argument("--subjects", type=positive_int, default=60, help="synthetic phantoms (60)")
+    p.add_argument("--fractions", type=parse_fractions, default=(0.4, 0.2, 0.4), help="train,val,test patients")
+    p.add_argument("--steps", type=positive_int, default=400, help="optimiser steps per run (400)")
+    p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps (50)")
+    p.add_argument("--cmer-weight", type=positive_float, default=3000.0, help="lambda_cmer of er_cmer_w (3000)")
+    p.add_argument("--preset", default="quick", help="training preset (quick)")
     p.add_argument(
-        "--seeds",
-        type=parse_seeds,
-        default=parse_seeds("3"),
-        help="number of seeds (0..K-1) or a comma-separated list (default 3)",
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (all runs)"
     )
-    p.add_argument("--epochs", type=int, help="epochs per run (default: the preset's)")
-    p.add_argument(
-        "--variants",
-        type=parse_variants,
-        default=list(ABLATIONS),
-        help=f"comma-separated subset of {','.join(ABLATIONS)} (default: all)",
-    )
-    p.add_argument("--preset", default="quick", help="training preset (default quick: synthetic CPU budget)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra config override for every run (repeatable), e.g. --set batch_size=8",
-    )
-    p.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="run directories (default runs/ablation)")
-    p.add_argument(
-        "--out", type=Path, default=Path("benchmarks/results"), help="table folder (default benchmarks/results)"
-    )
+    p.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="run directories (runs/ablation)")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder (benchmarks/results)")
+    p.add_argument("--readme", type=Path, help="also write the markdown into this file's ablation block")
+    p.add_argument("--reps", type=positive_int, default=BOOTSTRAP_REPS, help="bootstrap replicates (10000)")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing; tabulate the finished runs")
+    p.add_argument("--pilot", action="store_true", help="run the pilot (full, seed 0) instead of the study")
+    p.add_argument("--pilot-steps", type=positive_int, default=800, help="steps of the pilot (800)")
     return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ data
+def study_cache(args: argparse.Namespace) -> Path:
+    """The phantoms of the study and their cache with its patient split (``RUNS/data``), made once."""
+    from mmcam.data.build import prepare_raw
+    from mmcam.data.cache import INDEX_FILE, SPLITS_FILE
+    from mmcam.data.synthetic import generate_synthetic
+
+    root = args.runs / "data"
+    cache = root / "cache"
+    if (cache / INDEX_FILE).is_file() and (cache / SPLITS_FILE).is_file():
+        splits = json.loads((cache / SPLITS_FILE).read_text())
+        if list(splits.get("fractions", [])) != list(args.fractions):
+            raise SystemExit(f"error: {cache} was split with {splits.get('fractions')}; use another --runs folder")
+        return cache
+    if args.aggregate_only:
+        raise SystemExit(f"error: {cache} is missing (--aggregate-only prepares nothing)")
+    raw = generate_synthetic(root / "raw", "brats", n_subjects=args.subjects, seed=0)
+    prepare_raw(raw, cache, dataset="brats", fractions=args.fractions, seed=0, overwrite=cache.exists())
+    return cache
 
 
 # ------------------------------------------------------------------------------------------ runs
@@ -120,21 +186,36 @@ def run_path(runs: Path, variant: str, seed: int) -> Path:
     return runs / f"{variant}-seed{seed}"
 
 
-def train_argv(args: argparse.Namespace, variant: str, seed: int) -> list[str]:
-    """The ``mmcam.train`` command line of one run: the preset, seed, budget and ablation switches."""
+def variant_keys(variant: str, cmer_weight: float) -> dict[str, Any]:
+    """The config keys that make ``variant``."""
+    switches: dict[str, Any] = dict(ABLATIONS["er_cmer" if variant == "er_cmer_w" else variant])
+    if variant == "er_cmer_w":
+        switches["lambda_cmer"] = cmer_weight
+    return switches
+
+
+def train_argv(
+    args: argparse.Namespace, variant: str, seed: int, cache: Path, run_dir: Path | None = None
+) -> list[str]:
+    """The ``mmcam.train`` command line of one run: the preset, data, seed, budget and variant keys."""
     argv = [
         "--run-dir",
-        str(run_path(args.runs, variant, seed)),
+        str(run_dir or run_path(args.runs, variant, seed)),
         "--preset",
         args.preset,
+        "--data",
+        str(cache),
         "--seed",
         str(seed),
+        "--max-steps",
+        str(args.pilot_steps if args.pilot else args.steps),
+        "--epochs",
+        "1000000",  # the budget is --max-steps
         "--no-progress",
+        f"val_every_steps={args.val_every}",
     ]
-    if args.epochs is not None:
-        argv += ["--epochs", str(args.epochs)]
-    switches = [f"{key}={str(value).lower()}" for key, value in ABLATIONS[variant].items()]
-    return argv + list(args.overrides) + switches
+    keys = [f"{key}={str(value).lower()}" for key, value in variant_keys(variant, args.cmer_weight).items()]
+    return argv + list(args.overrides) + keys
 
 
 def expected_config(argv: list[str]) -> dict[str, Any]:
@@ -159,17 +240,15 @@ def check_same_config(run_dir: Path, expected: dict[str, Any]) -> None:
         )
 
 
-def ensure_run(args: argparse.Namespace, variant: str, seed: int) -> Path:
+def ensure_run(argv: list[str], run_dir: Path, aggregate_only: bool) -> Path:
     """Train (or finish) one run unless its ``results.json`` exists; return the run directory."""
-    argv = train_argv(args, variant, seed)
-    run_dir = run_path(args.runs, variant, seed)
     expected = expected_config(argv)
     if (run_dir / "config.yaml").is_file():
         check_same_config(run_dir, expected)
     if (run_dir / "results.json").is_file():
         print(f"[ablation] {run_dir}: done, reusing its results.json", flush=True)
         return run_dir
-    if args.aggregate_only:
+    if aggregate_only:
         raise SystemExit(f"error: {run_dir / 'results.json'} is missing (--aggregate-only trains nothing)")
     if (run_dir / "last.pt").is_file():
         print(f"[ablation] {run_dir}: interrupted, resuming from last.pt", flush=True)
@@ -192,7 +271,7 @@ def ensure_run(args: argparse.Namespace, variant: str, seed: int) -> Path:
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
-    """The parts of a finished run the table needs: results, config and (when recorded) wall time."""
+    """The parts of a finished run the study needs: results, config and (when recorded) wall time."""
     record = {
         "run_dir": str(run_dir),
         "results": json.loads((run_dir / "results.json").read_text()),
@@ -205,152 +284,312 @@ def read_run(run_dir: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ aggregation
-def mean_std(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof = 1; ``None`` for one value) of per-seed values."""
-    values = [float(v) for v in values]
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.stdev(values) if len(values) > 1 else None,
-        "per_seed": values,
-    }
-
-
-def aggregate(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-    """Per variant: mean ± std over seeds of each run's mean per-patient test Dice (combined and per
-    modality) and test accuracy.
-
-    Args:
-        runs: ``{variant: {seed: record}}`` with ``record["results"]`` a run's ``results.json``.
-
-    Returns:
-        ``{variant: {"label", "switches", "seeds", "dice": {name: mean_std}, "test_accuracy": {...}}}``.
-    """
-    table = {}
-    for variant, by_seed in runs.items():
-        seeds = sorted(by_seed)
-        names = list(by_seed[seeds[0]]["results"]["dice"])
-        for seed in seeds:
-            got = list(by_seed[seed]["results"]["dice"])
-            if sorted(got) != sorted(names):
-                raise ValueError(f"{variant} seed {seed}: results for {got}, other seeds for {names}")
-        accuracy_names = list(by_seed[seeds[0]]["results"].get("test_accuracy", {}))
-        table[variant] = {
-            "label": VARIANT_LABELS.get(variant, variant),
-            "switches": ABLATIONS.get(variant),
-            "seeds": seeds,
-            "dice": {name: mean_std([by_seed[s]["results"]["dice"][name]["mean"] for s in seeds]) for name in names},
-            "test_accuracy": {
-                name: mean_std([by_seed[s]["results"]["test_accuracy"][name] for s in seeds]) for name in accuracy_names
-            },
-        }
-    return table
-
-
 def shared_budget(runs: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
-    """The configuration every run shares (all keys but the seed and the ablation switches); raises if
-    two runs differ in any other key."""
-    varying = {"seed", "use_cls", "use_kd", "use_er", "use_cmer", "workers"}
+    """The configuration every run shares (all keys but :data:`VARYING_KEYS`); raises ``ValueError`` naming
+    the run and keys when two runs differ in any other key."""
     reference, where = None, None
     for variant, by_seed in runs.items():
         for seed, record in by_seed.items():
-            config = {k: v for k, v in record["config"].items() if k not in varying}
+            config = {k: v for k, v in record["config"].items() if k not in VARYING_KEYS}
+            name = record.get("run_dir", f"{variant} seed {seed}")
             if reference is None:
-                reference, where = config, record.get("run_dir", f"{variant} seed {seed}")
+                reference, where = config, name
             elif config != reference:
                 keys = sorted(k for k in set(config) | set(reference) if config.get(k) != reference.get(k))
-                raise ValueError(f"{record.get('run_dir', f'{variant} seed {seed}')} differs from {where} in {keys}")
+                raise ValueError(f"{name} differs from {where} in {keys}")
     return reference or {}
 
 
-def format_mean_std(entry: dict[str, Any]) -> str:
-    return f"{entry['mean']:.3f}" + (f" ± {entry['std']:.3f}" if entry["std"] is not None else "")
+def per_patient(record: dict[str, Any], score: str, channel: str) -> dict[str, float]:
+    """``{patient: value}`` of one run's ``results.json`` (``score``: ``dice`` or ``ap``)."""
+    return record["results"][score][channel]["per_patient"]
 
 
-def markdown_table(table: dict[str, Any], modalities: Sequence[str]) -> str:
-    """The rows of the table: combined Dice then each modality's Dice, ``mean ± std`` over seeds."""
-    header = ["variant", "L_C", "L_KD", "L_ER", "L_CMER", "Dice combined"] + [f"Dice {m}" for m in modalities]
+def study_tables(
+    runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int]
+) -> tuple[list[str], list[str], dict[str, dict[str, dict[str, np.ndarray]]]]:
+    """``(channels, patients, {variant: {score: {channel: (S, P) table}}})``; every run must score the same
+    patients and channels."""
+    first = runs[next(iter(runs))][seeds[0]]
+    channels = list(first["results"]["dice"])
+    patients = sorted(per_patient(first, "dice", COMBINED))
+    tables: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    for variant, by_seed in runs.items():
+        for seed in seeds:
+            got = sorted(by_seed[seed]["results"]["dice"])
+            if got != sorted(channels):
+                raise ValueError(f"{variant} seed {seed}: channels {got}, expected {sorted(channels)}")
+        tables[variant] = {
+            score: {
+                c: score_table({s: per_patient(by_seed[s], score, c) for s in seeds}, seeds, patients) for c in channels
+            }
+            for score in SCORES
+        }
+    return channels, patients, tables
+
+
+def accuracy_table(by_seed: dict[int, dict[str, Any]], seeds: Sequence[int]) -> dict[str, dict[str, Any]]:
+    """Test slice accuracy per network: mean and range over seeds."""
+    names = list(by_seed[seeds[0]]["results"].get("test_accuracy", {}))
+    out = {}
+    for name in names:
+        values = [float(by_seed[s]["results"]["test_accuracy"][name]) for s in seeds]
+        out[name] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "per_seed": values}
+    return out
+
+
+def analyse(
+    runs: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int], reps: int = BOOTSTRAP_REPS
+) -> dict[str, Any]:
+    """Per variant: every score's mean and interval per channel and the test accuracy; per contrast (both
+    variants present): the paired difference and its interval per score and channel."""
+    channels, patients, tables = study_tables(runs, seeds)
+    variants = {
+        v: {
+            "label": VARIANTS.get(v, v),
+            "keys": variant_keys(v, float(runs[v][seeds[0]]["config"].get("lambda_cmer", 1.0))),
+            "scores": {
+                score: {c: bootstrap_mean(tables[v][score][c], reps).as_dict() for c in channels} for score in SCORES
+            },
+            "per_seed_mean": {
+                score: {c: np.nanmean(tables[v][score][c], axis=1).tolist() for c in channels} for score in SCORES
+            },
+            "test_accuracy": accuracy_table(runs[v], seeds),
+        }
+        for v in runs
+    }
+    contrasts = [
+        {
+            "a": a,
+            "b": b,
+            "scores": {
+                score: {c: paired_contrast(tables[a][score][c], tables[b][score][c], reps).as_dict() for c in channels}
+                for score in SCORES
+            },
+        }
+        for a, b in CONTRASTS
+        if a in runs and b in runs
+    ]
+    return {"channels": channels, "patients": patients, "variants": variants, "contrasts": contrasts}
+
+
+# -------------------------------------------------------------------------------------- reporting
+def _estimate(entry: dict[str, Any]) -> Estimate:
+    return Estimate(entry["mean"], entry["low"], entry["high"], entry["n"])
+
+
+def variant_table(analysis: dict[str, Any]) -> str:
+    """Markdown: per variant, Dice and AP per channel (mean [95 % interval]) and test accuracy."""
+    channels = analysis["channels"]
+    modalities = [c for c in channels if c != COMBINED]
+    header = ["variant"] + [f"{s} {c}" for s in ("Dice", "AP") for c in channels]
+    header += [f"test acc. {m}" for m in modalities]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in table.values():
-        switches = row["switches"] or {}
-        marks = ["✓" if switches.get(f"use_{t}") else "" for t in ("cls", "kd", "er", "cmer")]
-        cells = [row["label"], *marks, format_mean_std(row["dice"][COMBINED])]
-        cells += [format_mean_std(row["dice"][m]) for m in modalities]
+    for row in analysis["variants"].values():
+        cells = [row["label"]]
+        cells += [_estimate(row["scores"][s][c]).format() for s in ("dice", "ap") for c in channels]
+        acc = row["test_accuracy"]
+        cells += [f"{acc[m]['mean']:.2f} ({acc[m]['min']:.2f}-{acc[m]['max']:.2f})" for m in modalities if m in acc]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def describe_budget(budget: dict[str, Any], seeds: Sequence[int], steps: int | None) -> str:
-    parts = [f"preset `{budget.get('preset')}`", f"{budget.get('epochs')} epochs"]
-    if steps is not None:
-        parts.append(f"{steps} steps")
-    parts += [
-        f"batch {budget.get('batch_size')}",
-        f"lr {budget.get('lr')}",
-        f"weight decay {budget.get('weight_decay')}",
-        f"width/{budget.get('width_divisor')}",
-        f"transform `{budget.get('transform')}`",
-    ]
-    data = (
-        f"synthetic {budget.get('synthetic_layout')} phantoms ({budget.get('synthetic_subjects')} subjects)"
-        if budget.get("data") is None
-        else f"data {budget.get('data')}"
+def contrast_table(analysis: dict[str, Any]) -> str:
+    """Markdown: per contrast, the paired difference of Dice and AP per channel (mean [95 % interval]), in
+    bold where the interval excludes 0."""
+    channels = analysis["channels"]
+    header = ["contrast"] + [f"Δ{s} {c}" for s in ("Dice", "AP") for c in channels]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for contrast in analysis["contrasts"]:
+        cells = [f"{contrast['a']} − {contrast['b']}"]
+        for s in ("dice", "ap"):
+            for c in channels:
+                estimate = _estimate(contrast["scores"][s][c])
+                text = estimate.format(signed=True)
+                cells.append(f"**{text}**" if estimate.excludes_zero else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def findings(analysis: dict[str, Any]) -> list[str]:
+    """One sentence per contrast: what its intervals establish, per score, on every channel."""
+    out = []
+    for contrast in analysis["contrasts"]:
+        label = f"{VARIANTS.get(contrast['a'], contrast['a'])} vs {VARIANTS.get(contrast['b'], contrast['b'])}"
+        parts = []
+        for s, name in (("dice", "Dice"), ("ap", "AP")):
+            up, down, none = [], [], []
+            for c, entry in contrast["scores"][s].items():
+                estimate = _estimate(entry)
+                (up if estimate.low > 0 else down if estimate.high < 0 else none).append(c)
+            said = []
+            if up:
+                said.append(f"higher on {', '.join(up)}")
+            if down:
+                said.append(f"lower on {', '.join(down)}")
+            if none:
+                said.append(f"no difference established on {', '.join(none)}")
+            parts.append(f"{name} " + "; ".join(said))
+        out.append(f"- {label}: " + ". ".join(parts) + ".")
+    return out
+
+
+def describe_design(budget: dict[str, Any], seeds: Sequence[int], n_patients: int, splits: dict[str, Any]) -> str:
+    sizes = splits.get("sizes", {})
+    return (
+        f"{budget.get('synthetic_layout', 'brats')}-layout phantoms (data {budget.get('data')}; "
+        f"{sizes.get('train', '?')} train / {sizes.get('val', '?')} validation / {n_patients} test patients), "
+        f"preset `{budget.get('preset')}` ({', '.join(budget.get('modalities') or [])}, width/"
+        f"{budget.get('width_divisor')}, lr {budget.get('lr')}, weight decay {budget.get('weight_decay')}, batch "
+        f"{budget.get('batch_size')}), {budget.get('max_steps')} steps, validation every "
+        f"{budget.get('val_every_steps')} steps, seeds {', '.join(map(str, seeds))} (paired across variants)"
     )
-    return f"{data}; {', '.join(parts)}; seeds {', '.join(map(str, seeds))}"
 
 
 def build_report(
     runs: dict[str, dict[int, dict[str, Any]]],
     seeds: Sequence[int],
+    splits: dict[str, Any],
     environment: dict[str, Any] | None = None,
     command: str = "python benchmarks/ablation.py",
+    reps: int = BOOTSTRAP_REPS,
 ) -> tuple[dict[str, Any], str]:
-    """The JSON document and the markdown text of the ablation table (``command``: how it was made)."""
-    table = aggregate(runs)
+    """The JSON document and the markdown text of the study."""
     budget = shared_budget(runs)
-    first = next(iter(next(iter(runs.values())).values()))
-    modalities = [n for n in first["results"]["dice"] if n != COMBINED]
-    protocol = first["results"].get("protocol", "")
-    steps = {r.get("steps") for by_seed in runs.values() for r in by_seed.values()} - {None}
+    analysis = analyse(runs, seeds, reps)
+    first = runs[next(iter(runs))][seeds[0]]
     seconds = [r["seconds"] for by_seed in runs.values() for r in by_seed.values() if "seconds" in r]
     document = {
-        "experiment": "ablation of the loss terms on the synthetic phantoms",
+        "experiment": "ablation of the loss terms on synthetic phantoms, paired seeds",
         "command": command,
-        "statistic": "per run: mean over test patients of the per-patient 3-D Dice (results.json); "
-        "table: mean ± sample std (ddof=1) of that value over seeds",
-        "protocol": protocol,
+        "design": describe_design(budget, seeds, len(analysis["patients"]), splits),
+        "statistic": f"mean over seeds x test patients of the per-patient score; {CONFIDENCE:.0%} two-level "
+        f"percentile bootstrap interval ({reps} replicates; seeds and patients resampled with replacement); "
+        "contrasts: the same on the paired difference table",
+        "scores": SCORES,
+        "protocol": first["results"].get("protocol", ""),
+        "checkpoint": first["results"].get("checkpoint"),
         "seeds": list(seeds),
         "budget": budget,
-        "steps_per_run": steps.pop() if len(steps) == 1 else None,
         "wall_seconds_per_run_median": statistics.median(seconds) if seconds else None,
         "wall_seconds_total": sum(seconds) if seconds else None,
         "environment": environment or {},
-        "variants": table,
+        **analysis,
         "runs": {v: {str(s): r.get("run_dir") for s, r in by_seed.items()} for v, by_seed in runs.items()},
     }
     lines = [
-        f"Ablation on the synthetic phantoms (`{command}`): test Dice (per patient, 3-D), mean ± std over "
-        f"{len(seeds)} seeds (sample std; each seed's value is the mean over the test patients).",
+        f"Ablation study (`{command}`): {document['design']}.",
         "",
-        markdown_table(table, modalities),
+        f"Per variant: mean over seeds and test patients, [{CONFIDENCE:.0%} bootstrap interval over seeds and "
+        "patients]; test accuracy: mean (range) over seeds.",
         "",
-        f"Budget (identical for every row): {describe_budget(budget, seeds, document['steps_per_run'])}.",
+        variant_table(analysis),
+        "",
+        "Paired contrasts (the same seed and patient in both variants; bold: the interval excludes 0):",
+        "",
+        contrast_table(analysis),
+        "",
+        "What the intervals establish:",
+        "",
+        *findings(analysis),
+        "",
+        f"Checkpoint: `{document['checkpoint']}` (each modality's network at its best validation accuracy); "
+        f"Dice at the threshold chosen on the validation patients; AP: {SCORES['ap']}.",
     ]
-    if budget.get("data") is None:
-        lines.append(
-            "Every run sees the same phantoms and the same patient split (generated with seed 0); the "
-            "training seed changes the initialisation, the batch order and the transforms π."
-        )
-    if protocol:
-        lines.append(f"Protocol: {protocol}.")
     if seconds:
         lines.append(
-            f"Wall time on {(environment or {}).get('machine', 'this machine')}: "
-            f"median {document['wall_seconds_per_run_median']:.0f} s per run, {sum(seconds) / 60:.0f} min "
-            "in all (training + evaluation; the machine may have been shared)."
+            f"Wall time on {(environment or {}).get('machine', 'this machine')}: median "
+            f"{document['wall_seconds_per_run_median']:.0f} s per run, {sum(seconds) / 60:.0f} min in all."
         )
     return document, "\n".join(lines) + "\n"
 
 
+def contrast_plot(analysis: dict[str, Any]) -> bytes | None:
+    """PNG of the paired differences with their intervals (``None`` without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import io
+
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    contrasts, channels = analysis["contrasts"], analysis["channels"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.7 * len(contrasts) + 1.8), sharey=True)
+    offsets = np.linspace(-0.25, 0.25, len(channels))
+    for ax, (score, title) in zip(axes, (("dice", "Δ Dice (3-D)"), ("ap", "Δ AP (threshold-free)"))):
+        for k, channel in enumerate(channels):
+            estimates = [_estimate(c["scores"][score][channel]) for c in contrasts]
+            y = np.arange(len(contrasts)) + offsets[k]
+            mean = np.array([e.mean for e in estimates])
+            err = np.array([[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]])
+            ax.errorbar(mean, y, xerr=err, fmt="o", capsize=3, label=channel)
+        ax.axvline(0.0, color="0.4", lw=1)
+        ax.set_title(title)
+        ax.set_yticks(range(len(contrasts)))
+        ax.set_yticklabels([f"{c['a']} − {c['b']}" for c in contrasts])
+    axes[0].invert_yaxis()  # the axes share y: once, the first contrast on top
+    axes[0].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Paired differences, {CONFIDENCE:.0%} bootstrap intervals over seeds and patients")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def replace_readme_block(path: Path, text: str) -> None:
+    """Write ``text`` between the ablation markers of ``path`` (both markers must be there)."""
+    content = path.read_text()
+    if README_BEGIN not in content or README_END not in content:
+        raise SystemExit(f"error: {path} has no {README_BEGIN} ... {README_END} block")
+    head, rest = content.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    atomic_write_text(path, f"{head}{README_BEGIN}\n{text}{README_END}{tail}")
+
+
+# ------------------------------------------------------------------------------------------ pilot
+def pilot_summary(run_dir: Path) -> dict[str, Any]:
+    """From a pilot run's ``metrics.jsonl``: the validation accuracy of each network at each validation, and
+    the median of each loss term per network over the logged training steps, with the ER / CMER ratio."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    val = [r for r in records if r["split"] == "val"]
+    train_rows = [r for r in records if r["split"] == "train"]
+    accuracy_keys = sorted(k for k in val[0] if k.startswith("acc/")) if val else []
+    curve = [{"step": r["step"], **{k: r[k] for k in accuracy_keys}} for r in val]
+    term_keys = sorted(k for k in train_rows[0] if k.split("/")[0] in ("cls", "kd", "er", "cmer")) if train_rows else []
+    medians = {k: statistics.median(r[k] for r in train_rows) for k in term_keys}
+    modalities = sorted({k.split("/")[1] for k in term_keys})
+    ratios = {m: medians[f"er/{m}"] / medians[f"cmer/{m}"] for m in modalities if medians.get(f"cmer/{m}", 0) > 0}
+    return {"validation_accuracy": curve, "term_medians": medians, "er_over_cmer": ratios}
+
+
+def run_pilot(args: argparse.Namespace, cache: Path) -> int:
+    run_dir = args.runs / "pilot"
+    ensure_run(train_argv(args, "full", 0, cache, run_dir), run_dir, args.aggregate_only)
+    summary = pilot_summary(run_dir)
+    lines = [
+        f"Pilot of the ablation study: variant full, seed 0, {args.pilot_steps} steps, validation every "
+        f"{args.val_every} steps, on the study's data ({cache}).",
+        "",
+        "| step | " + " | ".join(k for k in summary["validation_accuracy"][0] if k != "step") + " |",
+        "|---|" + "---|" * (len(summary["validation_accuracy"][0]) - 1),
+    ]
+    for row in summary["validation_accuracy"]:
+        lines.append(f"| {row['step']} | " + " | ".join(f"{v:.3f}" for k, v in row.items() if k != "step") + " |")
+    lines += ["", "Median of each term over the logged training steps:", ""]
+    lines += [f"- {k}: {v:.3g}" for k, v in summary["term_medians"].items()]
+    lines += ["", "ER / CMER: " + ", ".join(f"{m} {r:.3g}" for m, r in summary["er_over_cmer"].items())]
+    text = "\n".join(lines) + "\n"
+    args.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out / f"{PILOT_NAME}.json", json.dumps(summary, indent=2, allow_nan=False))
+    atomic_write_text(args.out / f"{PILOT_NAME}.md", text)
+    print(text)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------- main
 def cpu_name() -> str:
     """The CPU model (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows."""
     try:
@@ -376,43 +615,45 @@ def environment() -> dict[str, Any]:
     }
 
 
-def run_steps(run_dir: Path) -> int | None:
-    """Optimiser steps of a finished run (from ``last.pt``), or ``None`` when it is not there."""
-    from mmcam.training import checkpoint as ckpt
-
-    path = run_dir / "last.pt"
-    return int(ckpt.load(path)["state"]["step"]) if path.is_file() else None
-
-
 def command_line(args: argparse.Namespace) -> str:
-    """The command that regenerates the table (the options that change what is trained)."""
-    parts = ["python benchmarks/ablation.py", f"--seeds {','.join(map(str, args.seeds))}"]
-    if args.epochs is not None:
-        parts.append(f"--epochs {args.epochs}")
-    if args.variants != list(ABLATIONS):
-        parts.append(f"--variants {','.join(args.variants)}")
-    if args.preset != "quick":
-        parts.append(f"--preset {args.preset}")
+    """The command that regenerates the study (the options that change what is trained)."""
+    defaults = parse_args([])
+    parts = ["python benchmarks/ablation.py"]
+    for option in ("seeds", "variants", "subjects", "fractions", "steps", "val_every", "cmer_weight", "preset"):
+        value = getattr(args, option)
+        if value != getattr(defaults, option):
+            text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+            parts.append(f"--{option.replace('_', '-')} {text}")
     parts += [f"--set {item}" for item in args.overrides]
     return " ".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    cache = study_cache(args)
+    if args.pilot:
+        return run_pilot(args, cache)
     runs: dict[str, dict[int, dict[str, Any]]] = {}
-    for seed in args.seeds:  # seed-major order: an interrupted sweep already has every variant of seed 0
+    for seed in args.seeds:  # seed-major: an interrupted study already has every variant of the first seeds
         for variant in args.variants:
-            run_dir = ensure_run(args, variant, seed)
-            record = read_run(run_dir)
-            record["steps"] = run_steps(run_dir)
-            runs.setdefault(variant, {})[seed] = record
+            run_dir = run_path(args.runs, variant, seed)
+            ensure_run(train_argv(args, variant, seed, cache), run_dir, args.aggregate_only)
+            runs.setdefault(variant, {})[seed] = read_run(run_dir)
     runs = {v: runs[v] for v in args.variants}
-    document, text = build_report(runs, args.seeds, environment(), command_line(args))
+    splits = json.loads((cache / "splits.json").read_text())
+    fold = splits["folds"][0]
+    splits["sizes"] = {"train": len(fold["train"]), "val": len(fold["val"]), "test": len(splits["test"])}
+    document, text = build_report(runs, args.seeds, splits, environment(), command_line(args), args.reps)
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out / f"{TABLE_NAME}.json", json.dumps(document, indent=2, allow_nan=False))
     atomic_write_text(args.out / f"{TABLE_NAME}.md", text)
+    png = contrast_plot(document)
+    if png is not None:
+        atomic_write(args.out / f"{TABLE_NAME}.png", lambda path: path.write_bytes(png))
+    if args.readme is not None:
+        replace_readme_block(args.readme, text)
     print(text)
-    print(f"[ablation] wrote {args.out / (TABLE_NAME + '.md')} and {args.out / (TABLE_NAME + '.json')}")
+    print(f"[ablation] wrote {args.out / TABLE_NAME}.{{json,md{',png' if png else ''}}}")
     return 0
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from mmcam.cams.normalize import minmax_normalize
+from mmcam.cams.normalize import gate_maps, minmax_normalize
 from mmcam.models import check_images, unwrap_model, zscore_per_sample
 
 __all__ = ["GRADCAM_METHODS", "gradcam_maps", "gradcam_weights"]
@@ -59,7 +59,7 @@ def _to_input_size(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def gradcam_maps(
-    model: torch.nn.Module, images: torch.Tensor, method: str = "gradcam", target_class: int = 1
+    model: torch.nn.Module, images: torch.Tensor, method: str = "gradcam", target_class: int = 1, gate: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised Grad-CAM (``method="gradcam"``) or Grad-CAM++ (``"gradcampp"``) maps of every
     modality's network, in the format of :func:`mmcam.cams.pseudo_masks.foreground_maps`.
@@ -70,9 +70,10 @@ def gradcam_maps(
         images: ``(N, M, H, W)`` raw (cache-normalised) slices; z-scored here as in training.
         method: one of :data:`GRADCAM_METHODS`.
         target_class: the class whose score is explained (1 = target).
+        gate: zero the map where the network predicts class 0 (``False``: keep every map).
 
     Returns:
-        ``maps`` ``(N, M, H, W)`` float32 in [0, 1], zero where network ``m`` predicts class 0;
+        ``maps`` ``(N, M, H, W)`` float32 in [0, 1], zero where network ``m`` predicts class 0 when ``gate``;
         ``pred`` ``(N, M)`` int64 predicted classes.
     """
     if method not in GRADCAM_METHODS:
@@ -98,6 +99,7 @@ def gradcam_maps(
         # scale to a maximum of 1 first, so that the ε of the min-max is as small as for the CAM
         heat = minmax_normalize(heat / heat.amax(dim=(-2, -1), keepdim=True).clamp_min(1e-30))
         pred = logits.detach().argmax(dim=-1)
-        maps.append(heat * (pred == 1)[:, None, None].to(heat.dtype))
+        maps.append(heat)
         predictions.append(pred)
-    return torch.stack(maps, dim=1), torch.stack(predictions, dim=1)
+    maps_, pred_ = torch.stack(maps, dim=1), torch.stack(predictions, dim=1)
+    return (gate_maps(maps_, pred_) if gate else maps_), pred_

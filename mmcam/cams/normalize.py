@@ -1,12 +1,13 @@
 """Per-plane normalisation of class-activation maps: min-max after a ReLU (``mn`` of docs/method.md), used for
 pseudo-masks, Grad-CAM and by the eager references of the fused operator, and the per-plane L2
-normalisation of the cross-modality term. Plain PyTorch, no other dependency."""
+normalisation of the cross-modality term, and the zeroing of maps where the classifier says "no target"
+(:func:`gate_maps`). Plain PyTorch, no other dependency."""
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["minmax_normalize", "l2_normalize_planes"]
+__all__ = ["minmax_normalize", "l2_normalize_planes", "gate_maps"]
 
 
 def minmax_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -46,3 +47,8 @@ def l2_normalize_planes(x: torch.Tensor, l2_eps: float = 1e-12) -> torch.Tensor:
         tensor of the shape and dtype of ``x``.
     """
     return x / torch.sqrt(((x + l2_eps) ** 2).sum(dim=(-2, -1), keepdim=True))
+
+
+def gate_maps(maps: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """``maps`` ``(N, M, H, W)`` zeroed where ``pred`` ``(N, M)`` is class 0 ("no target")."""
+    return maps * (pred == 1)[:, :, None, None].to(maps.dtype)

@@ -18,7 +18,9 @@ modality, and ``combined`` = the mean of the modality maps):
    sweeps it on the evaluated split's labels instead: every output then says ORACLE;
 3. per patient: 3-D Dice, HD95 and ASSD in mm (voxel spacing of the NIfTI header) and the mean per-slice 2-D
    Dice (:mod:`mmcam.evaluation.surface_metrics`, which also states the empty-mask convention); mean ± std over the
-   patients (population std).
+   patients (population std);
+4. per patient, threshold-free: the average precision of each channel's map (not zeroed by the classifier)
+   on the slices that hold target (:mod:`mmcam.evaluation.ranking`).
 
 Outputs in ``RUN_DIR/eval/`` (``<name>`` = the split, e.g. ``test``; for a threshold other than ``val`` it
 carries the rule too: ``test_otsu``, ``test_fixed0.5``, ``test_oracle``), written atomically:
@@ -34,8 +36,9 @@ carries the rule too: ``test_otsu``, ``test_fixed0.5``, ``test_oracle``), writte
   "run_dir", "output_dir", "summary_file" (this file's name), "cache", "modalities", "channels", "maps":
   {<map>: {"cases_csv": file name, "channels":
   {<channel>: {"threshold": float or "per patient", "selection_dice": float (val / oracle: the mean Dice
-  at the chosen threshold on the split it was chosen on), "dice" | "hd95_mm" | "assd_mm" | "dice_2d":
-  {"mean", "std", "n", "n_undefined"}, "per_patient_dice": {subject: 3-D Dice}}}}}}`` (``null`` for a mean
+  at the chosen threshold on the split it was chosen on), "dice" | "hd95_mm" | "assd_mm" | "dice_2d" | "ap":
+  {"mean", "std", "n", "n_undefined"}, "per_patient_dice": {subject: 3-D Dice}, "per_patient_ap": {subject:
+  AP}}}}}}`` (``null`` for a mean
   or std over no defined value);
 
 and a plain-text table (:func:`format_table`). Bad input (no run directory, unknown checkpoint or map
@@ -57,6 +60,7 @@ from typing import Any
 from mmcam.atomic_files import atomic_write_text
 from mmcam.data import DataError, SliceDataset
 from mmcam.evaluation.overlap import patient_statistics
+from mmcam.evaluation.ranking import AP_DEFINITION, positive_slice_ap
 from mmcam.evaluation.runs import (
     LoadedRun,
     UsageError,
@@ -68,11 +72,14 @@ from mmcam.evaluation.runs import (
 from mmcam.evaluation.surface_metrics import EMPTY_MASK_CONVENTION, METRIC_DEFINITIONS, case_metrics
 from mmcam.evaluation.thresholds import ORACLE_WARNING, ThresholdRule, choose_on_split, parse_threshold, pseudo_mask
 
-__all__ = ["SUMMARY_FORMAT", "METRICS", "evaluate_run", "format_table"]
+__all__ = ["SUMMARY_FORMAT", "METRICS", "SCORES", "evaluate_run", "format_table"]
 
 SUMMARY_FORMAT = "mmcam-evaluation"
-#: The per-patient metrics of every channel, as named in the CSV (``<channel>_<metric>``) and summary.
+#: The per-patient metrics of every channel's pseudo-mask, as named in the CSV (``<channel>_<metric>``) and
+#: summary.
 METRICS = ("dice", "hd95_mm", "assd_mm", "dice_2d")
+#: The threshold-free score of every channel's map (:mod:`mmcam.evaluation.ranking`), named likewise.
+SCORES = ("ap",)
 PSEUDO_MASK_RULE = (
     "map of the foreground class (CAM channel 1, or Grad-CAM / Grad-CAM++ of class 1 at the "
     "backbone layer), relu, min-max normalised per slice, zeroed on slices where the network "
@@ -112,7 +119,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _case_columns(channels: Sequence[str]) -> list[str]:
-    per_channel = ["threshold", *METRICS, "predicted_voxels"]
+    per_channel = ["threshold", *METRICS, "predicted_voxels", *SCORES]
     return ["subject", "threshold_mode", "spacing_mm", "truth_voxels"] + [
         f"{c}_{name}" for c in channels for name in per_channel
     ]
@@ -132,7 +139,7 @@ def _evaluate_map(
 ) -> tuple[list[dict], dict]:
     """Per-patient rows of the CSV and per-channel statistics of one map type."""
     rows: list[dict] = []
-    values: dict[str, dict[str, list[float]]] = {c: {m: [] for m in METRICS} for c in run.channels}
+    values: dict[str, dict[str, list[float]]] = {c: {m: [] for m in METRICS + SCORES} for c in run.channels}
     for subject, maps, volumes, truth in patient_volumes(run, dataset, map_type, batch_size):
         zooms = maps.meta.zooms
         row = {
@@ -151,6 +158,9 @@ def _evaluate_map(
                 value = getattr(metrics, m)
                 row[f"{c}_{m}"] = value
                 values[c][m].append(value)
+            ap = positive_slice_ap(maps.volume(c, gated=False), truth)
+            row[f"{c}_ap"] = ap
+            values[c]["ap"].append(ap)
         rows.append(row)
     return rows, {c: {m: patient_statistics(v) for m, v in per_metric.items()} for c, per_metric in values.items()}
 
@@ -219,8 +229,8 @@ def evaluate_run(
             entry = {"threshold": chosen[c] if chosen else (rule.value if rule.mode == "fixed" else "per patient")}
             if selection_dice is not None:
                 entry["selection_dice"] = selection_dice[c]
-            per_patient_dice = {row["subject"]: row[f"{c}_dice"] for row in rows}
-            channels[c] = {**entry, **statistics[c], "per_patient_dice": per_patient_dice}
+            per_patient = {f"per_patient_{m}": {r["subject"]: r[f"{c}_{m}"] for r in rows} for m in ("dice", "ap")}
+            channels[c] = {**entry, **statistics[c], **per_patient}
         results[map_type] = {"cases_csv": cases_file, "channels": channels}
 
     if run.selection_note:
@@ -251,9 +261,9 @@ def evaluate_run(
             "combined": COMBINED_RULE,
             "grid": GRID_RULE,
             "region": dataset.region,
-            "metrics": METRIC_DEFINITIONS,
+            "metrics": {**METRIC_DEFINITIONS, "ap": AP_DEFINITION},
             "empty_masks": EMPTY_MASK_CONVENTION,
-            "aggregation": "mean and population std over the patients; HD95 and ASSD over the patients where "
+            "aggregation": "mean and population std over the patients; HD95, ASSD and AP over the patients where "
             "they are defined (n), the others counted in n_undefined",
         },
         "run_dir": str(run.run_dir),
@@ -285,7 +295,7 @@ def format_table(summary: dict) -> str:
     )
     if protocol.get("departure"):
         head += f"\n*** {protocol['departure']} ***"
-    columns = ["map", "channel", "threshold", "Dice (3-D)", "HD95 mm", "ASSD mm", "Dice (2-D)"]
+    columns = ["map", "channel", "threshold", "Dice (3-D)", "HD95 mm", "ASSD mm", "Dice (2-D)", "AP"]
     lines = []
     for map_type, result in summary["maps"].items():
         for channel, r in result["channels"].items():
@@ -299,6 +309,7 @@ def format_table(summary: dict) -> str:
                     _cell(r["hd95_mm"], 1),
                     _cell(r["assd_mm"], 2),
                     _cell(r["dice_2d"], 3),
+                    _cell(r["ap"], 3) if "ap" in r else "n/a",
                 ]
             )
     widths = [max(len(str(row[i])) for row in [columns] + lines) for i in range(len(columns))]

@@ -181,29 +181,37 @@ class SubjectMaps:
 
     Attributes:
         meta: the subject's geometry and provenance (affine, header, zooms, slice positions).
-        modalities: the M modality names, in the channel order of ``maps``.
-        maps: ``(S, M, H, W)`` float32 in [0, 1]: the normalised map of each modality's network on each
-            stored slice (in ``meta.slice_index`` order), 0 where that network predicts "no target".
+        modalities: the M modality names, in the channel order of ``scores``.
+        scores: ``(S, M, H, W)`` float32 in [0, 1]: the normalised map of each modality's network on each
+            stored slice (in ``meta.slice_index`` order), not zeroed by the classifier.
         predicted: ``(S, M)`` int64, each network's predicted class per slice.
     """
 
     meta: SubjectMeta
     modalities: tuple[str, ...]
-    maps: np.ndarray
+    scores: np.ndarray
     predicted: np.ndarray
 
-    def stored(self, channel: str) -> np.ndarray:
-        """``(S, H, W)`` map of a modality, or of :data:`COMBINED` (the mean over the modalities)."""
+    @property
+    def maps(self) -> np.ndarray:
+        """``(S, M, H, W)``: :attr:`scores` zeroed where a network predicts "no target" (the pseudo-mask maps)."""
+        return self.scores * (self.predicted == 1)[:, :, None, None].astype(self.scores.dtype)
+
+    def stored(self, channel: str, gated: bool = True) -> np.ndarray:
+        """``(S, H, W)`` map of a modality, or of :data:`COMBINED` (the mean over the modalities), zeroed by
+        the classifier when ``gated`` (:attr:`maps`), else from :attr:`scores`."""
+        maps = self.maps if gated else self.scores
         if channel == COMBINED:
-            return self.maps.mean(axis=1)
+            return maps.mean(axis=1)
         if channel not in self.modalities:
             raise KeyError(f"unknown channel {channel!r}; the maps have {list(self.modalities) + [COMBINED]}")
-        return self.maps[:, self.modalities.index(channel)]
+        return maps[:, self.modalities.index(channel)]
 
-    def volume(self, channel: str) -> np.ndarray:
-        """``(X, Y, Z)`` float32 map of ``channel`` on the input's voxel grid (0 on dropped slices and
-        outside the prepare-time crop; bilinear where prepare resized)."""
-        return self.meta.restack(np.ascontiguousarray(self.stored(channel), dtype=np.float32), fill=0.0)
+    def volume(self, channel: str, gated: bool = True) -> np.ndarray:
+        """``(X, Y, Z)`` float32 map of ``channel`` (``gated`` as :meth:`stored`) on the input's voxel grid (0
+        on dropped slices and outside the prepare-time crop; bilinear where prepare resized)."""
+        stored = self.stored(channel, gated)
+        return self.meta.restack(np.ascontiguousarray(stored, dtype=np.float32), fill=0.0)
 
 
 def subject_maps(
@@ -221,13 +229,13 @@ def subject_maps(
         dataset = SliceDataset(cache_dir, [subject_id], run.modalities, region=run.config.region)
     except DataError as exc:
         raise UsageError(str(exc)) from None
-    maps, predicted = [], []
+    scores, predicted = [], []
     for batch in torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        m, p = class_maps(run.model, batch["image"].to(run.device), map_type)
-        maps.append(m.float().cpu().numpy())
+        m, p = class_maps(run.model, batch["image"].to(run.device), map_type, gate=False)
+        scores.append(m.float().cpu().numpy())
         predicted.append(p.cpu().numpy())
     return SubjectMaps(
-        dataset.subject_meta(subject_id), tuple(run.modalities), np.concatenate(maps), np.concatenate(predicted)
+        dataset.subject_meta(subject_id), tuple(run.modalities), np.concatenate(scores), np.concatenate(predicted)
     )
 
 

@@ -145,7 +145,13 @@ def csv_table(path, limit: int = 100) -> tuple[str, int]:
 
 
 #: Columns of the per-channel table of an ``mmcam-evaluation`` summary: (key, heading).
-EVALUATION_METRICS = (("dice", "Dice 3-D"), ("hd95_mm", "HD95 mm"), ("assd_mm", "ASSD mm"), ("dice_2d", "Dice 2-D"))
+EVALUATION_METRICS = (
+    ("dice", "Dice 3-D"),
+    ("hd95_mm", "HD95 mm"),
+    ("assd_mm", "ASSD mm"),
+    ("dice_2d", "Dice 2-D"),
+    ("ap", "AP (threshold-free)"),
+)
 
 
 def _statistic(stats: Any) -> str:

@@ -394,4 +394,5 @@ class Trainer:
             },
             "hd95_mm": {name: c["hd95_mm"] for name, c in channels.items()},
             "assd_mm": {name: c["assd_mm"] for name, c in channels.items()},
+            "ap": {name: {**c["ap"], "per_patient": c["per_patient_ap"]} for name, c in channels.items()},
         }

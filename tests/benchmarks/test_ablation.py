@@ -1,5 +1,6 @@
-"""benchmarks/ablation.py without training: the table arithmetic on fake results.json files, the run
-commands, and the resumable bookkeeping (finished runs are read, mismatched runs refused)."""
+"""benchmarks/ablation.py and ablation_stats without training: the bootstrap against analytic standard errors
+and hand-computed contrasts, the run commands, the pilot summary, the README block, and the resumable
+bookkeeping (finished runs are read, mismatched runs refused)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
+from mmcam.data.cache import INDEX_FILE
+
+import ablation_stats as stats
 from repo_paths import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "ablation.py"
+PATIENTS = ("p0", "p1", "p2")
 
 
 @pytest.fixture(scope="module")
@@ -24,140 +30,176 @@ def ablation():
     return module
 
 
-def fake_results(combined: float, t1ce: float, flair: float, accuracy: float = 0.8) -> dict:
-    entry = lambda mean: {"threshold": 0.5, "mean": mean, "std": 0.0, "per_patient": {"a": mean}}  # noqa: E731
+# -------------------------------------------------------------------------------------- statistics
+def test_bootstrap_of_independent_scores_matches_the_standard_error():
+    """One seed, many iid patients: the interval is mean ± 1.96 sd / sqrt(P) (within sampling error)."""
+    rng = np.random.default_rng(1)
+    table = rng.normal(0.3, 0.2, size=(1, 400))
+    estimate = stats.bootstrap_mean(table, reps=4000)
+    half = 1.96 * table.std(ddof=1) / math.sqrt(table.size)
+    assert estimate.mean == pytest.approx(table.mean())
+    assert estimate.high - estimate.mean == pytest.approx(half, rel=0.12)
+    assert estimate.mean - estimate.low == pytest.approx(half, rel=0.12)
+
+
+def test_bootstrap_resamples_seeds_too():
+    """Rows that differ by a seed effect only: the interval is that of the row means (S = 300 seeds), which a
+    patient-only bootstrap would miss (every row is constant)."""
+    rng = np.random.default_rng(2)
+    row_effect = rng.normal(0.0, 0.1, size=(300, 1))
+    table = row_effect + np.zeros((1, 5))
+    estimate = stats.bootstrap_mean(table, reps=4000)
+    half = 1.96 * row_effect.std(ddof=1) / math.sqrt(300)
+    assert (estimate.high - estimate.low) / 2 == pytest.approx(half, rel=0.12)
+
+
+def test_paired_contrast_by_hand_and_degenerate_cases():
+    a = np.array([[0.5, 0.7, 0.2], [0.4, 0.9, 0.3]])
+    shift = stats.paired_contrast(a + 0.1, a)
+    assert (shift.mean, shift.low, shift.high) == pytest.approx((0.1, 0.1, 0.1))  # a constant difference
+    b = np.array([[0.4, 0.7, 0.1], [0.4, 0.6, 0.3]])
+    estimate = stats.paired_contrast(a, b, reps=2000)
+    assert estimate.mean == pytest.approx((0.1 + 0 + 0.1 + 0 + 0.3 + 0) / 6)  # the mean paired difference
+    assert estimate.low <= estimate.mean <= estimate.high and estimate.n == 6
+    assert stats.paired_contrast(a, b, reps=2000) == estimate  # seeded: reproducible
+    # a patient without a defined score under some seed is left out of every row
+    nan = a.copy()
+    nan[1, 2] = np.nan
+    assert stats.bootstrap_mean(nan).mean == pytest.approx(a[:, :2].mean())
+    with pytest.raises(ValueError, match="shape"):
+        stats.paired_contrast(a, b[:, :2])
+    with pytest.raises(ValueError, match="no patient"):
+        stats.bootstrap_mean(np.full((2, 2), np.nan))
+
+
+# -------------------------------------------------------------------------------------- fake runs
+def fake_results(dice: dict, ap: dict, accuracy: float = 0.8) -> dict:
+    """``dice`` / ``ap``: ``{channel: [score per patient]}``."""
     return {
-        "protocol": "per-patient 3-D Dice (fake)",
-        "checkpoint": "best_dice.pt",
+        "protocol": "fake",
+        "checkpoint": "best.pt",
         "test_accuracy": {"t1ce": accuracy, "flair": accuracy},
-        "dice": {"t1ce": entry(t1ce), "flair": entry(flair), "combined": entry(combined)},
+        "dice": {c: {"threshold": 0.5, "per_patient": dict(zip(PATIENTS, v))} for c, v in dice.items()},
+        "ap": {c: {"per_patient": dict(zip(PATIENTS, v))} for c, v in ap.items()},
     }
 
 
-def fake_config(variant_switches: dict, seed: int, epochs: int = 3) -> dict:
-    return {
-        "preset": "quick",
-        "epochs": epochs,
-        "batch_size": 16,
-        "lr": 1e-3,
-        "weight_decay": 1e-4,
-        "width_divisor": 8,
-        "transform": "all",
-        "data": None,
-        "synthetic_layout": "brats",
-        "synthetic_subjects": 24,
-        "seed": seed,
-        **variant_switches,
-    }
+def fake_run(ablation, variant: str, seed: int, level: float) -> dict:
+    scores = {c: [level, level + 0.1, level + 0.2] for c in ("t1ce", "flair", "combined")}
+    config = {"preset": "quick", "max_steps": 400, "seed": seed, **ablation.variant_keys(variant, 3000.0)}
+    return {"results": fake_results(scores, scores), "config": config, "run_dir": f"runs/{variant}-seed{seed}"}
 
 
-def test_mean_and_sample_std_against_hand_computation(ablation):
-    cam, full = ablation.ABLATIONS["cam"], ablation.ABLATIONS["full"]
+def test_contrasts_of_fake_runs_by_hand(ablation):
     runs = {
-        "cam": {
-            0: {"results": fake_results(0.2, 0.1, 0.3, 0.7), "config": fake_config(cam, 0)},
-            1: {"results": fake_results(0.4, 0.3, 0.5, 0.8), "config": fake_config(cam, 1)},
-            2: {"results": fake_results(0.9, 0.2, 0.1, 0.9), "config": fake_config(cam, 2)},
-        },
-        "full": {0: {"results": fake_results(0.6, 0.5, 0.7), "config": fake_config(full, 0)}},
+        "cam": {0: fake_run(ablation, "cam", 0, 0.1), 1: fake_run(ablation, "cam", 1, 0.3)},
+        "er": {0: fake_run(ablation, "er", 0, 0.2), 1: fake_run(ablation, "er", 1, 0.3)},
+        "full": {0: fake_run(ablation, "full", 0, 0.5), 1: fake_run(ablation, "full", 1, 0.5)},
     }
-    table = ablation.aggregate(runs)
-    combined = table["cam"]["dice"]["combined"]
-    # by hand: mean (0.2 + 0.4 + 0.9) / 3 = 0.5; deviations -0.3, -0.1, 0.4 -> sum of squares 0.26;
-    # sample variance 0.26 / 2 = 0.13
-    assert combined["mean"] == pytest.approx(0.5)
-    assert combined["std"] == pytest.approx(math.sqrt(0.13))
-    assert combined["per_seed"] == [0.2, 0.4, 0.9]
-    assert table["cam"]["dice"]["t1ce"]["mean"] == pytest.approx(0.2)  # (0.1 + 0.3 + 0.2) / 3
-    assert table["cam"]["dice"]["t1ce"]["std"] == pytest.approx(0.1)  # deviations -0.1, 0.1, 0
-    assert table["cam"]["test_accuracy"]["flair"]["mean"] == pytest.approx(0.8)
-    assert table["full"]["dice"]["combined"] == {"mean": 0.6, "std": None, "per_seed": [0.6]}  # one seed
-    text = ablation.markdown_table(table, ["t1ce", "flair"])
-    assert "| CAM only (classification) | ✓ |  |  |  | 0.500 ± 0.361 | 0.200 ± 0.100 |" in text
-    assert "| full (ER + CMER + KD) | ✓ | ✓ | ✓ | ✓ | 0.600 | 0.500 | 0.700 |" in text
+    analysis = ablation.analyse(runs, [0, 1], reps=500)
+    assert analysis["channels"] == ["t1ce", "flair", "combined"] and analysis["patients"] == list(PATIENTS)
+    assert [(c["a"], c["b"]) for c in analysis["contrasts"]] == [("full", "er"), ("er", "cam")]
+    er_cam = analysis["contrasts"][1]["scores"]["dice"]["combined"]
+    assert er_cam["mean"] == pytest.approx(0.05)  # seed 0: +0.1 on every patient, seed 1: 0
+    full_er = analysis["contrasts"][0]["scores"]["ap"]["flair"]
+    assert full_er["mean"] == pytest.approx(0.25)  # (0.3 + 0.2) / 2
+    assert full_er["low"] == pytest.approx(0.2) and full_er["high"] == pytest.approx(0.3)
+    cam = analysis["variants"]["cam"]
+    assert cam["scores"]["dice"]["t1ce"]["mean"] == pytest.approx(0.3)
+    assert cam["per_seed_mean"]["dice"]["t1ce"] == pytest.approx([0.2, 0.4])
+    document, text = ablation.build_report(runs, [0, 1], {"sizes": {"train": 4, "val": 2}}, reps=500)
+    assert "| full − er | **+0.250 [+0.200, +0.300]**" in text
+    assert "- full (ER + CMER + KD) vs ER only (SEAM-style): Dice higher on t1ce, flair, combined." in text
+    assert "4 train / 2 validation / 3 test patients" in document["design"]
+    json.dumps(document, allow_nan=False)
 
 
 def test_runs_with_another_budget_are_refused(ablation):
-    runs = {
-        "cam": {0: {"results": fake_results(0.2, 0.1, 0.3), "config": fake_config(ablation.ABLATIONS["cam"], 0)}},
-        "er": {
-            0: {
-                "results": fake_results(0.2, 0.1, 0.3),
-                "run_dir": "runs/er-seed0",
-                "config": fake_config(ablation.ABLATIONS["er"], 0, epochs=4),
-            }
-        },
-    }
-    with pytest.raises(ValueError, match=r"runs/er-seed0 differs .*\['epochs'\]"):
+    runs = {"cam": {0: fake_run(ablation, "cam", 0, 0.1)}, "er": {0: fake_run(ablation, "er", 0, 0.1)}}
+    runs["er"][0]["config"]["max_steps"] = 300
+    with pytest.raises(ValueError, match=r"runs/er-seed0 differs .*\['max_steps'\]"):
         ablation.shared_budget(runs)
+    runs["er"][0]["config"]["max_steps"] = 400  # lambda_cmer and the switches may differ
+    runs["er"][0]["config"]["lambda_cmer"] = 7.0
+    assert ablation.shared_budget(runs)["max_steps"] == 400
 
 
-def test_train_command_carries_seed_budget_and_switches(ablation):
-    args = ablation.parse_args(["--epochs", "3", "--runs", "R", "--set", "batch_size=8"])
-    argv = ablation.train_argv(args, "er_cmer", 2)
-    assert argv[:2] == ["--run-dir", str(Path("R") / "er_cmer-seed2")]
-    assert ["--seed", "2"] == argv[argv.index("--seed") : argv.index("--seed") + 2]
-    assert ["--epochs", "3"] == argv[argv.index("--epochs") : argv.index("--epochs") + 2]
-    assert {"use_cls=true", "use_kd=false", "use_er=true", "use_cmer=true", "batch_size=8"} <= set(argv)
+def test_train_command_carries_data_seed_budget_and_variant(ablation, tmp_path):
+    args = ablation.parse_args(["--steps", "30", "--val-every", "10", "--runs", "R", "--cmer-weight", "500"])
+    argv = ablation.train_argv(args, "er_cmer_w", 2, tmp_path / "cache")
+    assert argv[:2] == ["--run-dir", str(Path("R") / "er_cmer_w-seed2")]
+    assert {"use_kd=false", "use_er=true", "use_cmer=true", "lambda_cmer=500.0", "val_every_steps=10"} <= set(argv)
     config = ablation.expected_config(argv)
-    assert (config["seed"], config["epochs"], config["batch_size"], config["use_kd"], config["use_cmer"]) == (
+    assert (config["seed"], config["max_steps"], config["lambda_cmer"], config["data"]) == (
         2,
-        3,
-        8,
-        False,
-        True,
+        30,
+        500.0,
+        str(tmp_path / "cache"),
     )
+    assert ablation.expected_config(ablation.train_argv(args, "er_cmer", 2, tmp_path))["lambda_cmer"] == 1.0
     assert ablation.parse_seeds("3") == [0, 1, 2] and ablation.parse_seeds("4,7") == [4, 7]
-    assert ablation.parse_seeds("5,") == [5]
     with pytest.raises(Exception, match="seeds"):
         ablation.parse_seeds("0")
+    with pytest.raises(SystemExit):
+        ablation.parse_args(["--variants", "cam,nope"])
 
 
-def write_finished_run(ablation, runs: Path, variant: str, seed: int, epochs: int, results: dict) -> None:
+def test_pilot_summary_reads_the_metrics_log(ablation, tmp_path):
+    rows = [
+        {"step": 10, "epoch": 0, "split": "train", "loss": 1.0, "er/t1ce": 0.2, "cmer/t1ce": 1e-4, "cls/t1ce": 0.7},
+        {"step": 20, "epoch": 0, "split": "train", "loss": 1.0, "er/t1ce": 0.4, "cmer/t1ce": 3e-4, "cls/t1ce": 0.5},
+        {"step": 30, "epoch": 0, "split": "train", "loss": 1.0, "er/t1ce": 0.3, "cmer/t1ce": 2e-4, "cls/t1ce": 0.6},
+        {"step": 30, "epoch": 0, "split": "val", "acc/t1ce": 0.9, "dice/combined": 0.1},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    summary = ablation.pilot_summary(tmp_path)
+    assert summary["validation_accuracy"] == [{"step": 30, "acc/t1ce": 0.9}]
+    assert summary["term_medians"]["er/t1ce"] == pytest.approx(0.3)
+    assert summary["er_over_cmer"]["t1ce"] == pytest.approx(0.3 / 2e-4)
+
+
+def test_readme_block_is_replaced_between_the_markers(ablation, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{ablation.README_BEGIN}\nold table\n{ablation.README_END}\noutro\n")
+    ablation.replace_readme_block(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{ablation.README_BEGIN}\nnew table\n{ablation.README_END}\noutro\n"
+    (tmp_path / "other.md").write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- ablation:begin -->"):
+        ablation.replace_readme_block(tmp_path / "other.md", "x")
+
+
+def write_finished_run(ablation, args, cache: Path, variant: str, seed: int, level: float) -> None:
     """A run directory as mmcam.train leaves it, for the parts the script reads."""
-    args = ablation.parse_args(["--epochs", str(epochs), "--runs", str(runs)])
-    run_dir = ablation.run_path(runs, variant, seed)
+    run_dir = ablation.run_path(args.runs, variant, seed)
     run_dir.mkdir(parents=True)
-    config = ablation.expected_config(ablation.train_argv(args, variant, seed))
+    config = ablation.expected_config(ablation.train_argv(args, variant, seed, cache))
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
-    (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "results.json").write_text(json.dumps(fake_run(ablation, variant, seed, level)["results"]))
 
 
 def test_finished_runs_are_read_not_retrained(ablation, tmp_path, monkeypatch, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    values = {("cam", 0): 0.1, ("cam", 1): 0.3, ("full", 0): 0.5, ("full", 1): 0.9}
-    for (variant, seed), value in values.items():
-        write_finished_run(ablation, runs, variant, seed, 3, fake_results(value, value / 2, value))
+    cache = runs / "data" / "cache"
+    cache.mkdir(parents=True)
+    (cache / INDEX_FILE).write_text("{}")
+    splits = {"fractions": [0.4, 0.2, 0.4], "test": list(PATIENTS), "folds": [{"train": ["a", "b"], "val": ["c"]}]}
+    (cache / "splits.json").write_text(json.dumps(splits))
+    base = ["--seeds", "2", "--variants", "cam,full", "--steps", "30", "--runs", str(runs), "--out", str(out)]
+    args = ablation.parse_args(base)
+    for (variant, seed), level in {("cam", 0): 0.1, ("cam", 1): 0.3, ("full", 0): 0.5, ("full", 1): 0.4}.items():
+        write_finished_run(ablation, args, cache, variant, seed, level)
     monkeypatch.setattr(ablation.train, "main", lambda argv: pytest.fail(f"trained {argv}"))
-    argv = ["--seeds", "2", "--variants", "cam,full", "--epochs", "3", "--runs", str(runs), "--out", str(out)]
-    assert ablation.main(argv) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text(f"{ablation.README_BEGIN}\n{ablation.README_END}\n")
+    assert ablation.main(base + ["--reps", "300", "--readme", str(readme)]) == 0
     document = json.loads((out / "ablation_synthetic.json").read_text())
-    assert document["seeds"] == [0, 1] and document["budget"]["epochs"] == 3
-    full = document["variants"]["full"]["dice"]["combined"]
-    assert full["mean"] == pytest.approx(0.7) and full["std"] == pytest.approx(math.sqrt(0.08))
+    assert document["seeds"] == [0, 1] and document["budget"]["max_steps"] == 30
+    assert document["contrasts"] == []  # full - er and er - cam need er
     markdown = (out / "ablation_synthetic.md").read_text()
-    assert "| full (ER + CMER + KD) | ✓ | ✓ | ✓ | ✓ | 0.700 ± 0.283 |" in markdown
-    assert "3 epochs" in markdown and "seeds 0, 1" in markdown and "preset `quick`" in markdown
-    assert markdown in capsys.readouterr().out
-    # the same folder asked with another budget: refused, naming the run
-    with pytest.raises(SystemExit, match=r"cam-seed0 was trained with another configuration \(epochs"):
-        ablation.main(
-            ["--seeds", "2", "--variants", "cam,full", "--epochs", "5", "--runs", str(runs), "--out", str(out)]
-        )
-    # a missing run with --aggregate-only: refused, naming the file
+    assert "2 train / 1 validation / 3 test patients" in markdown and "30 steps" in markdown
+    assert markdown in capsys.readouterr().out and markdown in readme.read_text()
+    assert (out / "ablation_synthetic.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match=r"cam-seed0 was trained with another configuration \(max_steps"):
+        ablation.main(base[:-4] + ["--steps", "50", "--runs", str(runs), "--out", str(out)])
     with pytest.raises(SystemExit, match=r"er-seed0.results\.json is missing"):
-        ablation.main(
-            [
-                "--seeds",
-                "1",
-                "--variants",
-                "er",
-                "--epochs",
-                "3",
-                "--runs",
-                str(runs),
-                "--out",
-                str(out),
-                "--aggregate-only",
-            ]
-        )
+        ablation.main(["--seeds", "1", "--variants", "er", "--steps", "30", "--runs", str(runs), "--aggregate-only"])

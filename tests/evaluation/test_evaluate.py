@@ -16,18 +16,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mmcam import evaluate, infer, train
 from mmcam.data import build_cache, discover, split_patients, write_splits
 from mmcam.data.synthetic import generate_synthetic
 from mmcam.evaluation import protocol
 from mmcam.evaluation.overlap import threshold_grid
-from mmcam.evaluation.runs import UsageError, load_run
+from mmcam.evaluation.runs import UsageError, load_run, subject_maps
 from mmcam.evaluation.surface_metrics import case_metrics
 from mmcam.evaluation.thresholds import choose_on_split, otsu_threshold, parse_threshold, sweep_thresholds
+from mmcam.training import checkpoint as ckpt
 
 import data_fixtures as fx
 import run_fixtures as rf
+from ranking_reference import brute_force_ap
 
 MODALITIES = ("t1ce", "flair")
 CHANNELS = (*MODALITIES, "combined")
@@ -118,7 +121,8 @@ def test_default_protocol_chooses_the_threshold_on_validation(setup, tmp_path, c
     protocol = summary["protocol"]
     assert protocol["threshold"]["mode"] == "val" and protocol["threshold"]["selected_on"] == "val"
     assert protocol["split"] == "test" and protocol["subjects"] == setup.test and protocol["checkpoint"] == "last"
-    assert set(protocol["metrics"]) == {"dice", "hd95_mm", "assd_mm", "dice_2d"} and "NaN" in protocol["empty_masks"]
+    assert set(protocol["metrics"]) == {"dice", "hd95_mm", "assd_mm", "dice_2d", "ap"}
+    assert "NaN" in protocol["empty_masks"]
     # the thresholds are those of an independent sweep on the validation split
     expected, _ = choose_on_split(load_run(run, "last"), setup.cache, "val")
     result = summary["maps"]["cam"]
@@ -146,6 +150,35 @@ def test_empty_truth_and_empty_prediction_follow_the_convention(setup, tmp_path)
         assert float(other[f"{c}_dice"]) == 0.0 and math.isnan(float(other[f"{c}_hd95_mm"]))
     hd = summary_of(run, "test_fixed0.5")["maps"]["cam"]["channels"]["t1ce"]["hd95_mm"]
     assert hd == {"mean": 0.0, "std": 0.0, "n": 1, "n_undefined": 1}
+
+
+def test_average_precision_ranks_the_maps_before_the_classifier_zeroing(setup, tmp_path):
+    """Every pseudo-mask is empty (the classifiers say "no target" everywhere), yet the threshold-free AP
+    is that of the network's maps on the slices with target: the brute-force AP of the ungated maps, not
+    the prevalence a zeroed map would score; undefined for the patient without target."""
+    run = rf.copy_run(setup.run, tmp_path / "negative")
+    saved = ckpt.load(run / "last.pt")
+    for key, weight in saved["model"].items():  # class 0 = twice class 1 on non-negative features: 0 wins
+        if key.endswith(".classifier.weight"):
+            saved["model"][key] = torch.stack([2 * weight[1].abs() + 0.1, weight[1].abs() + 0.1])
+    ckpt.atomic_save(saved, run / "last.pt")
+    assert evaluate.main(["--run", str(run), "--checkpoint", "last", "--threshold", "0.5"]) == 0
+    rows = {r["subject"]: r for r in read_cases(run / "eval" / "test_fixed0.5_cam_cases.csv")}
+    subject = setup.test[1]
+    truth, _ = setup.truth(subject)
+    maps = subject_maps(load_run(run, "last"), setup.cache, subject)
+    assert not maps.maps.any() and maps.scores.any()
+    positive = truth.any(axis=(0, 1))
+    prevalence = truth[:, :, positive].mean()
+    for c in CHANNELS:
+        assert float(rows[subject][f"{c}_dice"]) == 0.0
+        volume = maps.volume(c, gated=False)
+        expected = brute_force_ap(volume[:, :, positive], truth[:, :, positive])
+        assert float(rows[subject][f"{c}_ap"]) == pytest.approx(expected, rel=1e-6)
+        assert abs(expected - prevalence) > 1e-3
+        assert math.isnan(float(rows[setup.empty][f"{c}_ap"]))
+    ap = summary_of(run, "test_fixed0.5")["maps"]["cam"]["channels"]["combined"]["ap"]
+    assert ap["n"] == 1 and ap["n_undefined"] == 1
 
 
 def test_metrics_agree_with_infer_masks_and_the_raw_labels(setup, tmp_path):

@@ -149,7 +149,7 @@ def test_output_voxel_is_the_input_voxel(tmp_path, monkeypatch):
     build_cache(discover(tmp_path / "raw"), train_cache, options=BuildOptions(size=20))  # the run's options
     run_dir = rf.untrained_run(tmp_path / "run", train_cache, MODALITIES)
 
-    def intensities_as_maps(model, batch, map_type):
+    def intensities_as_maps(model, batch, map_type, gate=True):
         return batch.clamp(0, 1), torch.ones(batch.shape[:2], dtype=torch.int64)
 
     monkeypatch.setattr("mmcam.evaluation.runs.class_maps", intensities_as_maps)
