@@ -143,9 +143,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--variants", type=parse_variants, default=list(VARIANTS), help="comma-separated (all)")
     p.add_argument("--subjects", type=positive_int, default=60, help="synthetic phantoms (60)")
     p.add_argument("--fractions", type=parse_fractions, default=(0.4, 0.2, 0.4), help="train,val,test patients")
-    p.add_argument("--steps", type=positive_int, default=400, help="optimiser steps per run (400)")
+    p.add_argument("--steps", type=positive_int, default=300, help="optimiser steps per run (300, from the pilot)")
     p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps (50)")
-    p.add_argument("--cmer-weight", type=positive_float, default=3000.0, help="lambda_cmer of er_cmer_w (3000)")
+    p.add_argument(
+        "--cmer-weight", type=positive_float, default=200.0, help="lambda_cmer of er_cmer_w (200, from the pilot)"
+    )
     p.add_argument("--preset", default="quick", help="training preset (quick)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (all runs)"
@@ -374,7 +376,7 @@ def analyse(
 
 
 # -------------------------------------------------------------------------------------- reporting
-def _estimate(entry: dict[str, Any]) -> Estimate:
+def as_estimate(entry: dict[str, Any]) -> Estimate:
     return Estimate(entry["mean"], entry["low"], entry["high"], entry["n"])
 
 
@@ -387,7 +389,7 @@ def variant_table(analysis: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in analysis["variants"].values():
         cells = [row["label"]]
-        cells += [_estimate(row["scores"][s][c]).format() for s in ("dice", "ap") for c in channels]
+        cells += [as_estimate(row["scores"][s][c]).format() for s in ("dice", "ap") for c in channels]
         acc = row["test_accuracy"]
         cells += [f"{acc[m]['mean']:.2f} ({acc[m]['min']:.2f}-{acc[m]['max']:.2f})" for m in modalities if m in acc]
         lines.append("| " + " | ".join(cells) + " |")
@@ -404,7 +406,7 @@ def contrast_table(analysis: dict[str, Any]) -> str:
         cells = [f"{contrast['a']} − {contrast['b']}"]
         for s in ("dice", "ap"):
             for c in channels:
-                estimate = _estimate(contrast["scores"][s][c])
+                estimate = as_estimate(contrast["scores"][s][c])
                 text = estimate.format(signed=True)
                 cells.append(f"**{text}**" if estimate.excludes_zero else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -420,7 +422,7 @@ def findings(analysis: dict[str, Any]) -> list[str]:
         for s, name in (("dice", "Dice"), ("ap", "AP")):
             up, down, none = [], [], []
             for c, entry in contrast["scores"][s].items():
-                estimate = _estimate(entry)
+                estimate = as_estimate(entry)
                 (up if estimate.low > 0 else down if estimate.high < 0 else none).append(c)
             said = []
             if up:
@@ -520,7 +522,7 @@ def contrast_plot(analysis: dict[str, Any]) -> bytes | None:
     offsets = np.linspace(-0.25, 0.25, len(channels))
     for ax, (score, title) in zip(axes, (("dice", "Δ Dice (3-D)"), ("ap", "Δ AP (threshold-free)"))):
         for k, channel in enumerate(channels):
-            estimates = [_estimate(c["scores"][score][channel]) for c in contrasts]
+            estimates = [as_estimate(c["scores"][score][channel]) for c in contrasts]
             y = np.arange(len(contrasts)) + offsets[k]
             mean = np.array([e.mean for e in estimates])
             err = np.array([[e.mean - e.low for e in estimates], [e.high - e.mean for e in estimates]])
