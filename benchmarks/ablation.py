@@ -228,7 +228,10 @@ def expected_config(argv: list[str]) -> dict[str, Any]:
 
 def check_same_config(run_dir: Path, expected: dict[str, Any]) -> None:
     """Stop when an existing run was made with another configuration (another budget, preset, ...)."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    from mmcam.training import config as cfg
+
+    # keys added to mmcam since the run was made read as their defaults, as when the run is loaded
+    saved = cfg.apply(cfg.TrainConfig(), yaml.safe_load((run_dir / "config.yaml").read_text()), "run").to_dict()
     changed = {
         k: (saved.get(k), expected.get(k))
         for k in sorted(set(saved) | set(expected))
@@ -583,12 +586,16 @@ def run_pilot(args: argparse.Namespace, cache: Path) -> int:
     lines += ["", "Median of each term over the logged training steps:", ""]
     lines += [f"- {k}: {v:.3g}" for k, v in summary["term_medians"].items()]
     lines += ["", "ER / CMER: " + ", ".join(f"{m} {r:.3g}" for m, r in summary["er_over_cmer"].items())]
-    text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / f"{PILOT_NAME}.json", json.dumps(summary, indent=2, allow_nan=False))
-    atomic_write_text(args.out / f"{PILOT_NAME}.md", text)
-    print(text)
+    write_outputs(args.out, PILOT_NAME, summary, "\n".join(lines) + "\n")
     return 0
+
+
+def write_outputs(out: Path, name: str, document: dict[str, Any], text: str) -> None:
+    """``OUT/<name>.json`` and ``OUT/<name>.md`` (atomically), and the markdown on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / f"{name}.json", json.dumps(document, indent=2, allow_nan=False))
+    atomic_write_text(out / f"{name}.md", text)
+    print(text)
 
 
 # ------------------------------------------------------------------------------------------- main
@@ -646,15 +653,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fold = splits["folds"][0]
     splits["sizes"] = {"train": len(fold["train"]), "val": len(fold["val"]), "test": len(splits["test"])}
     document, text = build_report(runs, args.seeds, splits, environment(), command_line(args), args.reps)
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / f"{TABLE_NAME}.json", json.dumps(document, indent=2, allow_nan=False))
-    atomic_write_text(args.out / f"{TABLE_NAME}.md", text)
+    write_outputs(args.out, TABLE_NAME, document, text)
     png = contrast_plot(document)
     if png is not None:
         atomic_write(args.out / f"{TABLE_NAME}.png", lambda path: path.write_bytes(png))
     if args.readme is not None:
         replace_readme_block(args.readme, text)
-    print(text)
     print(f"[ablation] wrote {args.out / TABLE_NAME}.{{json,md{',png' if png else ''}}}")
     return 0
 

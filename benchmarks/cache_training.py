@@ -24,8 +24,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mmcam.atomic_files import atomic_write_text
-
 import ablation
 from ablation_stats import paired_contrast
 
@@ -99,11 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             estimate = ablation.as_estimate(contrasts[score][c])
             cells = [" / ".join(f"{v:.3f}" for v in per_seed[s][score][c]) for s in ("compact", "float32")]
             lines.append(f"| {score} | {c} | {cells[0]} | {cells[1]} | {estimate.format(signed=True)} |")
-    text = "\n".join(lines) + "\n"
-    args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out / f"{NAME}.json", json.dumps(document, indent=2, allow_nan=False))
-    atomic_write_text(args.out / f"{NAME}.md", text)
-    print(text)
+    ablation.write_outputs(args.out, NAME, document, "\n".join(lines) + "\n")
     return 0
 
 

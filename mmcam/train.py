@@ -19,11 +19,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmcam import losses, transforms
 from mmcam.data import DataError
 from mmcam.training import config as cfg
 from mmcam.training.cache_location import resolve_cache
+
+if TYPE_CHECKING:
+    from mmcam.training.trainer import Distributed
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -120,13 +124,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from mmcam.training.run_dir import RunDirectory
-    from mmcam.training.trainer import Distributed, StopRequested, Trainer
+    from mmcam.training.run_lock import RunDirectoryBusy, RunLock
+    from mmcam.training.trainer import Distributed
 
     if config.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but no CUDA device is available", file=sys.stderr)
         return 2
     distributed = Distributed.from_environment(config.device)
+    lock = RunLock(run_path)
+    if distributed.is_main:  # one training process per run directory, before anything is written there
+        try:
+            lock.acquire()
+            if args.resume is None and (run_path / "config.yaml").is_file():
+                lock.release()
+                raise RunDirectoryBusy(
+                    f"--run-dir {run_path} already holds a run; continue it with --resume {run_path}, or "
+                    "choose a new --run-dir"
+                )
+        except RunDirectoryBusy as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return _train(args, config, run_path, distributed)
+    finally:
+        lock.release()
+
+
+def _train(args: argparse.Namespace, config: cfg.TrainConfig, run_path: Path, distributed: Distributed) -> int:
+    """Prepare, train, evaluate; the exit status."""
+    import torch
+
+    from mmcam.training.run_dir import RunDirectory
+    from mmcam.training.trainer import NonFiniteLoss, StopRequested, Trainer
+
     run_dir = RunDirectory(run_path, is_main=distributed.is_main)
     run_dir.log(f"run directory: {run_path}")
     try:
@@ -141,7 +171,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.resume is not None:
-        trainer.resume(run_dir.checkpoint("last"))
+        try:
+            trainer.resume(run_dir.checkpoint("last"))
+        except ValueError as exc:  # CheckpointError: missing, truncated, corrupt or unsafe; or another run's
+            print(
+                f"error: --resume {run_path}: {exc}; restore {run_dir.checkpoint('last')} from a copy, or "
+                "train again into a new --run-dir",
+                file=sys.stderr,
+            )
+            return 2
         run_dir.log(f"resumed at step {trainer.state.step} (epoch {trainer.state.epoch})")
     else:
         run_dir.write_config(config.to_dict(), config.seed)
@@ -151,18 +189,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         trainer.fit(progress=not args.no_progress)
+        if distributed.is_main:  # the test evaluation (python -m mmcam.evaluate's protocol) runs once
+            results = trainer.evaluate()
+            results["run_dir"] = str(run_path)
+            run_dir.write_results(results)
+            run_dir.log(
+                "test Dice (per patient, 3-D, original voxel grid, threshold chosen on validation): "
+                + ", ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f}" for name, r in results["dice"].items())
+                + f"; results in {run_path / 'results.json'}"
+            )
     except StopRequested as stop:
         run_dir.log(f"{stop}: saved {run_dir.checkpoint('last')}; continue with --resume {run_path}")
         return 128 + stop.signum
-    if distributed.is_main:  # the test evaluation (python -m mmcam.evaluate's protocol) runs once
-        results = trainer.evaluate()
-        results["run_dir"] = str(run_path)
-        run_dir.write_results(results)
-        run_dir.log(
-            "test Dice (per patient, 3-D, original voxel grid, threshold chosen on validation): "
-            + ", ".join(f"{name} {r['mean']:.3f} ± {r['std']:.3f}" for name, r in results["dice"].items())
-            + f"; results in {run_path / 'results.json'}"
+    except NonFiniteLoss as exc:
+        print(
+            f"error: {exc}; that step was not trained on and {run_dir.checkpoint('last')} is the last good "
+            "state (check the data for corrupt slices; with --amp fp16 try bf16)",
+            file=sys.stderr,
         )
+        return 1
+    except OSError as exc:  # a full disk, a file-size limit, a quota: every checkpoint is written atomically
+        print(
+            f"error: writing to {run_path} failed ({exc}); the checkpoints already there are intact: free space "
+            f"and continue with --resume {run_path}",
+            file=sys.stderr,
+        )
+        return 1
     if distributed.world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -388,6 +388,13 @@ def build_cache(
                     for future in futures:
                         future.cancel()
                     raise
+    except OSError as exc:  # a full disk, a file-size limit (EFBIG), a quota: what is written stays
+        kept = sum(_reusable(s, dataset, cache_dir, options) for s in dataset.subjects)
+        raise DataError(
+            f"{cache_dir}: preparing stopped, a file could not be written ({exc}); the {kept} of "
+            f"{len(dataset.subjects)} subjects already in the cache are complete and kept: free space and run "
+            "the same command again to continue"
+        ) from None
     finally:
         bar.close()
     write_manifest(cache_dir, index, [fmt.read_subject_meta(cache_dir, s.id) for s in dataset.subjects])

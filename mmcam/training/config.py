@@ -9,6 +9,7 @@ training starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -75,6 +76,10 @@ class TrainConfig(ObjectiveConfig):
     eval_every: int = 1
     val_every_steps: int | None = None
     dice_selection: bool = False
+    # crash safety: last.pt is also written every checkpoint_every_steps steps and/or every
+    # checkpoint_every_minutes minutes of training (besides epoch ends, validations and SIGINT / SIGTERM)
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = 10.0
     # runtime
     device: str = "cpu"
     amp: str | None = None
@@ -137,7 +142,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 #: Keys that may differ between a run and its resumption (they do not change what is computed).
-RESUMABLE_KEYS = frozenset({"max_steps", "epochs", "workers", "device", "log_every", "eval_every", "data", "cache"})
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "epochs",
+        "workers",
+        "device",
+        "log_every",
+        "eval_every",
+        "data",
+        "cache",
+        "checkpoint_every_steps",
+        "checkpoint_every_minutes",
+    }
+)
 
 _CHOICES = {"device": DEVICES, "amp": (None, *AMP_MODES), "synthetic_layout": SYNTHETIC_LAYOUTS, "fit": FITS}
 _POSITIVE = ("batch_size", "epochs", "width_divisor", "synthetic_subjects", "log_every", "eval_every")
@@ -218,9 +236,12 @@ def _validate_run_settings(config: TrainConfig) -> None:
             f"config keys: lr must be > 0 and weight_decay >= 0, got lr={config.lr!r}, "
             f"weight_decay={config.weight_decay!r}"
         )
-    for key in ("max_steps", "val_every_steps", "size"):
+    for key in ("max_steps", "val_every_steps", "size", "checkpoint_every_steps"):
         if getattr(config, key) is not None and getattr(config, key) < 1:
             raise ConfigError(f"config key {key!r} must be >= 1, got {getattr(config, key)}")
+    minutes = config.checkpoint_every_minutes
+    if minutes is not None and not (math.isfinite(minutes) and minutes > 0):
+        raise ConfigError(f"config key 'checkpoint_every_minutes' must be > 0 (or none), got {minutes!r}")
     if config.fold < 0:
         raise ConfigError(f"config key 'fold' must be >= 0, got {config.fold}")
     if config.folds is not None and not (config.folds >= 2 and config.fold < config.folds):

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import signal
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from mmcam.data import DataError, SliceDataset
 from mmcam.evaluation.overlap import PatientDice, threshold_grid
 from mmcam.evaluation.protocol import GRID_RULE, PSEUDO_MASK_RULE, evaluate_run
 from mmcam.models import MultiModalCAM, unwrap_model
-from mmcam.objective import compute_objective
+from mmcam.objective import ObjectiveResult, compute_objective
 from mmcam.progress import progress_bar
 from mmcam.training import checkpoint as ckpt
 from mmcam.training.config import TrainConfig
@@ -85,6 +86,24 @@ class TrainState:
     best_accuracy: dict = field(default_factory=dict)  # modality -> best validation accuracy
     best_dice: float = -math.inf
     last_validated_step: int = -1
+    skipped_steps: int = 0  # fp16: steps the grad scaler skipped (inf / NaN gradients)
+
+
+class NonFiniteLoss(RuntimeError):
+    """A step whose loss or gradient is not finite: it was not taken, and nothing was saved after it."""
+
+    def __init__(self, step: int, what: str):
+        super().__init__(f"step {step}: {what} is not finite (NaN or inf)")
+        self.step, self.what = step, what
+
+
+def _non_finite_term(result: ObjectiveResult) -> str:
+    """The first term of ``L_i`` (``"<term>/<modality>"``) that is not finite, else ``"a gradient"``."""
+    for term, values in result.terms.items():
+        for modality, value in zip(result.modalities, values.detach().float().cpu().tolist()):
+            if not math.isfinite(value):
+                return f"the loss term {term}/{modality}"
+    return "the loss" if not math.isfinite(float(result.total.detach())) else "a gradient"
 
 
 class StopRequested(Exception):
@@ -155,6 +174,7 @@ class Trainer:
         self.state = TrainState()
         self.best_networks: dict[str, dict] = {}
         self._stop: int | None = None
+        self._last_saved = time.monotonic()  # when last.pt was written (checkpoint_every_minutes)
 
     # ------------------------------------------------------------------ data
     def steps_per_epoch(self) -> int:
@@ -192,6 +212,8 @@ class Trainer:
     def save(self, name: str) -> None:
         if self.dist.is_main:
             ckpt.atomic_save(self._checkpoint_state(), self.run_dir.checkpoint(name))
+        if name == "last":
+            self._last_saved = time.monotonic()
 
     def resume(self, path) -> None:
         saved = ckpt.load(path)
@@ -212,6 +234,12 @@ class Trainer:
         self._stop = signum
 
     def _step(self, batch: dict) -> dict[str, float]:
+        """One optimiser step; the scalars to log (empty off the logging steps).
+
+        Raises:
+            NonFiniteLoss: a loss term (any mode) or a gradient (fp32 / bf16) is NaN or inf; the step is not
+                taken. Under fp16 the grad scaler skips a step whose gradients overflow; those are counted.
+        """
         images = batch["image"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
         if self.config.channels_last:
@@ -221,14 +249,29 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             result = compute_objective(self.model, images, labels, self.transform_generator, self.objective)
         self.optimizer.zero_grad(set_to_none=True)
+        step = self.state.step + 1
         if self.scaler is not None:
             self.scaler.scale(result.total).backward()
+            if not bool(torch.isfinite(result.total.detach())):
+                raise NonFiniteLoss(step, _non_finite_term(result))
+            scale = self.scaler.get_scale()
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            if self.scaler.get_scale() < scale:  # the scaler found inf / NaN gradients and skipped the step
+                self.state.skipped_steps += 1
         else:
             result.total.backward()
+            gradients = [p.grad for p in self.model.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(gradients)))
+            if not bool(torch.isfinite(result.total.detach()) & torch.isfinite(norm)):  # one host sync
+                raise NonFiniteLoss(step, _non_finite_term(result))
             self.optimizer.step()
-        return result.scalars() if self.state.step % self.config.log_every == 0 else {}
+        if self.state.step % self.config.log_every != 0:
+            return {}
+        scalars = result.scalars()
+        if self.scaler is not None:
+            scalars["skipped_steps"] = float(self.state.skipped_steps)
+        return scalars
 
     def fit(self, progress: bool = True) -> None:
         """Train until ``epochs`` or ``max_steps``; validates and checkpoints at every epoch end."""
@@ -255,6 +298,8 @@ class Trainer:
                         self.run_dir.scalars("train", self.state.step, self.state.epoch, scalars)
                     if self._validation_due():
                         self._select_best(self.state.epoch)
+                    if self._checkpoint_due():
+                        self.save("last")
                     if self._stop is not None:
                         self.save("last")
                         raise StopRequested(self._stop)
@@ -275,6 +320,13 @@ class Trainer:
         per_epoch = self.config.val_every_steps is None and self.state.epoch % self.config.eval_every == 0
         if per_epoch or (self.state.epoch == self.config.epochs and not self._validated_now()):
             self._select_best(epoch)
+
+    def _checkpoint_due(self) -> bool:
+        """After a step: whether ``checkpoint_every_steps`` or ``checkpoint_every_minutes`` asks for last.pt."""
+        every, minutes = self.config.checkpoint_every_steps, self.config.checkpoint_every_minutes
+        if every is not None and self.state.step % every == 0:
+            return True
+        return minutes is not None and time.monotonic() - self._last_saved >= 60 * minutes
 
     def _validation_due(self) -> bool:
         """After a step: whether the step schedule (``val_every_steps``) validates now."""
