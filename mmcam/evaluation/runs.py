@@ -141,8 +141,13 @@ def load_run(run_dir: str | os.PathLike[str], checkpoint: str | None = None, dev
         raise UsageError(f"--checkpoint {checkpoint}: no file {path} (the run has {present or 'no checkpoint'})")
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available")
+    others = [name for name in present if name != checkpoint]
     try:
         saved = ckpt.load(path)
+    except ckpt.CheckpointError as exc:
+        alternative = f"choose another with --checkpoint ({', '.join(others)})" if others else "train the run again"
+        raise UsageError(f"{exc}; restore the file from a copy of the run, or {alternative}") from None
+    try:
         model = MultiModalCAM(
             saved["modalities"], width_divisor=saved.get("config", {}).get("width_divisor", config.width_divisor)
         )

@@ -89,8 +89,8 @@ def load_model(path: Path) -> tuple[MultiModalCAM, list[str]]:
     """The :class:`MultiModalCAM` of a checkpoint (in eval mode, on the CPU) and its modalities."""
     try:
         saved = ckpt.load(path)
-    except (FileNotFoundError, ValueError) as exc:
-        raise ReportError(str(exc)) from None
+    except ckpt.CheckpointError as exc:
+        raise ReportError(f"{exc}; restore the file from a copy of the run, or choose another --checkpoint") from None
     missing = [k for k in ("model", "modalities", "config") if k not in saved]
     if missing:
         raise ReportError(f"checkpoint {path} lacks {missing} (not a checkpoint of python -m mmcam.train)")

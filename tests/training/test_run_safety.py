@@ -88,6 +88,7 @@ def test_a_truncated_checkpoint_is_one_line_and_status_2(finished_run, tmp_path,
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("error: "), (name, err)
         assert str(run_dir / "last.pt") in err and "truncated or corrupt" in err, (name, err)
+        assert "restore the file from a copy" in err or "restore " + str(run_dir / "last.pt") in err, (name, err)
 
 
 def test_checkpoints_hold_only_tensors_and_plain_values(finished_run):
