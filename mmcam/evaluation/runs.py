@@ -19,6 +19,7 @@ Bad input raises :class:`UsageError` (the command-line tools print it and exit w
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -197,9 +198,10 @@ class SubjectMaps:
     scores: np.ndarray
     predicted: np.ndarray
 
-    @property
+    @functools.cached_property
     def maps(self) -> np.ndarray:
-        """``(S, M, H, W)``: :attr:`scores` zeroed where a network predicts "no target" (the pseudo-mask maps)."""
+        """``(S, M, H, W)``: :attr:`scores` zeroed where a network predicts "no target" (the pseudo-mask maps);
+        computed once, however many channels are read."""
         return self.scores * (self.predicted == 1)[:, :, None, None].astype(self.scores.dtype)
 
     def stored(self, channel: str, gated: bool = True) -> np.ndarray:
