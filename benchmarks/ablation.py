@@ -75,8 +75,13 @@ CONTRASTS: tuple[tuple[str, str], ...] = (
 SCORES = {"dice": "Dice (3-D, validation threshold)", "ap": "AP (threshold-free, slices with target)"}
 COMBINED = "combined"
 TABLE_NAME = "ablation_synthetic"
+#: Outputs and README block of each phantom family (``--tumour``): name, README markers.
+STUDY_OUTPUTS: dict[str, tuple[str, tuple[str, str]]] = {
+    "nested": (TABLE_NAME, ("<!-- ablation:begin -->", "<!-- ablation:end -->")),
+    "split": (f"{TABLE_NAME}_split", ("<!-- ablation-split:begin -->", "<!-- ablation-split:end -->")),
+}
 PILOT_NAME = "ablation_pilot"
-README_BEGIN, README_END = "<!-- ablation:begin -->", "<!-- ablation:end -->"
+README_BEGIN, README_END = STUDY_OUTPUTS["nested"][1]
 SIDE_FILE = "ablation_run.json"  # per run: its command and the wall time of the invocation that finished it
 #: Keys that differ between the runs of the study by design (the rest must be equal).
 VARYING_KEYS = frozenset({"seed", "use_cls", "use_kd", "use_er", "use_cmer", "lambda_cmer", "workers"})
@@ -142,6 +147,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=parse_seeds, default=parse_seeds("5"), help="a count (0..K-1) or a list (5)")
     p.add_argument("--variants", type=parse_variants, default=list(VARIANTS), help="comma-separated (all)")
     p.add_argument("--subjects", type=positive_int, default=60, help="synthetic phantoms (60)")
+    p.add_argument(
+        "--tumour",
+        choices=tuple(STUDY_OUTPUTS),
+        default="nested",
+        help="phantom family: nested (default) or split (each lobe shown by one modality); docs/data.md",
+    )
     p.add_argument("--fractions", type=parse_fractions, default=(0.4, 0.2, 0.4), help="train,val,test patients")
     p.add_argument("--steps", type=positive_int, default=300, help="optimiser steps per run (300, from the pilot)")
     p.add_argument("--val-every", type=positive_int, default=50, help="validate every N steps (50)")
@@ -152,14 +163,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override (all runs)"
     )
-    p.add_argument("--runs", type=Path, default=Path("runs/ablation"), help="run directories (runs/ablation)")
+    p.add_argument("--runs", type=Path, help="run directories (runs/ablation; runs/ablation-split with --tumour split)")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="output folder (benchmarks/results)")
     p.add_argument("--readme", type=Path, help="also write the markdown into this file's ablation block")
     p.add_argument("--reps", type=positive_int, default=BOOTSTRAP_REPS, help="bootstrap replicates (10000)")
     p.add_argument("--aggregate-only", action="store_true", help="train nothing; tabulate the finished runs")
     p.add_argument("--pilot", action="store_true", help="run the pilot (full, seed 0) instead of the study")
     p.add_argument("--pilot-steps", type=positive_int, default=800, help="steps of the pilot (800)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.runs is None:
+        args.runs = Path("runs/ablation" if args.tumour == "nested" else f"runs/ablation-{args.tumour}")
+    return args
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -167,10 +181,13 @@ def study_cache(args: argparse.Namespace) -> Path:
     """The phantoms of the study and their cache with its patient split (``RUNS/data``), made once."""
     from mmcam.data.build import prepare_raw
     from mmcam.data.cache import INDEX_FILE, SPLITS_FILE
-    from mmcam.data.synthetic import generate_synthetic
+    from mmcam.data.synthetic import MARKER_FILE, generate_synthetic
 
     root = args.runs / "data"
     cache = root / "cache"
+    marker = root / "raw" / MARKER_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("tumour", "nested") != args.tumour:
+        raise SystemExit(f"error: {root} holds other phantoms than --tumour {args.tumour}; use another --runs folder")
     if (cache / INDEX_FILE).is_file() and (cache / SPLITS_FILE).is_file():
         splits = json.loads((cache / SPLITS_FILE).read_text())
         if list(splits.get("fractions", [])) != list(args.fractions):
@@ -178,7 +195,7 @@ def study_cache(args: argparse.Namespace) -> Path:
         return cache
     if args.aggregate_only:
         raise SystemExit(f"error: {cache} is missing (--aggregate-only prepares nothing)")
-    raw = generate_synthetic(root / "raw", "brats", n_subjects=args.subjects, seed=0)
+    raw = generate_synthetic(root / "raw", "brats", n_subjects=args.subjects, seed=0, tumour=args.tumour)
     prepare_raw(raw, cache, dataset="brats", fractions=args.fractions, seed=0, overwrite=cache.exists())
     return cache
 
@@ -439,10 +456,12 @@ def findings(analysis: dict[str, Any]) -> list[str]:
     return out
 
 
-def describe_design(budget: dict[str, Any], seeds: Sequence[int], n_patients: int, splits: dict[str, Any]) -> str:
+def describe_design(
+    budget: dict[str, Any], seeds: Sequence[int], n_patients: int, splits: dict[str, Any], tumour: str = "nested"
+) -> str:
     sizes = splits.get("sizes", {})
     return (
-        f"{budget.get('synthetic_layout', 'brats')}-layout phantoms (data {budget.get('data')}; "
+        f"{budget.get('synthetic_layout', 'brats')}-layout phantoms, {tumour} tumours (data {budget.get('data')}; "
         f"{sizes.get('train', '?')} train / {sizes.get('val', '?')} validation / {n_patients} test patients), "
         f"preset `{budget.get('preset')}` ({', '.join(budget.get('modalities') or [])}, width/"
         f"{budget.get('width_divisor')}, lr {budget.get('lr')}, weight decay {budget.get('weight_decay')}, batch "
@@ -458,8 +477,9 @@ def build_report(
     environment: dict[str, Any] | None = None,
     command: str = "python benchmarks/ablation.py",
     reps: int = BOOTSTRAP_REPS,
+    tumour: str = "nested",
 ) -> tuple[dict[str, Any], str]:
-    """The JSON document and the markdown text of the study."""
+    """The JSON document and the markdown text of the study (``tumour``: the phantom family)."""
     budget = shared_budget(runs)
     analysis = analyse(runs, seeds, reps)
     first = runs[next(iter(runs))][seeds[0]]
@@ -467,7 +487,8 @@ def build_report(
     document = {
         "experiment": "ablation of the loss terms on synthetic phantoms, paired seeds",
         "command": command,
-        "design": describe_design(budget, seeds, len(analysis["patients"]), splits),
+        "design": describe_design(budget, seeds, len(analysis["patients"]), splits, tumour),
+        "tumour": tumour,
         "statistic": f"mean over seeds x test patients of the per-patient score; {CONFIDENCE:.0%} two-level "
         f"percentile bootstrap interval ({reps} replicates; seeds and patients resampled with replacement); "
         "contrasts: the same on the paired difference table",
@@ -544,14 +565,15 @@ def contrast_plot(analysis: dict[str, Any]) -> bytes | None:
     return buffer.getvalue()
 
 
-def replace_readme_block(path: Path, text: str) -> None:
-    """Write ``text`` between the ablation markers of ``path`` (both markers must be there)."""
+def replace_readme_block(path: Path, text: str, markers: tuple[str, str] = (README_BEGIN, README_END)) -> None:
+    """Write ``text`` between the ``markers`` (begin, end) of ``path`` (both must be there)."""
+    begin, end = markers
     content = path.read_text()
-    if README_BEGIN not in content or README_END not in content:
-        raise SystemExit(f"error: {path} has no {README_BEGIN} ... {README_END} block")
-    head, rest = content.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    atomic_write_text(path, f"{head}{README_BEGIN}\n{text}{README_END}{tail}")
+    if begin not in content or end not in content:
+        raise SystemExit(f"error: {path} has no {begin} ... {end} block")
+    head, rest = content.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(path, f"{head}{begin}\n{text}{end}{tail}")
 
 
 # ------------------------------------------------------------------------------------------ pilot
@@ -628,7 +650,8 @@ def command_line(args: argparse.Namespace) -> str:
     """The command that regenerates the study (the options that change what is trained)."""
     defaults = parse_args([])
     parts = ["python benchmarks/ablation.py"]
-    for option in ("seeds", "variants", "subjects", "fractions", "steps", "val_every", "cmer_weight", "preset"):
+    options = ("seeds", "variants", "subjects", "tumour", "fractions", "steps", "val_every", "cmer_weight", "preset")
+    for option in options:
         value = getattr(args, option)
         if value != getattr(defaults, option):
             text = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
@@ -652,14 +675,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     splits = json.loads((cache / "splits.json").read_text())
     fold = splits["folds"][0]
     splits["sizes"] = {"train": len(fold["train"]), "val": len(fold["val"]), "test": len(splits["test"])}
-    document, text = build_report(runs, args.seeds, splits, environment(), command_line(args), args.reps)
-    write_outputs(args.out, TABLE_NAME, document, text)
+    document, text = build_report(runs, args.seeds, splits, environment(), command_line(args), args.reps, args.tumour)
+    name, markers = STUDY_OUTPUTS[args.tumour]
+    write_outputs(args.out, name, document, text)
     png = contrast_plot(document)
     if png is not None:
-        atomic_write(args.out / f"{TABLE_NAME}.png", lambda path: path.write_bytes(png))
+        atomic_write(args.out / f"{name}.png", lambda path: path.write_bytes(png))
     if args.readme is not None:
-        replace_readme_block(args.readme, text)
-    print(f"[ablation] wrote {args.out / TABLE_NAME}.{{json,md{',png' if png else ''}}}")
+        replace_readme_block(args.readme, text, markers)
+    print(f"[ablation] wrote {args.out / name}.{{json,md{',png' if png else ''}}}")
     return 0
 
 

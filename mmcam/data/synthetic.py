@@ -78,6 +78,7 @@ from mmcam.progress import progress_bar
 
 __all__ = [
     "LAYOUTS",
+    "TUMOURS",
     "DEFAULT_SHAPES",
     "FIELDS_OF_VIEW",
     "spacing",
@@ -89,6 +90,8 @@ __all__ = [
 ]
 
 LAYOUTS = ("brats", "prostate")
+#: The gliomas of the brats phantoms: ``nested`` (the default) and ``split`` (module docstring).
+TUMOURS = ("nested", "split")
 #: Default volume shape (X, Y, Z) of each layout.
 DEFAULT_SHAPES = {"brats": (96, 96, 40), "prostate": (96, 96, 24)}
 #: Field of view (mm) of each layout; the voxel spacing is field of view / shape, so a phantom looks the
@@ -102,7 +105,8 @@ def spacing(layout: str, shape) -> tuple[float, float, float]:
     return tuple(f / n for f, n in zip(FIELDS_OF_VIEW[layout], shape))
 
 
-# tissue -> intensity per modality (t1, t1ce, t2, flair), the table of the module docstring
+_BRAIN_MODALITIES = ("t1", "t1ce", "t2", "flair")
+# tissue -> intensity per modality (_BRAIN_MODALITIES), the table of the module docstring
 _BRAIN_TISSUES = {
     "csf": (0.25, 0.25, 1.00, 0.15),
     "gm": (0.55, 0.55, 0.62, 0.55),
@@ -243,7 +247,63 @@ def _blobs(
     return out & allowed
 
 
-def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
+def _lobe(rng: np.random.Generator, coords, brain: np.ndarray, centre, size) -> tuple[np.ndarray, np.ndarray]:
+    """An irregular lobe: a perturbed ellipsoid of semi-axes ``size`` (mm) at ``centre`` (mm), inside
+    ``brain``, and the ellipsoidal radius ``d`` of every voxel (``(X, Y, Z)`` each); never empty (a lobe
+    too small for the grid keeps its central voxel)."""
+    x, y, z = coords
+    d = _ellipsoid_radius((x - centre[0], y - centre[1], z - centre[2]), size)
+    lobe = (d + 0.3 * _smooth_noise(rng, brain.shape, (14, 14, 10)) < 1.0) & brain
+    if not lobe.any():
+        lobe[np.unravel_index(np.argmin(d + ~brain * 1e3), brain.shape)] = True
+    return lobe, d
+
+
+def _nested_glioma(rng: np.random.Generator, coords, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The default glioma: edema (2) around a core (4, or 1 when non-enhancing) with necrosis (1) inside.
+
+    Returns the ``(X, Y, Z)`` uint8 labels and the ellipsoidal radius of the tumour (< 1 inside)."""
+    centre = rng.uniform(-1, 1, 3) * np.array([30.0, 38.0, 22.0])
+    size = np.exp(rng.uniform(np.log(12), np.log(34))) * rng.uniform(0.8, 1.2, 3)
+    whole, d = _lobe(rng, coords, brain, centre, size)
+    d_core = d + 0.1 * _smooth_noise(rng, brain.shape, (10, 10, 8))
+    core_radius = rng.uniform(0.35, 0.7)
+    core = whole & (d_core < core_radius)
+    necrosis = core & (d_core < core_radius * rng.uniform(0.4, 0.7))
+    enhancing = rng.uniform() >= 0.2
+    labels = np.zeros(brain.shape, dtype=np.uint8)
+    labels[whole] = 2
+    labels[core] = 4 if enhancing else 1
+    labels[necrosis] = 1
+    return labels, d
+
+
+def _split_glioma(rng: np.random.Generator, coords, brain: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two touching lobes of similar size: edema (2) and a solid enhancing lobe (4). A scale log-uniform
+    in 10-24 mm, each lobe's semi-axes that scale times 0.75-1 times 0.8-1.2 per axis; their centres
+    ``0.8 x`` the sum of their mean semi-axes apart along a random direction (so they touch and overlap a
+    little; the enhancing lobe wins the overlap, and some slices cut only one lobe).
+
+    Returns the ``(X, Y, Z)`` uint8 labels and the smaller of the two lobes' ellipsoidal radii."""
+    centre = rng.uniform(-1, 1, 3) * np.array([24.0, 30.0, 16.0])
+    scale = np.exp(rng.uniform(np.log(10), np.log(24)))
+    sizes = [scale * rng.uniform(0.75, 1.0) * rng.uniform(0.8, 1.2, 3) for _ in range(2)]
+    direction = rng.standard_normal(3)
+    direction /= np.linalg.norm(direction)
+    half_offset = 0.4 * (sizes[0].mean() + sizes[1].mean()) * direction
+    edema, d_edema = _lobe(rng, coords, brain, centre - half_offset, sizes[0])
+    enhancing, d_enhancing = _lobe(rng, coords, brain, centre + half_offset, sizes[1])
+    labels = np.zeros(brain.shape, dtype=np.uint8)
+    labels[edema] = 2
+    labels[enhancing] = 4
+    return labels, np.minimum(d_edema, d_enhancing)
+
+
+#: ``tumour="split"``: the lobe each modality does not show (it keeps the tissue it replaced there).
+_SPLIT_HIDDEN = {"t1ce": "edema", "flair": "rim"}
+
+
+def _brain(rng: np.random.Generator, shape, tumour: str = "nested") -> SyntheticSubject:
     voxel = spacing("brats", shape)
     x, y, z = _grid(shape, voxel, rng.uniform(-4, 4, 3))
     r = _ellipsoid_radius((x, y, z), (rng.uniform(62, 72), rng.uniform(76, 88), rng.uniform(58, 66)))
@@ -256,22 +316,10 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
         plexus |= _ellipsoid_radius((x - side * 11, y - 12, z - 6), (3.5, 6, 4)) < 1
     white = brain & (r + folds < 0.80)
 
-    # glioma: a perturbed ellipsoid of random size, centred well inside the brain
-    centre = rng.uniform(-1, 1, 3) * np.array([30.0, 38.0, 22.0])
-    size = np.exp(rng.uniform(np.log(12), np.log(34))) * rng.uniform(0.8, 1.2, 3)
-    d = _ellipsoid_radius((x - centre[0], y - centre[1], z - centre[2]), size)
-    whole = (d + 0.3 * _smooth_noise(rng, shape, (14, 14, 10)) < 1.0) & brain  # irregular edema
-    if not whole.any():  # a small tumour at a coarse resolution: keep its central voxel
-        whole[np.unravel_index(np.argmin(d + ~brain * 1e3), shape)] = True
-    d_core = d + 0.1 * _smooth_noise(rng, shape, (10, 10, 8))
-    core_radius = rng.uniform(0.35, 0.7)
-    core = whole & (d_core < core_radius)
-    necrosis = core & (d_core < core_radius * rng.uniform(0.4, 0.7))
-    enhancing = rng.uniform() >= 0.2
-    labels = np.zeros(shape, dtype=np.uint8)
-    labels[whole] = 2
-    labels[core] = 4 if enhancing else 1
-    labels[necrosis] = 1
+    if tumour == "nested":
+        labels, d = _nested_glioma(rng, (x, y, z), brain)
+    else:
+        labels, d = _split_glioma(rng, (x, y, z), brain)
 
     # look-alikes that are not tumour: white-matter hyperintensities away from the tumour
     wmh = _blobs(rng, (x, y, z), white & (d > 1.6) & ~ventricles, int(rng.integers(0, 6)), (2.5, 6.0))
@@ -295,7 +343,9 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
             values = list(table[tissue])
             values[m] = normal + contrast * (values[m] - normal)
             table[tissue] = tuple(values)
-        image = _compose(tissues, table, m, shape) * heterogeneity
+        hidden = _SPLIT_HIDDEN.get(_BRAIN_MODALITIES[m]) if tumour == "split" else None
+        shown = {tissue: mask for tissue, mask in tissues.items() if tissue != hidden}
+        image = _compose(shown, table, m, shape) * heterogeneity
         image = _blur(image, (0.6, 0.6, 0.4))
         image *= np.exp(0.2 * _smooth_noise(rng, shape, (3, 3, 2)))  # bias field
         image = _rician(rng, image, 0.025) * brain  # skull-stripped
@@ -304,7 +354,7 @@ def _brain(rng: np.random.Generator, shape) -> SyntheticSubject:
         np.stack(images),
         labels,
         _affine(shape, voxel, flips=(-1.0, -1.0, 1.0)),
-        ("t1", "t1ce", "t2", "flair"),
+        _BRAIN_MODALITIES,
         {"wmh": wmh, "plexus": tissues["plexus"]},
     )
 
@@ -386,11 +436,21 @@ def _check_layout_shape(layout: str, shape) -> tuple[int, int, int]:
     return int(x), int(y), int(z)
 
 
-def make_subject(layout: str, seed: int, index: int, shape=None) -> SyntheticSubject:
-    """Phantom ``index`` of ``seed`` (depends on nothing else), see the module docstring."""
+def _check_tumour(layout: str, tumour: str) -> str:
+    if tumour not in TUMOURS:
+        raise DataError(f"unknown tumour {tumour!r}; choose one of {', '.join(TUMOURS)}")
+    if tumour != "nested" and layout != "brats":
+        raise DataError(f"tumour={tumour!r} is a brats phantom; the {layout} layout has none")
+    return tumour
+
+
+def make_subject(layout: str, seed: int, index: int, shape=None, tumour: str = "nested") -> SyntheticSubject:
+    """Phantom ``index`` of ``seed`` (depends on nothing else), see the module docstring; ``tumour``
+    (brats only): ``"nested"`` or ``"split"``."""
     shape = _check_layout_shape(layout, shape)
+    tumour = _check_tumour(layout, tumour)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
-    return (_brain if layout == "brats" else _pelvis)(rng, shape)
+    return _brain(rng, shape, tumour) if layout == "brats" else _pelvis(rng, shape)
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -431,22 +491,32 @@ def _msd_dataset_json(ids: Sequence[str]) -> dict:
 
 
 def generate_synthetic(
-    root, layout: str = "brats", n_subjects: int = 20, seed: int = 0, shape=None, progress: bool = False
+    root,
+    layout: str = "brats",
+    n_subjects: int = 20,
+    seed: int = 0,
+    shape=None,
+    progress: bool = False,
+    tumour: str = "nested",
 ) -> Path:
     """Write ``n_subjects`` phantoms to ``root`` in the raw ``layout`` and return ``root``.
 
     ``brats``: BraTS 2021 layout, ids ``synth_00000``...; ``prostate``: MSD Task05 layout with
-    ``dataset.json``, ids ``prostate_00000``.... ``root`` must be new or empty; a ``root`` already
+    ``dataset.json``, ids ``prostate_00000``.... ``tumour`` (brats only): ``"nested"`` or ``"split"``
+    (module docstring). ``root`` must be new or empty; a ``root`` already
     generated with the same arguments is returned as it is (the marker file ``mmcam_synthetic.json``
     is written last and records them).
     """
     shape = _check_layout_shape(layout, shape)
+    tumour = _check_tumour(layout, tumour)
     if isinstance(n_subjects, bool) or not isinstance(n_subjects, int) or n_subjects < 1:
         raise DataError(f"n_subjects must be an int >= 1, got {n_subjects!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise DataError(f"seed must be a non-negative int, got {seed!r}")
     root = Path(root)
-    params = {"layout": layout, "n_subjects": n_subjects, "seed": seed, "shape": list(shape)}
+    params: dict = {"layout": layout, "n_subjects": n_subjects, "seed": seed, "shape": list(shape)}
+    if tumour != "nested":  # markers of the default phantoms stay as earlier versions wrote them
+        params["tumour"] = tumour
     marker = root / MARKER_FILE
     if marker.is_file():
         if json.loads(marker.read_text()) == params:
@@ -466,7 +536,7 @@ def generate_synthetic(
     write = _write_brats_subject if layout == "brats" else _write_msd_subject
     with progress_bar(n_subjects, enabled=progress, description=f"synthetic {layout}", unit="subject") as bar:
         for i in range(n_subjects):
-            write(root, ids[i], make_subject(layout, seed, i, shape))
+            write(root, ids[i], make_subject(layout, seed, i, shape, tumour))
             bar.update()
     if layout == "prostate":
         atomic_write_json(root / "dataset.json", _msd_dataset_json(ids))
@@ -515,6 +585,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--layout", choices=LAYOUTS, default="brats")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--tumour",
+        choices=TUMOURS,
+        default="nested",
+        help="brats: nested (edema around core, default) or split (two lobes, each shown by one of T1ce, FLAIR)",
+    )
+    parser.add_argument(
         "--shape",
         type=int,
         nargs=3,
@@ -524,7 +600,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     try:
-        generate_synthetic(args.out, args.layout, args.subjects, args.seed, args.shape, progress=not args.no_progress)
+        generate_synthetic(
+            args.out, args.layout, args.subjects, args.seed, args.shape, not args.no_progress, args.tumour
+        )
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
