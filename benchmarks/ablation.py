@@ -392,7 +392,23 @@ def analyse(
         for a, b in CONTRASTS
         if a in runs and b in runs
     ]
-    return {"channels": channels, "patients": patients, "variants": variants, "contrasts": contrasts}
+    modalities = [c for c in channels if c != COMBINED]
+    pair_gains = {
+        v: {
+            score: {
+                m: paired_contrast(tables[v][score][COMBINED], tables[v][score][m], reps).as_dict() for m in modalities
+            }
+            for score in SCORES
+        }
+        for v in runs
+    }
+    return {
+        "channels": channels,
+        "patients": patients,
+        "variants": variants,
+        "contrasts": contrasts,
+        "pair_gains": pair_gains,
+    }
 
 
 # -------------------------------------------------------------------------------------- reporting
@@ -427,6 +443,24 @@ def contrast_table(analysis: dict[str, Any]) -> str:
         for s in ("dice", "ap"):
             for c in channels:
                 estimate = as_estimate(contrast["scores"][s][c])
+                text = estimate.format(signed=True)
+                cells.append(f"**{text}**" if estimate.excludes_zero else text)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def pair_gain_table(analysis: dict[str, Any]) -> str:
+    """Markdown: per variant, the combined map minus each modality's map (paired over seeds and patients),
+    Dice and AP, in bold where the interval excludes 0."""
+    gains = analysis["pair_gains"]
+    modalities = [c for c in analysis["channels"] if c != COMBINED]
+    header = ["variant"] + [f"Δ{s} {COMBINED} − {m}" for s in ("Dice", "AP") for m in modalities]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for variant, by_score in gains.items():
+        cells = [analysis["variants"][variant]["label"]]
+        for s in ("dice", "ap"):
+            for m in modalities:
+                estimate = as_estimate(by_score[s][m])
                 text = estimate.format(signed=True)
                 cells.append(f"**{text}**" if estimate.excludes_zero else text)
         lines.append("| " + " | ".join(cells) + " |")
@@ -518,6 +552,11 @@ def build_report(
         "What the intervals establish:",
         "",
         *findings(analysis),
+        "",
+        "Does the pair beat each modality alone? The combined map (mean of the modality maps) minus each "
+        "modality's map, paired over seeds and patients within each variant:",
+        "",
+        pair_gain_table(analysis),
         "",
         f"Checkpoint: `{document['checkpoint']}` (each modality's network at its best validation accuracy); "
         f"Dice at the threshold chosen on the validation patients; AP: {SCORES['ap']}.",

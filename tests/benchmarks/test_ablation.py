@@ -114,6 +114,23 @@ def test_contrasts_of_fake_runs_by_hand(ablation):
     json.dumps(document, allow_nan=False)
 
 
+def test_pair_gain_is_the_combined_map_minus_each_modality_by_hand(ablation):
+    runs = {"er": {s: fake_run(ablation, "er", s, 0.2) for s in (0, 1)}}
+    for patient, value in runs["er"][0]["results"]["dice"]["combined"]["per_patient"].items():
+        runs["er"][0]["results"]["dice"]["combined"]["per_patient"][patient] = value + 0.2  # seed 0 only
+    runs["er"][1]["results"]["ap"]["flair"]["per_patient"]["p0"] -= 0.3  # one patient of seed 1
+    analysis = ablation.analyse(runs, [0, 1], reps=500)
+    gains = analysis["pair_gains"]["er"]
+    assert gains["dice"]["t1ce"]["mean"] == pytest.approx(0.1) and gains["dice"]["flair"]["mean"] == pytest.approx(0.1)
+    assert gains["dice"]["t1ce"]["low"] == pytest.approx(0.0) and gains["dice"]["t1ce"]["high"] == pytest.approx(0.2)
+    assert gains["ap"]["t1ce"]["mean"] == pytest.approx(0.0) and gains["ap"]["flair"]["mean"] == pytest.approx(0.05)
+    table = ablation.pair_gain_table(analysis)
+    assert table.splitlines()[0] == (
+        "| variant | ΔDice combined − t1ce | ΔDice combined − flair | ΔAP combined − t1ce | ΔAP combined − flair |"
+    )
+    assert table.splitlines()[2].startswith("| ER only (SEAM-style) | +0.100 [+0.000, +0.200] |")
+
+
 def test_runs_with_another_budget_are_refused(ablation):
     runs = {"cam": {0: fake_run(ablation, "cam", 0, 0.1)}, "er": {0: fake_run(ablation, "er", 0, 0.1)}}
     runs["er"][0]["config"]["max_steps"] = 300
@@ -168,6 +185,16 @@ def test_readme_block_is_replaced_between_the_markers(ablation, tmp_path):
         ablation.replace_readme_block(tmp_path / "other.md", "x")
 
 
+def fake_study_cache(runs: Path) -> Path:
+    """``RUNS/data/cache`` as the script finds it: an index and a split of 2 train / 1 validation / 3 test."""
+    cache = runs / "data" / "cache"
+    cache.mkdir(parents=True)
+    (cache / INDEX_FILE).write_text("{}")
+    splits = {"fractions": [0.4, 0.2, 0.4], "test": list(PATIENTS), "folds": [{"train": ["a", "b"], "val": ["c"]}]}
+    (cache / "splits.json").write_text(json.dumps(splits))
+    return cache
+
+
 def write_finished_run(ablation, args, cache: Path, variant: str, seed: int, level: float) -> None:
     """A run directory as mmcam.train leaves it, for the parts the script reads."""
     run_dir = ablation.run_path(args.runs, variant, seed)
@@ -179,11 +206,7 @@ def write_finished_run(ablation, args, cache: Path, variant: str, seed: int, lev
 
 def test_finished_runs_are_read_not_retrained(ablation, tmp_path, monkeypatch, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    cache = runs / "data" / "cache"
-    cache.mkdir(parents=True)
-    (cache / INDEX_FILE).write_text("{}")
-    splits = {"fractions": [0.4, 0.2, 0.4], "test": list(PATIENTS), "folds": [{"train": ["a", "b"], "val": ["c"]}]}
-    (cache / "splits.json").write_text(json.dumps(splits))
+    cache = fake_study_cache(runs)
     base = ["--seeds", "2", "--variants", "cam,full", "--steps", "30", "--runs", str(runs), "--out", str(out)]
     args = ablation.parse_args(base)
     for (variant, seed), level in {("cam", 0): 0.1, ("cam", 1): 0.3, ("full", 0): 0.5, ("full", 1): 0.4}.items():
@@ -203,3 +226,37 @@ def test_finished_runs_are_read_not_retrained(ablation, tmp_path, monkeypatch, c
         ablation.main(base[:-4] + ["--steps", "50", "--runs", str(runs), "--out", str(out)])
     with pytest.raises(SystemExit, match=r"er-seed0.results\.json is missing"):
         ablation.main(["--seeds", "1", "--variants", "er", "--steps", "30", "--runs", str(runs), "--aggregate-only"])
+
+
+def test_split_study_has_its_own_runs_outputs_and_readme_block(ablation, tmp_path, monkeypatch):
+    assert ablation.parse_args([]).runs == Path("runs/ablation")
+    assert ablation.parse_args(["--tumour", "split"]).runs == Path("runs/ablation-split")
+    assert "--tumour" not in ablation.command_line(ablation.parse_args([]))
+    assert (
+        ablation.command_line(ablation.parse_args(["--tumour", "split"]))
+        == "python benchmarks/ablation.py --tumour split"
+    )
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    cache = fake_study_cache(runs)
+    marker = runs / "data" / "raw" / "mmcam_synthetic.json"
+    marker.parent.mkdir()
+    marker.write_text(json.dumps({"layout": "brats", "n_subjects": 60, "seed": 0, "shape": [96, 96, 40]}))
+    base = ["--tumour", "split", "--seeds", "1", "--variants", "cam,er", "--steps", "30", "--runs", str(runs)]
+    with pytest.raises(SystemExit, match="holds other phantoms than --tumour split"):
+        ablation.main(base + ["--out", str(out)])
+    marker.write_text(
+        json.dumps({"layout": "brats", "n_subjects": 60, "seed": 0, "shape": [96, 96, 40], "tumour": "split"})
+    )
+    args = ablation.parse_args(base)
+    for variant, level in {"cam": 0.1, "er": 0.3}.items():
+        write_finished_run(ablation, args, cache, variant, 0, level)
+    monkeypatch.setattr(ablation.train, "main", lambda argv: pytest.fail(f"trained {argv}"))
+    readme = tmp_path / "README.md"
+    begin, end = ablation.STUDY_OUTPUTS["split"][1]
+    readme.write_text(f"{ablation.README_BEGIN}\nnested\n{ablation.README_END}\n{begin}\nold\n{end}\n")
+    assert ablation.main(base + ["--out", str(out), "--reps", "200", "--readme", str(readme)]) == 0
+    document = json.loads((out / "ablation_synthetic_split.json").read_text())
+    assert document["tumour"] == "split" and "split tumours" in document["design"]
+    assert not (out / "ablation_synthetic.json").exists()
+    markdown = (out / "ablation_synthetic_split.md").read_text()
+    assert readme.read_text() == f"{ablation.README_BEGIN}\nnested\n{ablation.README_END}\n{begin}\n{markdown}{end}\n"

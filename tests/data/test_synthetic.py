@@ -13,6 +13,8 @@ import pytest
 from mmcam.data import DataError, SliceDataset, discover, get_label_spec
 from mmcam.data.synthetic import DEFAULT_SHAPES, generate_synthetic, main, make_subject, prepare_synthetic, spacing
 
+from phantom_measures import best_threshold_dice, mean_contrast
+
 SMALL = {"brats": (40, 40, 16), "prostate": (40, 40, 12)}
 
 
@@ -45,11 +47,6 @@ def test_default_subjects_have_target_and_background_slices(layout, spec, n_moda
     assert 0.15 < np.mean(fractions) < 0.6, fractions  # both classes well represented
 
 
-def mean_contrast(image, inside, reference):
-    """(mean inside - mean of reference) / std of reference."""
-    return (image[inside].mean() - image[reference].mean()) / image[reference].std()
-
-
 def test_brats_lesion_looks_different_in_each_modality():
     subject = make_subject("brats", 0, 2)  # a large enhancing tumour
     t1, t1ce, t2, flair = subject.images
@@ -76,18 +73,6 @@ def test_brats_lesion_looks_different_in_each_modality():
     tumour = labels > 0
     correlations = np.corrcoef(np.stack([m[tumour] for m in subject.images]))
     assert correlations[np.triu_indices(4, 1)].min() < 0.5
-
-
-def best_threshold_dice(image, target, within):
-    """The best Dice of ``image > t`` or ``image < t`` against ``target`` over all thresholds t."""
-    values, truth = image[within], target[within]
-    order = np.argsort(values, kind="stable")
-    hits = np.concatenate([[0], np.cumsum(truth[order])])  # target voxels among the lowest i
-    n, total = len(values), truth.sum()
-    i = np.arange(n + 1)
-    below = 2 * hits / (i + total)  # predict the lowest i voxels
-    above = 2 * (total - hits) / (n - i + total)  # predict the highest n - i voxels
-    return float(max(below.max(), above.max()))
 
 
 def test_best_threshold_dice_hand_computed():
