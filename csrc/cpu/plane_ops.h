@@ -180,17 +180,19 @@ void minmax_normalize_plane(const PlaneView<T>& p, const MinMaxStats<T>& s, T ep
 }
 
 /// The T-precision part of the min-max backward of one element (V = T) or one vector of elements: relu(v),
-/// u = relu(v) - lo - eps (u > 0: the active set) and mn(v), in torch's arithmetic.
+/// u = relu(v) - lo - eps (u > 0: the active set) and a = relu(u) = den mn(v), in torch's arithmetic. The
+/// backward needs mn(v) only inside the sum of g mn(v), which it forms as (sum g a) / den: no division per
+/// element.
 template <class V>
 struct MinMaxParts {
-  V v, r, u, m;
+  V v, r, u, a;
 };
 
 template <class T, class V>
 MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
   const V r = v <= T(0) ? T(0) : v;  // relu, NaN kept
   const V u = (r - s.lo) - eps;
-  return {v, r, u, (u <= T(0) ? T(0) : u) / s.den};
+  return {v, r, u, u <= T(0) ? T(0) : u};
 }
 
 /// The double part, for one element (W = double) or a pair of elements (W = 2 doubles) given their parts
@@ -198,13 +200,13 @@ MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
 /// relu'(v) 1[active] g / den. Every select is a compare of doubles.
 template <class W>
 struct MinMaxBackwardTerms {
-  W g_m, g_active, n_hi, n_lo, direct;
+  W g_a, g_active, n_hi, n_lo, direct;
 };
 
 template <class W>
 MinMaxBackwardTerms<W> minmax_backward_terms(const MinMaxParts<W>& e, W g, double lo, double hi, double inv_den) {
   const W active_g = e.u > 0.0 ? g : 0.0;
-  return {g * e.m, active_g, e.r == hi ? 1.0 : 0.0, e.r == lo ? 1.0 : 0.0, e.v > 0.0 ? active_g * inv_den : 0.0};
+  return {g * e.a, active_g, e.r == hi ? 1.0 : 0.0, e.r == lo ? 1.0 : 0.0, e.v > 0.0 ? active_g * inv_den : 0.0};
 }
 
 /// Whether element v gets a tie share: v > 0 and v equals s.lo or s.hi (V = T or a vector of T).
@@ -260,11 +262,12 @@ template <class T, class RowFn>
 void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, T* grad,
                                int64_t grad_row_stride) {
   // With m = mn = u / den on the active set (u = relu(v) - lo - eps > 0), m = 0 elsewhere:
-  //   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den.
+  //   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den,
+  // and sum g m = (sum g relu(u)) / den, accumulated in double.
   const double lo = s.lo, hi = s.hi, inv_den = 1.0 / static_cast<double>(s.den);
   using L = LanePairs<T>;
   using D2 = typename L::D2;
-  D2 g_m[L::kPairs] = {}, g_active[L::kPairs] = {}, n_hi[L::kPairs] = {}, n_lo[L::kPairs] = {};
+  D2 g_a[L::kPairs] = {}, g_active[L::kPairs] = {}, n_hi[L::kPairs] = {}, n_lo[L::kPairs] = {};
   for (int64_t y = 0; y < p.rows; ++y) {
     const T* row = p.row(y);
     const double* g = g_row(y);
@@ -277,9 +280,9 @@ void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T
           constexpr int Q = decltype(q_in_vector)::value;
           const int q = t * (L::kTWidth / 2) + Q;
           const MinMaxParts<D2> w{L::template pair<Q>(e.v), L::template pair<Q>(e.r), L::template pair<Q>(e.u),
-                                  L::template pair<Q>(e.m)};
+                                  L::template pair<Q>(e.a)};
           const auto terms = minmax_backward_terms(w, L::load_pair(g + x + 2 * q), lo, hi, inv_den);
-          g_m[q] += terms.g_m;
+          g_a[q] += terms.g_a;
           g_active[q] += terms.g_active;
           n_hi[q] += terms.n_hi;
           n_lo[q] += terms.n_lo;
@@ -291,16 +294,16 @@ void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T
     }
     for (int k = 0; x < p.cols; ++k, ++x) {  // the tail, element k in lane k
       const MinMaxParts<T> e = minmax_parts(row[x], s, eps);
-      const MinMaxParts<double> w{e.v, e.r, e.u, e.m};
+      const MinMaxParts<double> w{e.v, e.r, e.u, e.a};
       const auto terms = minmax_backward_terms(w, g[x], lo, hi, inv_den);
-      g_m[k / 2][k % 2] += terms.g_m;
+      g_a[k / 2][k % 2] += terms.g_a;
       g_active[k / 2][k % 2] += terms.g_active;
       n_hi[k / 2][k % 2] += terms.n_hi;
       n_lo[k / 2][k % 2] += terms.n_lo;
       o[x] = static_cast<T>(terms.direct);
     }
   }
-  const double sum_g_m = combine_lanes(g_m), sum_active = combine_lanes(g_active);
+  const double sum_g_m = combine_lanes(g_a) * inv_den, sum_active = combine_lanes(g_active);
   const double count_hi = combine_lanes(n_hi), count_lo = combine_lanes(n_lo);
   const double hi_tie = count_hi > 0.0 ? -sum_g_m * inv_den / count_hi : 0.0;
   const double lo_tie = count_lo > 0.0 ? (sum_g_m - sum_active) * inv_den / count_lo : 0.0;

@@ -5,7 +5,8 @@
 //     rotation): the taps of each destination column and row are computed once per plane, and the
 //     interpolation runs as a vertical blend of two source rows (vectorisable) followed by a horizontal
 //     gather. Flips, 90-degree rotations, translations and resizes -- the paper's transform families --
-//     all take this path.
+//     all take this path. Where the taps are integer (flips, 90-degree rotations, integer shifts) and the
+//     rows finite, a row is a plain gather (forward) or scatter (adjoint): no blend through a row buffer.
 //   * any other affine map: per-pixel coordinates, branch-free inside the span of fully interior pixels.
 // Both are deterministic; the adjoints scatter into a plane private to the calling thread.
 #pragma once
@@ -140,6 +141,7 @@ struct AxisTaps {
   std::vector<int64_t> index0, index1;
   std::vector<double> weight0, weight1;
   bool second_unused = false;  // every weight1 is 0: each output reads one source pixel (integer taps)
+  bool distinct = false;       // no two outputs share a first tap with a nonzero weight (|scale| >= 1)
 
   void compute(double offset, double scale, int64_t src_size, int64_t out_size) {
     index0.resize(out_size);
@@ -147,6 +149,7 @@ struct AxisTaps {
     weight0.resize(out_size);
     weight1.resize(out_size);
     second_unused = true;
+    distinct = std::abs(scale) >= 1.0;
     for (int64_t o = 0; o < out_size; ++o) {
       const double s = offset + scale * static_cast<double>(o);
       const bool inside = s > -1.0 && s < static_cast<double>(src_size);
@@ -190,11 +193,17 @@ void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, 
     }
     const T* r0 = src + row_taps.index0[y] * cols;
     const T* r1 = src + row_taps.index1[y] * cols;
-    for (int64_t c = 0; c < cols; ++c) tmp[c] = static_cast<double>(r0[c]) * v0 + static_cast<double>(r1[c]) * v1;
     const int64_t* i0 = col_taps.index0.data();
     const int64_t* i1 = col_taps.index1.data();
     const double* w0 = col_taps.weight0.data();
     const double* w1 = col_taps.weight1.data();
+    if (col_taps.second_unused && v0 == 1.0 && v1 == 0.0 && all_finite(r0, cols) && all_finite(r1, cols)) {
+      // Integer taps (a flip, a 90-degree rotation, an integer shift): each output is one source pixel
+      // times its weight (1, or 0 outside the source); the blend below would add only exact zeros to it.
+      for (int64_t x = 0; x < dst_cols; ++x) o[x] = static_cast<T>(static_cast<double>(r0[i0[x]]) * w0[x]);
+      continue;
+    }
+    for (int64_t c = 0; c < cols; ++c) tmp[c] = static_cast<double>(r0[c]) * v0 + static_cast<double>(r1[c]) * v1;
     for (int64_t x = 0; x < dst_cols; ++x) o[x] = static_cast<T>(tmp[i0[x]] * w0[x] + tmp[i1[x]] * w1[x]);
   }
 }
@@ -213,13 +222,20 @@ void warp_plane_separable_adjoint(RowFn&& g_row, int64_t cols, const AxisTaps& c
   for (int64_t y = 0; y < dst_rows; ++y) {
     const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
     if (v0 == 0.0 && v1 == 0.0) continue;
-    std::fill(tmp.begin(), tmp.end(), 0.0);
     const auto* gr = g_row(y);
     // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
     // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
     // way (0 + a + b = 0 + b + a).
     const bool may_skip = col_taps.second_unused || v0 == 0.0 || v1 == 0.0;
     const bool finite = may_skip && all_finite(gr, dst_cols);
+    if (col_taps.second_unused && col_taps.distinct && finite && v0 == 1.0 && v1 == 0.0) {
+      // Integer taps, each source column read at most once, one source row: tmp would hold each
+      // contribution once and be added with weight 1 (1 * t = t exactly), so the row goes straight in.
+      double* a0 = acc + row_taps.index0[y] * cols;
+      for (int64_t x = 0; x < dst_cols; ++x) a0[i0[x]] += static_cast<double>(gr[x]) * w0[x];
+      continue;
+    }
+    std::fill(tmp.begin(), tmp.end(), 0.0);
     for (int64_t x = 0; x < dst_cols; ++x) tmp[i0[x]] += static_cast<double>(gr[x]) * w0[x];
     if (!(col_taps.second_unused && finite)) {
       for (int64_t x = 0; x < dst_cols; ++x) tmp[i1[x]] += static_cast<double>(gr[x]) * w1[x];
