@@ -258,6 +258,85 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------------- README summary
+#: The CPU-speed targets (forward + backward, over both eager kornia and torch.compile): per π family at the
+#: paper shape, and for the small shape whatever its family.
+TARGETS = {"flip": 10.0, "rot90": 10.0, "translate": 8.0, "resize": 8.0, "affine": 5.0}
+SMALL_TARGET = 3.0
+#: π families that are pure permutations must also reach this share of the copy bandwidth of the run.
+BANDWIDTH_TARGETS = {"flip": 0.3, "rot90": 0.3}
+README_BEGIN, README_END = "<!-- bench_ops:begin -->", "<!-- bench_ops:end -->"
+
+
+def target_of(row: dict) -> float | None:
+    """The speed-up a fused row should reach over kornia and torch.compile (None: no target)."""
+    if row["shape"] == "small":
+        return SMALL_TARGET
+    return TARGETS.get(row["family"]) if row["shape"] == "paper" else None
+
+
+def target_text(row: dict, ratios: list[float]) -> str:
+    """``met``, or what is missed (``4.1x of 10x``, ``6% of 30% copy bw``) by the fused ``row`` with the
+    smallest of ``ratios`` (its speed-ups over kornia and torch.compile)."""
+    target = target_of(row)
+    if target is None or not ratios:
+        return "-"
+    missed = []
+    if min(ratios) < target:
+        missed.append(f"{min(ratios):.1f}x of {target:.0f}x")
+    share = BANDWIDTH_TARGETS.get(row["family"]) if row["shape"] == "paper" else None
+    gbps, copy = row.get("forward_backward_GBps"), row.get("copy_GBps")
+    if share is not None and gbps and copy and gbps / copy < share:
+        missed.append(f"{100 * gbps / copy:.0f}% of {100 * share:.0f}% copy bw")
+    return "met" if not missed else "missed: " + ", ".join(missed)
+
+
+def summary_table(payload: dict) -> str:
+    """The README's table: per (op, case, threads), the fused forward+backward time, each competitor's time
+    over it, the fused pass's share of the copy bandwidth, its peak memory, and the target's status."""
+    lines = [
+        "| op | case | threads | fused f+b ms | eager torch | kornia | torch.compile | % copy bw | "
+        "fused peak MiB | target (vs kornia and compile) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (threads, op), cases in _groups(payload["results"]).items():
+        for label, rows in cases.items():
+            by = {r["backend"]: r for r in rows}
+            fused = by.get("fused")
+            if fused is None:
+                continue
+            ratio = {m: by[m]["forward_backward_ratio_to_fused"] for m in ("torch", "kornia", "compile") if m in by}
+            gbps, copy = fused.get("forward_backward_GBps"), fused.get("copy_GBps")
+            share = f"{100 * gbps / copy:.0f}" if gbps and copy else "-"
+            versus = [ratio[m] for m in ("kornia", "compile") if ratio.get(m) is not None]
+            cells = [
+                "terms" if op == "equivariance_terms" else "loss",
+                label,
+                str(threads),
+                _ms(fused["forward_backward_s"]),
+                *(_ratio(ratio.get(m)) for m in ("torch", "kornia", "compile")),
+                share,
+                _mib(fused.get("peak_forward_backward_bytes")),
+                target_text(fused, versus),
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_readme_summary(payload: dict, readme: str) -> None:
+    """Replace the block between :data:`README_BEGIN` and :data:`README_END` of ``readme`` with
+    :func:`summary_table` (both markers must be there)."""
+    with open(readme) as f:
+        content = f.read()
+    if README_BEGIN not in content or README_END not in content:
+        raise SystemExit(f"error: {readme} has no {README_BEGIN} ... {README_END} block")
+    head, rest = content.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    with open(readme + ".tmp", "w") as f:
+        f.write(f"{head}{README_BEGIN}\n{summary_table(payload)}{README_END}{tail}")
+    os.replace(readme + ".tmp", readme)
+
+
 # --------------------------------------------------------------------------------------------- plot
 def plot(payload: dict, path: str) -> str | None:
     """Bar chart of forward+backward time per method per case (log scale), one panel per
@@ -314,7 +393,26 @@ def write_reports(payload: dict, json_path: str, make_plot: bool = True) -> list
     return messages
 
 
-if __name__ == "__main__":
-    for path in sys.argv[1:]:
+def main(argv: list[str] | None = None) -> int:
+    """``bench_report.py RUN.json [RUN.json ...] [--readme README.md]``: re-render each run's markdown and
+    plot; with ``--readme``, write the summary table of the runs (in order) into the README's block."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python benchmarks/bench_report.py", description=main.__doc__)
+    parser.add_argument("runs", nargs="+", help="JSON files written by bench_ops.py --json")
+    parser.add_argument("--readme", help="also write the summary table between the bench_ops markers of this file")
+    args = parser.parse_args(argv)
+    payloads = []
+    for path in args.runs:
         with open(path) as f:
-            print("\n".join(write_reports(json.load(f), path)))
+            payloads.append(json.load(f))
+        print("\n".join(write_reports(payloads[-1], path)))
+    if args.readme:
+        merged = {**payloads[0], "results": [row for p in payloads for row in p["results"]]}
+        write_readme_summary(merged, args.readme)
+        print(f"wrote the summary table into {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
