@@ -21,8 +21,12 @@ def test_readme_python_block_runs(index):
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {"__name__": "readme"})
 
 
-def test_readme_ablation_block_is_the_recorded_study():
-    """The README's ablation table is generated: the block between its markers is the study's markdown."""
+@pytest.mark.parametrize(
+    "marker, recorded", [("ablation", "ablation_synthetic.md"), ("ablation-split", "ablation_synthetic_split.md")]
+)
+def test_readme_ablation_blocks_are_the_recorded_studies(marker, recorded):
+    """The README's ablation tables are generated: the block between each pair of markers is that study's
+    markdown."""
     text = README.read_text()
-    block = text.split("<!-- ablation:begin -->\n", 1)[1].split("<!-- ablation:end -->", 1)[0]
-    assert block == (ROOT / "benchmarks" / "results" / "ablation_synthetic.md").read_text()
+    block = text.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"<!-- {marker}:end -->", 1)[0]
+    assert block == (ROOT / "benchmarks" / "results" / recorded).read_text()
