@@ -30,3 +30,15 @@ def test_readme_ablation_blocks_are_the_recorded_studies(marker, recorded):
     text = README.read_text()
     block = text.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"<!-- {marker}:end -->", 1)[0]
     assert block == (ROOT / "benchmarks" / "results" / recorded).read_text()
+
+
+def test_readme_speed_table_is_the_recorded_run():
+    """The README's speed table is generated from the recorded CPU run (bench_report.py --readme)."""
+    import json
+
+    import bench_report
+
+    recorded = json.loads((ROOT / "benchmarks" / "results" / "cpu-2vcpu-equivariance_ops.json").read_text())
+    text = README.read_text()
+    block = text.split(f"{bench_report.README_BEGIN}\n", 1)[1].split(bench_report.README_END, 1)[0]
+    assert block == bench_report.summary_table(recorded)
