@@ -53,6 +53,7 @@ from mmcam.atomic_files import atomic_write, atomic_write_text
 from mmcam.objective import ABLATIONS
 
 from ablation_stats import BOOTSTRAP_REPS, CONFIDENCE, Estimate, bootstrap_mean, paired_contrast, score_table
+from readme_blocks import replace_block
 
 #: The study's variants: their labels and the config keys that make them (the rest is the shared budget).
 #: ``er_cmer_w`` gets ``lambda_cmer`` from ``--cmer-weight``.
@@ -432,6 +433,13 @@ def variant_table(analysis: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def contrast_cell(entry: dict[str, Any]) -> str:
+    """A paired difference as a table cell: signed mean [interval], in bold where the interval excludes 0."""
+    estimate = as_estimate(entry)
+    text = estimate.format(signed=True)
+    return f"**{text}**" if estimate.excludes_zero else text
+
+
 def contrast_table(analysis: dict[str, Any]) -> str:
     """Markdown: per contrast, the paired difference of Dice and AP per channel (mean [95 % interval]), in
     bold where the interval excludes 0."""
@@ -440,11 +448,7 @@ def contrast_table(analysis: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for contrast in analysis["contrasts"]:
         cells = [f"{contrast['a']} − {contrast['b']}"]
-        for s in ("dice", "ap"):
-            for c in channels:
-                estimate = as_estimate(contrast["scores"][s][c])
-                text = estimate.format(signed=True)
-                cells.append(f"**{text}**" if estimate.excludes_zero else text)
+        cells += [contrast_cell(contrast["scores"][s][c]) for s in ("dice", "ap") for c in channels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -458,11 +462,7 @@ def pair_gain_table(analysis: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, by_score in gains.items():
         cells = [analysis["variants"][variant]["label"]]
-        for s in ("dice", "ap"):
-            for m in modalities:
-                estimate = as_estimate(by_score[s][m])
-                text = estimate.format(signed=True)
-                cells.append(f"**{text}**" if estimate.excludes_zero else text)
+        cells += [contrast_cell(by_score[s][m]) for s in ("dice", "ap") for m in modalities]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -606,13 +606,7 @@ def contrast_plot(analysis: dict[str, Any]) -> bytes | None:
 
 def replace_readme_block(path: Path, text: str, markers: tuple[str, str] = (README_BEGIN, README_END)) -> None:
     """Write ``text`` between the ``markers`` (begin, end) of ``path`` (both must be there)."""
-    begin, end = markers
-    content = path.read_text()
-    if begin not in content or end not in content:
-        raise SystemExit(f"error: {path} has no {begin} ... {end} block")
-    head, rest = content.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write_text(path, f"{head}{begin}\n{text}{end}{tail}")
+    replace_block(path, markers, text)
 
 
 # ------------------------------------------------------------------------------------------ pilot

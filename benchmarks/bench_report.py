@@ -23,6 +23,8 @@ import torch
 
 import mmcam
 
+from readme_blocks import replace_block
+
 METHODS = ("fused", "torch", "kornia", "compile")
 MEMORY_METHOD = {  # how bench_ops.peak_memory measures, per device type
     "cpu": "extra bytes PyTorch's CPU allocator holds at the peak of one call (torch.profiler, "
@@ -326,15 +328,7 @@ def summary_table(payload: dict) -> str:
 def write_readme_summary(payload: dict, readme: str) -> None:
     """Replace the block between :data:`README_BEGIN` and :data:`README_END` of ``readme`` with
     :func:`summary_table` (both markers must be there)."""
-    with open(readme) as f:
-        content = f.read()
-    if README_BEGIN not in content or README_END not in content:
-        raise SystemExit(f"error: {readme} has no {README_BEGIN} ... {README_END} block")
-    head, rest = content.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
-    with open(readme + ".tmp", "w") as f:
-        f.write(f"{head}{README_BEGIN}\n{summary_table(payload)}{README_END}{tail}")
-    os.replace(readme + ".tmp", readme)
+    replace_block(readme, (README_BEGIN, README_END), summary_table(payload))
 
 
 # --------------------------------------------------------------------------------------------- plot

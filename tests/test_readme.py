@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from readme_blocks import read_block
 from repo_paths import ROOT
 
 README = ROOT / "README.md"
@@ -27,8 +28,7 @@ def test_readme_python_block_runs(index):
 def test_readme_ablation_blocks_are_the_recorded_studies(marker, recorded):
     """The README's ablation tables are generated: the block between each pair of markers is that study's
     markdown."""
-    text = README.read_text()
-    block = text.split(f"<!-- {marker}:begin -->\n", 1)[1].split(f"<!-- {marker}:end -->", 1)[0]
+    block = read_block(README.read_text(), (f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"))
     assert block == (ROOT / "benchmarks" / "results" / recorded).read_text()
 
 
@@ -39,6 +39,5 @@ def test_readme_speed_table_is_the_recorded_run():
     import bench_report
 
     recorded = json.loads((ROOT / "benchmarks" / "results" / "cpu-2vcpu-equivariance_ops.json").read_text())
-    text = README.read_text()
-    block = text.split(f"{bench_report.README_BEGIN}\n", 1)[1].split(bench_report.README_END, 1)[0]
+    block = read_block(README.read_text(), (bench_report.README_BEGIN, bench_report.README_END))
     assert block == bench_report.summary_table(recorded)
