@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "cpu/cam_planes.h"
+#include "cpu/isa.h"
 #include "cpu/tensor_planes.h"
 #include "op_args.h"
 
@@ -44,7 +45,7 @@ at::Tensor equivariance_loss_cpu(const at::Tensor& src_in, const at::Tensor& mat
 
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "mmcam_equivariance_loss_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(N * C, [&](int64_t begin, int64_t end) {
       WarpedSource<scalar_t> source;
       NormalizedTarget<scalar_t> target;
       for (int64_t p = begin; p < end; ++p) {
@@ -103,7 +104,7 @@ std::tuple<at::Tensor, at::Tensor> equivariance_loss_backward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "mmcam_equivariance_loss_backward_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(N * C, [&](int64_t begin, int64_t end) {
       WarpedSource<scalar_t> source;
       NormalizedTarget<scalar_t> target;
       BackwardScratch scratch;

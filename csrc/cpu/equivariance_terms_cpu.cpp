@@ -7,12 +7,16 @@
 // with P_i = warp(mn(cams[:, i])), Q_i = mn(cams_t[:, i]), A_i / B_i their per-plane L2-normalised
 // versions, p / pt the masks "network j predicts class 1" on the original / transformed view. In CMER_i the
 // other modality's map (B_j, A_j) is a fixed target: no gradient flows into network j through it.
+#include <cmath>
+#include <type_traits>
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "cpu/cam_planes.h"
+#include "cpu/isa.h"
 #include "cpu/tensor_planes.h"
 #include "kept_stats.h"
 #include "op_args.h"
@@ -135,110 +139,181 @@ MinMaxStats<T> stats_from(const double* slot, int first) {
   return {static_cast<T>(slot[first]), static_cast<T>(slot[first + 1]), static_cast<T>(slot[first + 2])};
 }
 
-/// A map x before L2 normalisation and its L2-normalised version unit = x / ||x + l2_eps|| (T values, as
-/// the forward pass computed them: l2_normalize_plane), both Hd x Wd.
+/// out[k] = in[k] * scale (n elements, rounded to T): in T when scale is a normal T value (within an ulp
+/// of the double product, and twice the vector width), else in double as scale_plane.
 template <class T>
-struct UnitMap {
-  const T* map;
-  const T* unit;
-  double inv_norm;  // 1 / ||x + l2_eps||
-};
+void scale_row(const T* in, int64_t n, double scale, T* out) {
+  const auto t_scale = static_cast<T>(scale);
+  if (std::is_same_v<T, double> || std::isnormal(t_scale)) {
+    for (int64_t k = 0; k < n; ++k) out[k] = in[k] * t_scale;
+  } else {
+    scale_plane(in, n, scale, out);
+  }
+}
 
-/// What the backward pass of one sample reads for modality m: the kept warped map P_m, Q_m = mn(cams_t)
-/// recomputed from the kept statistics, and their unit maps recomputed from the kept norms.
+/// One sample's maps for the backward pass, one destination row at a time, for every modality m: P_m
+/// (the kept warped map), Q_m = mn(cams_t[n, m]) recomputed from the kept statistics, and the unit maps
+/// A_m = P_m / ||P_m + l2_eps||, B_m = Q_m / ||Q_m + l2_eps|| from the kept norms. Recomputing a row is
+/// cheaper than writing and re-reading whole planes of Q, A and B.
 template <class T>
-struct KeptSides {
-  std::vector<UnitMap<T>> source, target;  // (P_m, A_m), (Q_m, B_m)
-  std::vector<std::vector<T>> buffers;     // Q_m, A_m, B_m of every m
+class SampleRows {
+ public:
+  void reset(const TermsInputs& in, int64_t n, const T* kept_warped, const double* kept_stats, T eps) {
+    M_ = in.M;
+    cols_ = in.Wd;
+    eps_ = eps;
+    planes_.resize(static_cast<size_t>(M_));
+    for (int64_t m = 0; m < M_; ++m) {
+      const double* slot = kept_stats + (n * M_ + m) * kKeptStatsPerPlane;
+      planes_[m] = {kept_warped + (n * M_ + m) * in.Hd * in.Wd, plane_of<T>(in.cams_t, n, m),
+                    stats_from<T>(slot, kDstLo), 1.0 / slot[kNormP], 1.0 / slot[kNormQ]};
+    }
+    rows_.resize(static_cast<size_t>(3 * M_ * cols_));
+  }
 
-  void load(const TermsInputs& in, int64_t n, const T* kept_warped, const double* kept_stats, T eps) {
-    const int64_t M = in.M, HW = in.Hd * in.Wd;
-    source.resize(M);
-    target.resize(M);
-    buffers.resize(3 * M);
-    for (int64_t m = 0; m < M; ++m) {
-      const double* slot = kept_stats + (n * M + m) * kKeptStatsPerPlane;
-      std::vector<T>& Q = buffers[3 * m];
-      std::vector<T>& A = buffers[3 * m + 1];
-      std::vector<T>& B = buffers[3 * m + 2];
-      Q.resize(HW);
-      A.resize(HW);
-      B.resize(HW);
-      minmax_normalize_plane(plane_of<T>(in.cams_t, n, m), stats_from<T>(slot, kDstLo), eps, Q.data());
-      const T* P = kept_warped + (n * M + m) * HW;
-      scale_plane(P, HW, 1.0 / slot[kNormP], A.data());
-      scale_plane(Q.data(), HW, 1.0 / slot[kNormQ], B.data());
-      source[m] = {P, A.data(), 1.0 / slot[kNormP]};
-      target[m] = {Q.data(), B.data(), 1.0 / slot[kNormQ]};
+  /// Makes row y current: computes its Q_m, A_m, B_m for every m.
+  void load(int64_t y) {
+    y_ = y;
+    for (int64_t m = 0; m < M_; ++m) {
+      const Plane& plane = planes_[m];
+      const T* target = plane.target.row(y);
+      T* q = Q(m);
+      for (int64_t x = 0; x < cols_; ++x) q[x] = math::minmax_value(target[x], plane.stats.lo, plane.stats.den, eps_);
+      scale_row(P(m), cols_, plane.inv_norm_p, A(m));
+      scale_row(static_cast<const T*>(q), cols_, plane.inv_norm_q, B(m));
     }
   }
+
+  /// Row y of the maps of modality m (valid until the next load).
+  const T* P(int64_t m) const { return planes_[m].P + y_ * cols_; }
+  T* Q(int64_t m) { return rows_.data() + (3 * m) * cols_; }
+  T* A(int64_t m) { return rows_.data() + (3 * m + 1) * cols_; }
+  T* B(int64_t m) { return rows_.data() + (3 * m + 2) * cols_; }
+  double inv_norm_p(int64_t m) const { return planes_[m].inv_norm_p; }
+  double inv_norm_q(int64_t m) const { return planes_[m].inv_norm_q; }
+  int64_t cols() const { return cols_; }
+
+ private:
+  struct Plane {
+    const T* P;  // the kept warped map, contiguous
+    PlaneView<T> target;
+    MinMaxStats<T> stats;
+    double inv_norm_p, inv_norm_q;
+  };
+  int64_t M_ = 0, cols_ = 0, y_ = 0;
+  T eps_ = 0;
+  std::vector<Plane> planes_;
+  std::vector<T> rows_;  // Q, A, B of each m, cols values each
 };
 
-/// dL/d(one side's map x before L2 normalisation) of network i, produced row by row (the row function
-/// of warp_plane_adjoint and minmax_normalize_backward):
-///   g1_k = sum_j 2 w_j (unit_k - other_j,k)        the CMER pairs of this side, other maps fixed
-///   g_k  = g1_k / n - (sum_l g1_l x_l) (x_k + l2_eps) / n^3 + er_coef d'(P_k - Q_k)
-/// with n = ||x + l2_eps|| (the L2 backward) and the ER term of network i (er_coef = +-c_er). The dot
-/// product is one reduction pass at construction; each row is then computed on demand.
+/// dL/d(one side's map x before L2 normalisation) of network i, one destination row at a time:
+///   g_k = (sum_j c_j (u_k - o_j,k)) / n - dot (x_k + l2_eps) / n^3 + er_coef d'(P_k - Q_k)
+/// with x = P_i, u = A_i, o_j = B_j on the source side and x = Q_i, u = B_i, o_j = A_j on the target side
+/// (the other network's map is a fixed target), n = ||x + l2_eps||, c_j = 2 w_j the CMER pair weights,
+/// er_coef = +-c_er the ER term's, and dot = sum_j c_j sum_l (u_l - o_j,l) x_l (the L2 backward): pass 1
+/// accumulates dot over all rows (add_row_to_dot), pass 2 computes g row by row (row).
 template <class T>
 class SideGradient {
  public:
-  SideGradient(const UnitMap<T>& self, int64_t rows, int64_t cols, T l2_eps, double er_coef, const T* P, const T* Q,
-               math::Distance distance)
-      : self_(self), cols_(cols), l2_eps_(l2_eps), er_coef_(er_coef), P_(P), Q_(Q), distance_(distance), rows_(rows),
-        row_(static_cast<size_t>(cols)) {}
-
-  /// Adds the CMER pair (this side, other) with weight w (skipped when w = 0).
-  void add_pair(double w, const UnitMap<T>& other) {
-    if (w != 0.0) pairs_.push_back({2.0 * w, other});
+  void reset(bool source, int64_t i, double inv_norm, double er_coef, T l2_eps, math::Distance distance) {
+    source_ = source;
+    i_ = i;
+    inv_norm_ = inv_norm;
+    er_coef_ = er_coef;
+    l2_eps_ = l2_eps;
+    distance_ = distance;
+    pairs_.clear();
   }
 
-  /// Computes the L2-backward coefficient; call after the last add_pair.
-  void finish_pairs() {
+  /// Adds the CMER pair (this side, other side of network j) with weight w (skipped when w = 0).
+  void add_pair(int64_t j, double w) {
+    if (w != 0.0) pairs_.push_back({j, 2.0 * w, {}});
+  }
+
+  bool has_pairs() const { return !pairs_.empty(); }
+
+  /// Pass 1: adds the current row of rows to each pair's sum of (u - o_j) x (lane k: element x % kLanes).
+  void add_row_to_dot(SampleRows<T>& rows) {
+    const T* u = unit(rows, i_);
+    const T* xm = map(rows, i_);
+    for (Pair& pair : pairs_) {
+      const T* o = other_unit(rows, pair.j);
+      double lanes[kLanes];  // a local copy: no aliasing with the rows (when T = double)
+      std::copy_n(pair.lanes, kLanes, lanes);
+      const int64_t cols = rows.cols();
+      int64_t x = 0;
+      for (; x + kLanes <= cols; x += kLanes) {
+        for (int k = 0; k < kLanes; ++k) {
+          lanes[k] += static_cast<double>(u[x + k] - o[x + k]) * static_cast<double>(xm[x + k]);
+        }
+      }
+      for (int k = 0; x < cols; ++k, ++x) lanes[k] += static_cast<double>(u[x] - o[x]) * static_cast<double>(xm[x]);
+      std::copy_n(lanes, kLanes, pair.lanes);
+    }
+  }
+
+  /// The L2-backward coefficient dot / n^3; call after pass 1.
+  void finish_dot() {
     double dot = 0.0;
-    for (const Pair& pair : pairs_) {
-      dot += pair.coef * lane_sum(rows_ * cols_, [&](int64_t k) {
-        return static_cast<double>(self_.unit[k] - pair.other.unit[k]) * static_cast<double>(self_.map[k]);
-      });
-    }
-    c_ = dot * self_.inv_norm * self_.inv_norm * self_.inv_norm;
+    for (const Pair& pair : pairs_) dot += pair.coef * combine_lanes(pair.lanes);
+    c_ = dot * inv_norm_ * inv_norm_ * inv_norm_;
   }
 
-  /// Row y of g (cols values, valid until the next call).
-  const double* operator()(int64_t y) {
-    const int64_t begin = y * cols_;
-    double* g = row_.data();
-    std::fill(row_.begin(), row_.end(), 0.0);
+  /// Pass 2: the current row of g (cols values in T, valid until the next call).
+  const T* row(SampleRows<T>& rows) {
+    const int64_t cols = rows.cols();
+    row_.assign(static_cast<size_t>(cols), T(0));
+    T* g = row_.data();
+    const T* u = unit(rows, i_);
     for (const Pair& pair : pairs_) {
-      const T* u = self_.unit + begin;
-      const T* o = pair.other.unit + begin;
-      for (int64_t x = 0; x < cols_; ++x) g[x] += pair.coef * static_cast<double>(u[x] - o[x]);
+      const T* o = other_unit(rows, pair.j);
+      const auto coef = static_cast<T>(pair.coef);
+      for (int64_t x = 0; x < cols; ++x) g[x] += coef * (u[x] - o[x]);
     }
-    const T* xm = self_.map + begin;
-    const T* P = P_ + begin;
-    const T* Q = Q_ + begin;
-    for (int64_t x = 0; x < cols_; ++x) {
-      g[x] = g[x] * self_.inv_norm - c_ * static_cast<double>(static_cast<T>(xm[x] + l2_eps_)) +
-             er_coef_ * math::distance_grad<double>(static_cast<double>(P[x] - Q[x]), distance_);
+    const T* xm = map(rows, i_);
+    const T* P = rows.P(i_);
+    const T* Q = rows.Q(i_);
+    const auto inv_norm = static_cast<T>(inv_norm_), c = static_cast<T>(c_), er = static_cast<T>(er_coef_);
+    const T l2_eps = l2_eps_;
+    auto finish = [&](auto distance_grad) {
+      for (int64_t x = 0; x < cols; ++x)
+        g[x] = g[x] * inv_norm - c * (xm[x] + l2_eps) + er * distance_grad(P[x] - Q[x]);
+    };
+    if (distance_ == math::Distance::SqL2) {
+      finish([](T d) { return math::distance_grad(d, math::Distance::SqL2); });
+    } else {
+      finish([](T d) { return math::distance_grad(d, math::Distance::L1); });
     }
     return g;
   }
 
  private:
   struct Pair {
+    int64_t j;
     double coef;  // 2 w_j
-    UnitMap<T> other;
+    double lanes[kLanes];
   };
-  UnitMap<T> self_;
-  int64_t cols_;
-  T l2_eps_;
-  double er_coef_;
-  const T *P_, *Q_;
-  math::Distance distance_;
-  int64_t rows_;
-  double c_ = 0.0;
+  const T* map(SampleRows<T>& rows, int64_t m) const { return source_ ? rows.P(m) : rows.Q(m); }
+  const T* unit(SampleRows<T>& rows, int64_t m) const { return source_ ? rows.A(m) : rows.B(m); }
+  const T* other_unit(SampleRows<T>& rows, int64_t m) const { return source_ ? rows.B(m) : rows.A(m); }
+
+  bool source_ = true;
+  int64_t i_ = 0;
+  double inv_norm_ = 0.0, er_coef_ = 0.0, c_ = 0.0;
+  T l2_eps_ = 0;
+  math::Distance distance_ = math::Distance::SqL2;
   std::vector<Pair> pairs_;
-  std::vector<double> row_;
+  std::vector<T> row_;
+};
+
+/// One thread's working set of the backward pass, reused across samples and calls.
+template <class T>
+struct BackwardWork {
+  SampleRows<T> rows;
+  std::vector<SideGradient<T>> source, target;  // network i's two sides
+  std::vector<WarpAdjoint> adjoint;             // warp adjoint of each source side
+  std::vector<std::vector<double>> acc;         // its accumulator, Hs x Ws
+  std::vector<MinMaxBackward<T>> target_backward;
 };
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
@@ -257,7 +332,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps), le = static_cast<scalar_t>(l2_eps);
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(N, [&](int64_t begin, int64_t end) {
       // Scratch reused across samples and calls (thread_local: no fresh pages to fault in per call).
       thread_local SampleSides<scalar_t> sides;
       thread_local PairDistances pairs;
@@ -323,9 +398,12 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES(in.cams.scalar_type(), "mmcam_equivariance_terms_backward_cpu", [&] {
     using T = scalar_t;
     const auto e = static_cast<T>(eps), le = static_cast<T>(l2_eps);
-    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-      thread_local KeptSides<T> kept;  // scratch reused across samples and calls
-      thread_local std::vector<double> acc;
+    parallel_over(N, [&](int64_t begin, int64_t end) {
+      thread_local BackwardWork<T> w;
+      w.source.resize(M);
+      w.target.resize(M);
+      w.adjoint.resize(M);
+      w.acc.resize(M);
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {
@@ -333,34 +411,70 @@ std::tuple<at::Tensor, at::Tensor> equivariance_terms_backward_cpu(
           if (need_cams_t) std::fill_n(output_plane<T>(grad_cams_t, n, 0), M * HW, T(0));
           continue;
         }
-        kept.load(in, n, kept_warped.const_data_ptr<T>(), kept_stats.const_data_ptr<double>(), e);
+        const double* stats = kept_stats.const_data_ptr<double>();
+        w.rows.reset(in, n, kept_warped.const_data_ptr<T>(), stats, e);
         const InverseAffine inv = inverse_of_sample(in.inverses, n);
+        w.target_backward.clear();
+        bool any_pairs = false;
         for (int64_t i = 0; i < M; ++i) {
-          const double* slot = kept_stats.const_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane;
+          const double* slot = stats + (n * M + i) * kKeptStatsPerPlane;
           const double c_er = g[i] * er_scale(in) * y;
           const double c_cm = g[M + i] * cmer_scale(in) * y;
-          const T* P = kept.source[i].map;
-          const T* Q = kept.target[i].map;
-          if (need_cams) {  // pairs (A_i, B_j), weighted by pred_t_j
-            SideGradient<T> side(kept.source[i], in.Hd, in.Wd, le, c_er, P, Q, distance);
-            for (int64_t j = 0; j < M; ++j) {
-              if (j != i) side.add_pair(c_cm * in.pred_t[n * M + j], kept.target[j]);
+          w.source[i].reset(true, i, 1.0 / slot[kNormP], c_er, le, distance);
+          w.target[i].reset(false, i, 1.0 / slot[kNormQ], -c_er, le, distance);
+          for (int64_t j = 0; j < M; ++j) {
+            if (j == i) continue;
+            if (need_cams) w.source[i].add_pair(j, c_cm * in.pred_t[n * M + j]);  // pairs (A_i, B_j)
+            if (need_cams_t) w.target[i].add_pair(j, c_cm * in.pred[n * M + j]);  // pairs (B_i, A_j)
+          }
+          any_pairs = any_pairs || w.source[i].has_pairs() || w.target[i].has_pairs();
+          if (need_cams) {
+            w.acc[i].assign(static_cast<size_t>(in.Hs * in.Ws), 0.0);
+            w.adjoint[i].begin(inv, in.Hd, in.Wd, in.Hs, in.Ws, w.acc[i].data());
+          }
+          if (need_cams_t) {
+            w.target_backward.emplace_back(plane_of<T>(in.cams_t, n, i), stats_from<T>(slot, kDstLo), e,
+                                           output_plane<T>(grad_cams_t, n, i), in.Wd);
+          }
+        }
+        if (any_pairs) {  // pass 1: the L2-backward dot products of every side
+          for (int64_t r = 0; r < in.Hd; ++r) {
+            w.rows.load(r);
+            for (int64_t i = 0; i < M; ++i) {
+              w.source[i].add_row_to_dot(w.rows);
+              w.target[i].add_row_to_dot(w.rows);
             }
-            side.finish_pairs();
-            acc.assign(static_cast<size_t>(in.Hs * in.Ws), 0.0);
-            warp_plane_adjoint(side, in.Hd, in.Wd, inv, in.Hs, in.Ws, acc.data());
+          }
+        }
+        for (int64_t i = 0; i < M; ++i) {
+          w.source[i].finish_dot();
+          w.target[i].finish_dot();
+        }
+        // Pass 2, row by row: each source side's gradient into its warp adjoint, each target side's into
+        // the min-max backward of cams_t.
+        for (int64_t r = 0; r < in.Hd; ++r) {
+          bool source_rows = false;
+          for (int64_t i = 0; need_cams && i < M; ++i) source_rows = source_rows || w.adjoint[i].reads_row(r);
+          if (!source_rows && !need_cams_t) continue;
+          w.rows.load(r);
+          for (int64_t i = 0; i < M; ++i) {
+            if (need_cams && w.adjoint[i].reads_row(r)) w.adjoint[i].add_row(r, w.source[i].row(w.rows));
+            if (need_cams_t) w.target_backward[i].add_row(r, w.target[i].row(w.rows));
+          }
+        }
+        for (int64_t i = 0; i < M; ++i) {
+          const double* slot = stats + (n * M + i) * kKeptStatsPerPlane;
+          if (need_cams) {
+            w.adjoint[i].finish();
             minmax_normalize_backward(plane_of<T>(in.cams, n, i), stats_from<T>(slot, kSrcLo), e,
-                                      rows_of(static_cast<const double*>(acc.data()), in.Ws),
+                                      rows_of(static_cast<const double*>(w.acc[i].data()), in.Ws),
                                       output_plane<T>(grad_cams, n, i), in.Ws);
           }
-          if (need_cams_t) {  // pairs (B_i, A_j), weighted by pred_j
-            SideGradient<T> side(kept.target[i], in.Hd, in.Wd, le, -c_er, P, Q, distance);
-            for (int64_t j = 0; j < M; ++j) {
-              if (j != i) side.add_pair(c_cm * in.pred[n * M + j], kept.source[j]);
-            }
-            side.finish_pairs();
-            minmax_normalize_backward(plane_of<T>(in.cams_t, n, i), stats_from<T>(slot, kDstLo), e, side,
-                                      output_plane<T>(grad_cams_t, n, i), in.Wd);
+          if (need_cams_t) {
+            w.target_backward[i].finish([&](int64_t r) {
+              w.rows.load(r);
+              return w.target[i].row(w.rows);
+            });
           }
         }
       }

@@ -101,10 +101,13 @@ struct LanePairs {
   static constexpr int kTWidth = Vec16<T>::kWidth;    // elements per T vector
   static constexpr int kTVectors = kLanes / kTWidth;  // T vectors per block
   static constexpr int kPairs = kLanes / 2;           // double pairs per block
-  static D2 load_pair(const double* p) {
-    D2 v;
-    std::memcpy(&v, p, sizeof(D2));
-    return v;
+  /// Elements p[0], p[1] widened to double (exact); G = double or T.
+  template <class G>
+  static D2 load_pair(const G* p) {
+    typedef G G2 __attribute__((vector_size(2 * sizeof(G))));
+    G2 v;
+    std::memcpy(&v, p, sizeof(G2));
+    return __builtin_convertvector(v, D2);
   }
   /// Pair q of a T vector (elements 2q, 2q + 1), widened to double.
   template <int Q>
@@ -196,17 +199,17 @@ MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
 }
 
 /// The double part, for one element (W = double) or a pair of elements (W = 2 doubles) given their parts
-/// widened to double (exact): the contributions to the plane sums and the direct term
-/// relu'(v) 1[active] g / den. Every select is a compare of doubles.
+/// widened to double (exact): g a (the contribution to sum g relu(u)), g on the active set (to
+/// sum_active g) and the direct term relu'(v) 1[active] g / den. Every select is a compare of doubles.
 template <class W>
 struct MinMaxBackwardTerms {
-  W g_a, g_active, n_hi, n_lo, direct;
+  W g_a, g_active, direct;
 };
 
 template <class W>
-MinMaxBackwardTerms<W> minmax_backward_terms(const MinMaxParts<W>& e, W g, double lo, double hi, double inv_den) {
+MinMaxBackwardTerms<W> minmax_backward_terms(const MinMaxParts<W>& e, W g, double inv_den) {
   const W active_g = e.u > 0.0 ? g : 0.0;
-  return {g * e.a, active_g, e.r == hi ? 1.0 : 0.0, e.r == lo ? 1.0 : 0.0, e.v > 0.0 ? active_g * inv_den : 0.0};
+  return {g * e.a, active_g, e.v > 0.0 ? active_g * inv_den : 0.0};
 }
 
 /// Whether element v gets a tie share: v > 0 and v equals s.lo or s.hi (V = T or a vector of T).
@@ -230,50 +233,84 @@ bool any_tied(const T* row, int64_t cols, const MinMaxStats<T>& s) {
   return any;
 }
 
-/// The tie shares of the min-max backward: adds lo_tie / hi_tie to the gradient of every element with
-/// v > 0 tied at lo / hi, recomputing its value as direct + hi share + lo share in one rounding (the
-/// operation order of math::minmax_input_grad). Only rows holding such an element are re-read in g.
-template <class T, class RowFn>
-void add_tie_shares(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, double lo_tie, double hi_tie,
-                    T* grad, int64_t grad_row_stride) {
-  if (lo_tie == 0.0 && hi_tie == 0.0) return;
-  const double inv_den = 1.0 / static_cast<double>(s.den);
-  for (int64_t y = 0; y < p.rows; ++y) {
-    const T* row = p.row(y);
-    if (!any_tied(row, p.cols, s)) continue;
-    const double* g = g_row(y);
-    T* o = grad + y * grad_row_stride;
-    for (int64_t x = 0; x < p.cols; ++x) {
-      if (!is_tied(row[x], s)) continue;
-      const double direct = (row[x] - s.lo) - eps > T(0) ? g[x] * inv_den : 0.0;
-      o[x] = static_cast<T>(direct + (row[x] == s.hi ? hi_tie : 0.0) + (row[x] == s.lo ? lo_tie : 0.0));
+/// Backward of mn for one plane, fed one row of the upstream gradient at a time: writes dL/dplane into
+/// grad (row stride grad_row_stride). Call add_row once for every row y (any order) with g = dL/dmn(plane)
+/// of that row (cols values of type G: T or double), then finish, which gives the elements tied at lo / hi
+/// their equal shares of dL/dlo and dL/dhi (amin / amax semantics).
+///
+/// With m = mn = u / den on the active set (u = relu(v) - lo - eps > 0), m = 0 elsewhere:
+///   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den,
+/// and sum g m = (sum g relu(u)) / den, accumulated in double. add_row writes every element's direct term
+/// relu'(v) 1[active] g / den (g times 1 / den: within an ulp of the division) and accumulates these sums;
+/// finish then finds the few tied elements and adds their shares. A share reaches an element only through
+/// relu'(v) = 1, i.e. v > 0: so lo shares exist only when lo > 0 (most planes have lo = 0, and the sum over
+/// the active set is then not accumulated), and hi shares only when hi > 0.
+template <class T>
+class MinMaxBackward {
+ public:
+  MinMaxBackward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, T* grad, int64_t grad_row_stride)
+      : p_(p), s_(s), eps_(eps), grad_(grad), grad_row_stride_(grad_row_stride),
+        inv_den_(1.0 / static_cast<double>(s.den)) {}
+
+  template <class G>
+  void add_row(int64_t y, const G* g) {
+    if (s_.lo > T(0)) {
+      add_row_sums<true>(y, g);
+    } else {
+      add_row_sums<false>(y, g);
     }
   }
-}
 
-/// Backward of mn for one plane: writes dL/dplane into grad (row stride grad_row_stride), given the
-/// upstream gradient dL/dmn(plane) row by row: g_row(y) returns a pointer to the cols doubles of row y
-/// (valid until the next call). Ties at lo / hi share dL/dlo and dL/dhi equally (amin / amax semantics).
-///
-/// One pass writes every element's direct term relu'(v) 1[active] g / den (g times 1 / den: within an ulp
-/// of the division) and accumulates the sums dL/dlo and dL/dhi need; the few tied elements then get
-/// their shares in a short fix-up pass (most planes have one maximum and lo = 0, whose ties have v <= 0).
-template <class T, class RowFn>
-void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, T* grad,
-                               int64_t grad_row_stride) {
-  // With m = mn = u / den on the active set (u = relu(v) - lo - eps > 0), m = 0 elsewhere:
-  //   dL/dhi = -sum g m / den,   dL/dlo = sum_active g (m - 1) / den = (sum g m - sum_active g) / den,
-  // and sum g m = (sum g relu(u)) / den, accumulated in double.
-  const double lo = s.lo, hi = s.hi, inv_den = 1.0 / static_cast<double>(s.den);
+  /// The tie shares; g_row(y) returns row y of the upstream gradient again (only rows holding a tied
+  /// element are asked for).
+  template <class RowFn>
+  void finish(RowFn&& g_row) {
+    if (!(s_.hi > T(0))) return;  // no element with v > 0 can be tied (or lo, hi are NaN)
+    double count_hi = 0.0, count_lo = 0.0;
+    tied_rows_.clear();
+    for (int64_t y = 0; y < p_.rows; ++y) {
+      const T* row = p_.row(y);
+      if (!any_tied(row, p_.cols, s_)) continue;
+      tied_rows_.push_back(y);
+      for (int64_t x = 0; x < p_.cols; ++x) {
+        count_hi += row[x] > T(0) && row[x] == s_.hi ? 1.0 : 0.0;
+        count_lo += row[x] > T(0) && row[x] == s_.lo ? 1.0 : 0.0;
+      }
+    }
+    const double sum_g_m = combine_lanes(g_a_) * inv_den_;
+    const double hi_tie = count_hi > 0.0 ? -sum_g_m * inv_den_ / count_hi : 0.0;
+    const double lo_tie = count_lo > 0.0 ? (sum_g_m - combine_lanes(g_active_)) * inv_den_ / count_lo : 0.0;
+    for (const int64_t y : tied_rows_) {
+      const T* row = p_.row(y);
+      const auto* g = g_row(y);
+      T* o = grad_ + y * grad_row_stride_;
+      for (int64_t x = 0; x < p_.cols; ++x) {
+        if (!is_tied(row[x], s_)) continue;
+        const double direct = (row[x] - s_.lo) - eps_ > T(0) ? static_cast<double>(g[x]) * inv_den_ : 0.0;
+        o[x] = static_cast<T>(direct + (row[x] == s_.hi ? hi_tie : 0.0) + (row[x] == s_.lo ? lo_tie : 0.0));
+      }
+    }
+  }
+
+ private:
   using L = LanePairs<T>;
   using D2 = typename L::D2;
-  D2 g_a[L::kPairs] = {}, g_active[L::kPairs] = {}, n_hi[L::kPairs] = {}, n_lo[L::kPairs] = {};
-  for (int64_t y = 0; y < p.rows; ++y) {
-    const T* row = p.row(y);
-    const double* g = g_row(y);
-    T* o = grad + y * grad_row_stride;
+
+  template <bool kActiveSum, class G>
+  void add_row_sums(int64_t y, const G* g) {
+    // Members copied to locals: the stores into grad could alias them, which would make the compiler
+    // reload every constant and spill every accumulator per element.
+    const T* row = p_.row(y);
+    T* o = grad_ + y * grad_row_stride_;
+    const MinMaxStats<T> s = s_;
+    const T eps = eps_;
+    const double inv_den = inv_den_;
+    const int64_t cols = p_.cols;
+    D2 g_a[L::kPairs], g_active[L::kPairs];
+    std::copy_n(g_a_, L::kPairs, g_a);
+    std::copy_n(g_active_, L::kPairs, g_active);
     int64_t x = 0;
-    for (; x + kLanes <= p.cols; x += kLanes) {
+    for (; x + kLanes <= cols; x += kLanes) {
       for (int t = 0; t < L::kTVectors; ++t) {
         const MinMaxParts<typename L::TV> e = minmax_parts(Vec16<T>::load(row + x + t * L::kTWidth), s, eps);
         auto pair = [&](auto q_in_vector) {
@@ -281,33 +318,45 @@ void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T
           const int q = t * (L::kTWidth / 2) + Q;
           const MinMaxParts<D2> w{L::template pair<Q>(e.v), L::template pair<Q>(e.r), L::template pair<Q>(e.u),
                                   L::template pair<Q>(e.a)};
-          const auto terms = minmax_backward_terms(w, L::load_pair(g + x + 2 * q), lo, hi, inv_den);
+          const auto terms = minmax_backward_terms(w, L::load_pair(g + x + 2 * q), inv_den);
           g_a[q] += terms.g_a;
-          g_active[q] += terms.g_active;
-          n_hi[q] += terms.n_hi;
-          n_lo[q] += terms.n_lo;
+          if constexpr (kActiveSum) g_active[q] += terms.g_active;
           L::store_pair(o + x + 2 * q, terms.direct);
         };
         pair(std::integral_constant<int, 0>{});
         if constexpr (L::kTWidth == 4) pair(std::integral_constant<int, 1>{});
       }
     }
-    for (int k = 0; x < p.cols; ++k, ++x) {  // the tail, element k in lane k
+    for (int k = 0; x < cols; ++k, ++x) {  // the tail, element k in lane k
       const MinMaxParts<T> e = minmax_parts(row[x], s, eps);
       const MinMaxParts<double> w{e.v, e.r, e.u, e.a};
-      const auto terms = minmax_backward_terms(w, g[x], lo, hi, inv_den);
+      const auto terms = minmax_backward_terms(w, static_cast<double>(g[x]), inv_den);
       g_a[k / 2][k % 2] += terms.g_a;
-      g_active[k / 2][k % 2] += terms.g_active;
-      n_hi[k / 2][k % 2] += terms.n_hi;
-      n_lo[k / 2][k % 2] += terms.n_lo;
+      if constexpr (kActiveSum) g_active[k / 2][k % 2] += terms.g_active;
       o[x] = static_cast<T>(terms.direct);
     }
+    std::copy_n(g_a, L::kPairs, g_a_);
+    std::copy_n(g_active, L::kPairs, g_active_);
   }
-  const double sum_g_m = combine_lanes(g_a) * inv_den, sum_active = combine_lanes(g_active);
-  const double count_hi = combine_lanes(n_hi), count_lo = combine_lanes(n_lo);
-  const double hi_tie = count_hi > 0.0 ? -sum_g_m * inv_den / count_hi : 0.0;
-  const double lo_tie = count_lo > 0.0 ? (sum_g_m - sum_active) * inv_den / count_lo : 0.0;
-  add_tie_shares(p, s, eps, g_row, lo_tie, hi_tie, grad, grad_row_stride);
+
+  PlaneView<T> p_;
+  MinMaxStats<T> s_;
+  T eps_;
+  T* grad_;
+  int64_t grad_row_stride_;
+  double inv_den_;
+  D2 g_a_[L::kPairs] = {}, g_active_[L::kPairs] = {};
+  std::vector<int64_t> tied_rows_;
+};
+
+/// Backward of mn for one plane (MinMaxBackward), given the upstream gradient row by row: g_row(y)
+/// returns a pointer to the cols values of row y (valid until the next call).
+template <class T, class RowFn>
+void minmax_normalize_backward(const PlaneView<T>& p, const MinMaxStats<T>& s, T eps, RowFn&& g_row, T* grad,
+                               int64_t grad_row_stride) {
+  MinMaxBackward<T> backward(p, s, eps, grad, grad_row_stride);
+  for (int64_t y = 0; y < p.rows; ++y) backward.add_row(y, g_row(y));
+  backward.finish(g_row);
 }
 
 /// ||plane + l2_eps||_F of a contiguous plane of n elements, accumulated in double.

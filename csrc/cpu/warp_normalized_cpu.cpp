@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "cpu/cam_planes.h"
+#include "cpu/isa.h"
 #include "cpu/tensor_planes.h"
 #include "op_args.h"
 
@@ -26,7 +27,7 @@ at::Tensor warp_normalized_cpu(const at::Tensor& src_in, const at::Tensor& matri
   at::Tensor out = at::empty({N, C, Hd, Wd}, src.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "mmcam_warp_normalized_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(N * C, [&](int64_t begin, int64_t end) {
       WarpedSource<scalar_t> side;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;
@@ -52,7 +53,7 @@ at::Tensor warp_normalized_backward_cpu(const at::Tensor& grad_in, const at::Ten
   at::Tensor grad_src = at::empty({N, C, Hs, Ws}, src.options().memory_format(at::MemoryFormat::Contiguous));
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "mmcam_warp_normalized_backward_cpu", [&] {
     const auto e = static_cast<scalar_t>(eps);
-    at::parallel_for(0, N * C, 1, [&](int64_t begin, int64_t end) {
+    parallel_over(N * C, [&](int64_t begin, int64_t end) {
       std::vector<double> acc;
       for (int64_t p = begin; p < end; ++p) {
         const int64_t n = p / C, c = p % C;

@@ -100,38 +100,36 @@ void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const 
   }
 }
 
-/// warp_plane_adjoint for any affine map: a sequential scatter of four taps per destination pixel.
-template <class RowFn>
-void warp_plane_adjoint_general(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv,
-                                int64_t src_rows, int64_t src_cols, double* acc) {
+/// One destination row of the adjoint of warp_plane_general: acc (src_rows x src_cols, contiguous) +=
+/// (row y of W)^T g, a sequential scatter of four taps per destination pixel (g: dst_cols values).
+template <class G>
+void general_adjoint_row(const G* gr, int64_t y, int64_t dst_cols, const InverseAffine& inv, int64_t src_rows,
+                         int64_t src_cols, double* acc) {
   int64_t index[4];
   double weight[4];
-  for (int64_t y = 0; y < dst_rows; ++y) {
-    const double bx = inv.row_x(y), by = inv.row_y(y);
-    const auto* gr = g_row(y);
-    auto checked = [&](int64_t x) {
-      const double gv = static_cast<double>(gr[x]);
-      const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
-      const int k = math::bilinear_taps_inside(tap, src_cols, src_rows, index, weight);
-      for (int j = 0; j < k; ++j) acc[index[j]] += gv * weight[j];
-    };
-    const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
-    for (int64_t x = 0; x < span.begin; ++x) checked(x);
-    for (int64_t x = span.begin; x < span.end; ++x) {
-      const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
-      const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
-      const double wx = sx - static_cast<double>(x0), wy = sy - static_cast<double>(y0);
-      const double gv = static_cast<double>(gr[x]);
-      double* a0 = acc + y0 * src_cols + x0;
-      double* a1 = a0 + src_cols;
-      const double g0 = gv * (1.0 - wy), g1 = gv * wy;
-      a0[0] += g0 * (1.0 - wx);
-      a0[1] += g0 * wx;
-      a1[0] += g1 * (1.0 - wx);
-      a1[1] += g1 * wx;
-    }
-    for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
+  const double bx = inv.row_x(y), by = inv.row_y(y);
+  auto checked = [&](int64_t x) {
+    const double gv = static_cast<double>(gr[x]);
+    const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
+    const int k = math::bilinear_taps_inside(tap, src_cols, src_rows, index, weight);
+    for (int j = 0; j < k; ++j) acc[index[j]] += gv * weight[j];
+  };
+  const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
+  for (int64_t x = 0; x < span.begin; ++x) checked(x);
+  for (int64_t x = span.begin; x < span.end; ++x) {
+    const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
+    const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
+    const double wx = sx - static_cast<double>(x0), wy = sy - static_cast<double>(y0);
+    const double gv = static_cast<double>(gr[x]);
+    double* a0 = acc + y0 * src_cols + x0;
+    double* a1 = a0 + src_cols;
+    const double g0 = gv * (1.0 - wy), g1 = gv * wy;
+    a0[0] += g0 * (1.0 - wx);
+    a0[1] += g0 * wx;
+    a1[0] += g1 * (1.0 - wx);
+    a1[1] += g1 * wx;
   }
+  for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
 }
 
 /// Bilinear taps along one axis of a separable map: output index o samples source coordinate
@@ -179,11 +177,15 @@ bool all_finite(const T* v, int64_t n) {
 /// out = warp of the contiguous plane src (rows x cols) where destination column x samples source
 /// column coordinate cols_taps[x] and destination row y source row coordinate row_taps[y].
 /// Per destination row: blend the two source rows (tmp, vectorised), then gather along the row.
+/// src is rows x cols.
 template <class T>
-void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
+void warp_plane_separable(const T* src, int64_t rows, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
                           int64_t dst_rows, int64_t dst_cols, T* out, int64_t out_row_stride,
                           std::vector<double>& tmp) {
   tmp.resize(static_cast<size_t>(cols));
+  // Integer column taps read one source pixel per output; when the whole source is finite, rows with an
+  // integer row tap skip the blend (checked once per plane, not per row).
+  const bool gather_rows = col_taps.second_unused && all_finite(src, rows * cols);
   for (int64_t y = 0; y < dst_rows; ++y) {
     T* o = out + y * out_row_stride;
     const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
@@ -197,7 +199,7 @@ void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, 
     const int64_t* i1 = col_taps.index1.data();
     const double* w0 = col_taps.weight0.data();
     const double* w1 = col_taps.weight1.data();
-    if (col_taps.second_unused && v0 == 1.0 && v1 == 0.0 && all_finite(r0, cols) && all_finite(r1, cols)) {
+    if (gather_rows && v0 == 1.0 && v1 == 0.0) {
       // Integer taps (a flip, a 90-degree rotation, an integer shift): each output is one source pixel
       // times its weight (1, or 0 outside the source); the blend below would add only exact zeros to it.
       for (int64_t x = 0; x < dst_cols; ++x) o[x] = static_cast<T>(static_cast<double>(r0[i0[x]]) * w0[x]);
@@ -208,46 +210,43 @@ void warp_plane_separable(const T* src, int64_t cols, const AxisTaps& col_taps, 
   }
 }
 
-/// Adjoint of warp_plane_separable: acc (rows x cols, contiguous) += W^T g, g (dst_rows x dst_cols) given
-/// row by row by g_row. Per destination row: scatter along the row into tmp, then add tmp to the two
-/// source rows (vectorised).
-template <class RowFn>
-void warp_plane_separable_adjoint(RowFn&& g_row, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
-                                  int64_t dst_rows, int64_t dst_cols, double* acc, std::vector<double>& tmp) {
-  tmp.resize(static_cast<size_t>(cols));
+/// One destination row of the adjoint of warp_plane_separable: acc (rows x cols, contiguous) +=
+/// (row y of W)^T g (g: dst_cols values). Scatter along the row into tmp, then add tmp to the two source
+/// rows (vectorised).
+template <class G>
+void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
+                           int64_t dst_cols, double* acc, std::vector<double>& tmp) {
+  const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
+  if (v0 == 0.0 && v1 == 0.0) return;
   const int64_t* i0 = col_taps.index0.data();
   const int64_t* i1 = col_taps.index1.data();
   const double* w0 = col_taps.weight0.data();
   const double* w1 = col_taps.weight1.data();
-  for (int64_t y = 0; y < dst_rows; ++y) {
-    const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
-    if (v0 == 0.0 && v1 == 0.0) continue;
-    const auto* gr = g_row(y);
-    // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
-    // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
-    // way (0 + a + b = 0 + b + a).
-    const bool may_skip = col_taps.second_unused || v0 == 0.0 || v1 == 0.0;
-    const bool finite = may_skip && all_finite(gr, dst_cols);
-    if (col_taps.second_unused && col_taps.distinct && finite && v0 == 1.0 && v1 == 0.0) {
-      // Integer taps, each source column read at most once, one source row: tmp would hold each
-      // contribution once and be added with weight 1 (1 * t = t exactly), so the row goes straight in.
-      double* a0 = acc + row_taps.index0[y] * cols;
-      for (int64_t x = 0; x < dst_cols; ++x) a0[i0[x]] += static_cast<double>(gr[x]) * w0[x];
-      continue;
-    }
-    std::fill(tmp.begin(), tmp.end(), 0.0);
-    for (int64_t x = 0; x < dst_cols; ++x) tmp[i0[x]] += static_cast<double>(gr[x]) * w0[x];
-    if (!(col_taps.second_unused && finite)) {
-      for (int64_t x = 0; x < dst_cols; ++x) tmp[i1[x]] += static_cast<double>(gr[x]) * w1[x];
-    }
+  // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
+  // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
+  // way (0 + a + b = 0 + b + a).
+  const bool may_skip = col_taps.second_unused || v0 == 0.0 || v1 == 0.0;
+  const bool finite = may_skip && all_finite(gr, dst_cols);
+  if (col_taps.second_unused && col_taps.distinct && finite && v0 == 1.0 && v1 == 0.0) {
+    // Integer taps, each source column read at most once, one source row: tmp would hold each
+    // contribution once and be added with weight 1 (1 * t = t exactly), so the row goes straight in.
     double* a0 = acc + row_taps.index0[y] * cols;
-    if (!(v0 == 0.0 && finite)) {
-      for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
-    }
-    double* a1 = acc + row_taps.index1[y] * cols;
-    if (!(v1 == 0.0 && finite)) {
-      for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
-    }
+    for (int64_t x = 0; x < dst_cols; ++x) a0[i0[x]] += static_cast<double>(gr[x]) * w0[x];
+    return;
+  }
+  tmp.resize(static_cast<size_t>(cols));
+  std::fill(tmp.begin(), tmp.end(), 0.0);
+  for (int64_t x = 0; x < dst_cols; ++x) tmp[i0[x]] += static_cast<double>(gr[x]) * w0[x];
+  if (!(col_taps.second_unused && finite)) {
+    for (int64_t x = 0; x < dst_cols; ++x) tmp[i1[x]] += static_cast<double>(gr[x]) * w1[x];
+  }
+  double* a0 = acc + row_taps.index0[y] * cols;
+  if (!(v0 == 0.0 && finite)) {
+    for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
+  }
+  double* a1 = acc + row_taps.index1[y] * cols;
+  if (!(v1 == 0.0 && finite)) {
+    for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
   }
 }
 
@@ -260,48 +259,42 @@ inline MapKind classify(const InverseAffine& inv) {
   return MapKind::General;
 }
 
-/// Per-thread scratch of the separable paths.
-struct WarpScratch {
-  AxisTaps col_taps, row_taps;
-  std::vector<double> row;
-  std::vector<double> transposed_acc;
+/// Column and row taps of a separable map.
+struct SeparableTaps {
+  AxisTaps col, row;
+
+  /// AxisAligned: destination column x samples source column m2 + m0 x, row y samples source row m5 + m4 y.
+  /// AxisSwapped: the taps address the TRANSPOSED source (rows = source columns): column x samples source
+  /// row m5 + m3 x, row y samples source column m2 + m1 y.
+  void compute(const InverseAffine& inv, MapKind kind, int64_t src_rows, int64_t src_cols, int64_t dst_rows,
+               int64_t dst_cols) {
+    if (kind == MapKind::AxisAligned) {
+      col.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
+      row.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
+    } else {
+      col.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
+      row.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
+    }
+  }
 };
 
-inline WarpScratch& warp_scratch() {
-  thread_local WarpScratch scratch;
-  return scratch;
-}
-
-template <class T>
-std::vector<T>& transpose_buffer() {
-  thread_local std::vector<T> buffer;
-  return buffer;
-}
-
-/// Transpose of a contiguous rows x cols plane into out (cols x rows).
-template <class S, class D>
+/// Transpose of a contiguous rows x cols plane into out (cols x rows): out = in^T, or out += in^T with
+/// Accumulate.
+template <bool Accumulate = false, class S, class D>
 void transpose_plane(const S* in, int64_t rows, int64_t cols, D* out) {
   constexpr int64_t kBlock = 32;
   for (int64_t r0 = 0; r0 < rows; r0 += kBlock) {
     for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
       for (int64_t r = r0; r < std::min(rows, r0 + kBlock); ++r) {
-        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c) out[c * rows + r] = static_cast<D>(in[r * cols + c]);
+        for (int64_t c = c0; c < std::min(cols, c0 + kBlock); ++c) {
+          if constexpr (Accumulate) {
+            out[c * rows + r] += static_cast<D>(in[r * cols + c]);
+          } else {
+            out[c * rows + r] = static_cast<D>(in[r * cols + c]);
+          }
+        }
       }
     }
-  }
-}
-
-/// Column and row taps of a separable map. AxisAligned: destination column x samples source column
-/// m2 + m0 x, row y samples source row m5 + m4 y. AxisSwapped: the taps address the TRANSPOSED source
-/// (rows = source columns): column x samples source row m5 + m3 x, row y samples source column m2 + m1 y.
-inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_rows, int64_t src_cols, int64_t dst_rows,
-                           int64_t dst_cols, WarpScratch& s) {
-  if (kind == MapKind::AxisAligned) {
-    s.col_taps.compute(inv.m[2], inv.m[0], src_cols, dst_cols);
-    s.row_taps.compute(inv.m[5], inv.m[4], src_rows, dst_rows);
-  } else {
-    s.col_taps.compute(inv.m[5], inv.m[3], src_rows, dst_cols);
-    s.row_taps.compute(inv.m[2], inv.m[1], src_cols, dst_rows);
   }
 }
 
@@ -310,56 +303,100 @@ inline void separable_taps(const InverseAffine& inv, MapKind kind, int64_t src_r
 template <class T>
 void warp_plane(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv_in, int64_t dst_rows,
                 int64_t dst_cols, T* out, int64_t out_row_stride) {
+  struct Scratch {  // per thread, reused across planes and calls
+    SeparableTaps taps;
+    std::vector<double> row;
+    std::vector<T> transposed;
+  };
+  thread_local Scratch s;
   const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
-  WarpScratch& s = warp_scratch();
   const MapKind kind = classify(inv);
   switch (kind) {
     case MapKind::AxisAligned:
-      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
-      warp_plane_separable(src, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
+      s.taps.compute(inv, kind, src_rows, src_cols, dst_rows, dst_cols);
+      warp_plane_separable(src, src_rows, src_cols, s.taps.col, s.taps.row, dst_rows, dst_cols, out, out_row_stride,
+                           s.row);
       return;
-    case MapKind::AxisSwapped: {
+    case MapKind::AxisSwapped:
       // Sampling src at (column sx(y), row sy(x)) is sampling its transpose at (column sy(x), row sx(y)).
-      std::vector<T>& t = transpose_buffer<T>();
-      t.resize(static_cast<size_t>(src_rows * src_cols));
-      transpose_plane(src, src_rows, src_cols, t.data());
-      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
-      warp_plane_separable(t.data(), src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, out, out_row_stride, s.row);
+      s.transposed.resize(static_cast<size_t>(src_rows * src_cols));
+      transpose_plane(src, src_rows, src_cols, s.transposed.data());
+      s.taps.compute(inv, kind, src_rows, src_cols, dst_rows, dst_cols);
+      warp_plane_separable(s.transposed.data(), src_cols, src_rows, s.taps.col, s.taps.row, dst_rows, dst_cols, out,
+                           out_row_stride, s.row);
       return;
-    }
     case MapKind::General:
       warp_plane_general(src, src_rows, src_cols, inv, dst_rows, dst_cols, out, out_row_stride);
       return;
   }
 }
 
+/// The adjoint of warp_plane, fed one destination row at a time: acc (src_rows x src_cols, contiguous,
+/// zeroed by the caller) += W^T g. Call begin once per map, add_row for the rows of g in increasing order
+/// (a row not given counts as zero; rows_read tells which rows matter), then finish. Sequential scatter
+/// into a plane private to the caller: deterministic. Holds its own scratch, so that several adjoints
+/// (one per modality of a sample) can be fed side by side.
+class WarpAdjoint {
+ public:
+  void begin(const InverseAffine& inv_in, int64_t dst_rows, int64_t dst_cols, int64_t src_rows, int64_t src_cols,
+             double* acc) {
+    inv_ = sampling_map(inv_in, src_rows, src_cols);
+    kind_ = classify(inv_);
+    dst_cols_ = dst_cols;
+    src_rows_ = src_rows;
+    src_cols_ = src_cols;
+    acc_ = acc;
+    target_ = acc;
+    if (kind_ == MapKind::General) return;
+    taps_.compute(inv_, kind_, src_rows, src_cols, dst_rows, dst_cols);
+    if (kind_ == MapKind::AxisSwapped) {  // scatter into the transposed source, transposed back by finish
+      transposed_.assign(static_cast<size_t>(src_rows * src_cols), 0.0);
+      target_ = transposed_.data();
+    }
+  }
+
+  /// Whether destination row y reaches the source at all (a row that does not can be skipped).
+  bool reads_row(int64_t y) const {
+    return kind_ == MapKind::General || taps_.row.weight0[y] != 0.0 || taps_.row.weight1[y] != 0.0;
+  }
+
+  /// Adds the contribution of destination row y, g (dst_cols values of type G).
+  template <class G>
+  void add_row(int64_t y, const G* g) {
+    if (kind_ == MapKind::General) {
+      general_adjoint_row(g, y, dst_cols_, inv_, src_rows_, src_cols_, acc_);
+    } else {
+      const int64_t cols = kind_ == MapKind::AxisAligned ? src_cols_ : src_rows_;
+      separable_adjoint_row(g, y, cols, taps_.col, taps_.row, dst_cols_, target_, row_);
+    }
+  }
+
+  void finish() {
+    if (kind_ == MapKind::AxisSwapped) transpose_plane<true>(transposed_.data(), src_cols_, src_rows_, acc_);
+  }
+
+ private:
+  InverseAffine inv_{};
+  MapKind kind_ = MapKind::General;
+  int64_t dst_cols_ = 0, src_rows_ = 0, src_cols_ = 0;
+  double* acc_ = nullptr;
+  double* target_ = nullptr;
+  SeparableTaps taps_;
+  std::vector<double> row_, transposed_;
+};
+
 /// Adjoint of warp_plane: acc (src_rows x src_cols, contiguous, zeroed by the caller) += W^T g, where
 /// g_row(y) points to row y of g (dst_cols values, valid until the next call; rows are requested in
-/// increasing order, each at most once). Sequential scatter into a private plane: deterministic.
+/// increasing order, each at most once).
 template <class RowFn>
-void warp_plane_adjoint(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv_in,
-                        int64_t src_rows, int64_t src_cols, double* acc) {
-  const InverseAffine inv = sampling_map(inv_in, src_rows, src_cols);
-  WarpScratch& s = warp_scratch();
-  const MapKind kind = classify(inv);
-  switch (kind) {
-    case MapKind::AxisAligned:
-      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
-      warp_plane_separable_adjoint(g_row, src_cols, s.col_taps, s.row_taps, dst_rows, dst_cols, acc, s.row);
-      return;
-    case MapKind::AxisSwapped: {
-      separable_taps(inv, kind, src_rows, src_cols, dst_rows, dst_cols, s);
-      s.transposed_acc.assign(static_cast<size_t>(src_rows * src_cols), 0.0);
-      warp_plane_separable_adjoint(g_row, src_rows, s.col_taps, s.row_taps, dst_rows, dst_cols, s.transposed_acc.data(),
-                                   s.row);
-      std::vector<double>& back = transpose_buffer<double>();
-      back.resize(s.transposed_acc.size());
-      transpose_plane(s.transposed_acc.data(), src_cols, src_rows, back.data());
-      for (size_t i = 0; i < back.size(); ++i) acc[i] += back[i];
-      return;
-    }
-    case MapKind::General: warp_plane_adjoint_general(g_row, dst_rows, dst_cols, inv, src_rows, src_cols, acc); return;
+void warp_plane_adjoint(RowFn&& g_row, int64_t dst_rows, int64_t dst_cols, const InverseAffine& inv, int64_t src_rows,
+                        int64_t src_cols, double* acc) {
+  thread_local WarpAdjoint adjoint;
+  adjoint.begin(inv, dst_rows, dst_cols, src_rows, src_cols, acc);
+  for (int64_t y = 0; y < dst_rows; ++y) {
+    if (adjoint.reads_row(y)) adjoint.add_row(y, g_row(y));
   }
+  adjoint.finish();
 }
 
 }  // namespace mmcam::cpu
