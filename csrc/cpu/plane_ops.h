@@ -12,7 +12,6 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "mmcam_math.h"
@@ -91,52 +90,6 @@ struct Vec16 {
   }
 };
 
-/// kLanes consecutive elements as kLanes / 2 pairs of doubles, element k in lane k (the lane order of the
-/// reductions above): T arithmetic runs on 16-byte vectors of T, the double arithmetic on 16-byte vectors
-/// of two doubles (SSE2 / NEON width, so that compares and selects stay vector instructions).
-template <class T>
-struct LanePairs {
-  using TV = typename Vec16<T>::type;
-  typedef double D2 __attribute__((vector_size(16)));
-  static constexpr int kTWidth = Vec16<T>::kWidth;    // elements per T vector
-  static constexpr int kTVectors = kLanes / kTWidth;  // T vectors per block
-  static constexpr int kPairs = kLanes / 2;           // double pairs per block
-  /// Elements p[0], p[1] widened to double (exact); G = double or T.
-  template <class G>
-  static D2 load_pair(const G* p) {
-    typedef G G2 __attribute__((vector_size(2 * sizeof(G))));
-    G2 v;
-    std::memcpy(&v, p, sizeof(G2));
-    return __builtin_convertvector(v, D2);
-  }
-  /// Pair q of a T vector (elements 2q, 2q + 1), widened to double.
-  template <int Q>
-  static D2 pair(TV v) {
-    if constexpr (std::is_same_v<T, double>) {
-      return v;
-    } else {
-      return __builtin_convertvector(__builtin_shufflevector(v, v, 2 * Q, 2 * Q + 1), D2);
-    }
-  }
-  static void store_pair(T* p, D2 v) {
-    if constexpr (std::is_same_v<T, double>) {
-      std::memcpy(p, &v, sizeof(D2));
-    } else {
-      typedef T T2 __attribute__((vector_size(2 * sizeof(T))));
-      const T2 narrow = __builtin_convertvector(v, T2);
-      std::memcpy(p, &narrow, sizeof(T2));
-    }
-  }
-};
-
-/// The lanes of pair accumulators (lane k in pair k / 2), combined in the fixed order of combine_lanes.
-template <class D2>
-double combine_lanes(const D2 (&acc)[kLanes / 2]) {
-  double total = 0.0;
-  for (int k = 0; k < kLanes; ++k) total += acc[k / 2][k % 2];
-  return total;
-}
-
 template <class T>
 MinMaxStats<T> relu_minmax(const PlaneView<T>& p, T eps) {
   using V = Vec16<T>;
@@ -182,7 +135,7 @@ void minmax_normalize_plane(const PlaneView<T>& p, const MinMaxStats<T>& s, T ep
   }
 }
 
-/// The T-precision part of the min-max backward of one element (V = T) or one vector of elements: relu(v),
+/// The T-precision part of the min-max backward of one element (V = T; V = double holds it widened): relu(v),
 /// u = relu(v) - lo - eps (u > 0: the active set) and a = relu(u) = den mn(v), in torch's arithmetic. The
 /// backward needs mn(v) only inside the sum of g mn(v), which it forms as (sum g a) / den: no division per
 /// element.
@@ -198,17 +151,15 @@ MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
   return {v, r, u, u <= T(0) ? T(0) : u};
 }
 
-/// The double part, for one element (W = double) or a pair of elements (W = 2 doubles) given their parts
-/// widened to double (exact): g a (the contribution to sum g relu(u)), g on the active set (to
-/// sum_active g) and the direct term relu'(v) 1[active] g / den. Every select is a compare of doubles.
-template <class W>
+/// The double part, for one element given its parts widened to double (exact): g a (the contribution to sum g relu(u)),
+/// g on the active set (to sum_active g) and the direct term relu'(v) 1[active] g / den. Every select is a compare of
+/// doubles.
 struct MinMaxBackwardTerms {
-  W g_a, g_active, direct;
+  double g_a, g_active, direct;
 };
 
-template <class W>
-MinMaxBackwardTerms<W> minmax_backward_terms(const MinMaxParts<W>& e, W g, double inv_den) {
-  const W active_g = e.u > 0.0 ? g : 0.0;
+inline MinMaxBackwardTerms minmax_backward_terms(const MinMaxParts<double>& e, double g, double inv_den) {
+  const double active_g = e.u > 0.0 ? g : 0.0;
   return {g * e.a, active_g, e.v > 0.0 ? active_g * inv_den : 0.0};
 }
 
@@ -293,9 +244,6 @@ class MinMaxBackward {
   }
 
  private:
-  using L = LanePairs<T>;
-  using D2 = typename L::D2;
-
   template <bool kActiveSum, class G>
   void add_row_sums(int64_t y, const G* g) {
     // Members copied to locals: the stores into grad could alias them, which would make the compiler
@@ -306,37 +254,38 @@ class MinMaxBackward {
     const T eps = eps_;
     const double inv_den = inv_den_;
     const int64_t cols = p_.cols;
-    D2 g_a[L::kPairs], g_active[L::kPairs];
-    std::copy_n(g_a_, L::kPairs, g_a);
-    std::copy_n(g_active_, L::kPairs, g_active);
+    double g_a[kLanes], g_active[kLanes];
+    std::copy_n(g_a_, kLanes, g_a);
+    std::copy_n(g_active_, kLanes, g_active);
     int64_t x = 0;
-    for (; x + kLanes <= cols; x += kLanes) {
-      for (int t = 0; t < L::kTVectors; ++t) {
-        const MinMaxParts<typename L::TV> e = minmax_parts(Vec16<T>::load(row + x + t * L::kTWidth), s, eps);
-        auto pair = [&](auto q_in_vector) {
-          constexpr int Q = decltype(q_in_vector)::value;
-          const int q = t * (L::kTWidth / 2) + Q;
-          const MinMaxParts<D2> w{L::template pair<Q>(e.v), L::template pair<Q>(e.r), L::template pair<Q>(e.u),
-                                  L::template pair<Q>(e.a)};
-          const auto terms = minmax_backward_terms(w, L::load_pair(g + x + 2 * q), inv_den);
-          g_a[q] += terms.g_a;
-          if constexpr (kActiveSum) g_active[q] += terms.g_active;
-          L::store_pair(o + x + 2 * q, terms.direct);
-        };
-        pair(std::integral_constant<int, 0>{});
-        if constexpr (L::kTWidth == 4) pair(std::integral_constant<int, 1>{});
+    for (; x + kLanes <= cols; x += kLanes) {  // element x + k in lane k: written for the vectoriser
+      double v[kLanes], u[kLanes], a[kLanes], gd[kLanes], direct[kLanes];
+      for (int k = 0; k < kLanes; ++k) {
+        const MinMaxParts<T> e = minmax_parts(row[x + k], s, eps);
+        v[k] = e.v;  // widened to double: exact, and every select below compares doubles
+        u[k] = e.u;
+        a[k] = e.a;
+        gd[k] = static_cast<double>(g[x + k]);
       }
+      for (int k = 0; k < kLanes; ++k) {
+        const MinMaxBackwardTerms terms =
+            minmax_backward_terms(MinMaxParts<double>{v[k], 0.0, u[k], a[k]}, gd[k], inv_den);
+        g_a[k] += terms.g_a;
+        if constexpr (kActiveSum) g_active[k] += terms.g_active;
+        direct[k] = terms.direct;
+      }
+      for (int k = 0; k < kLanes; ++k) o[x + k] = static_cast<T>(direct[k]);
     }
     for (int k = 0; x < cols; ++k, ++x) {  // the tail, element k in lane k
       const MinMaxParts<T> e = minmax_parts(row[x], s, eps);
       const MinMaxParts<double> w{e.v, e.r, e.u, e.a};
       const auto terms = minmax_backward_terms(w, static_cast<double>(g[x]), inv_den);
-      g_a[k / 2][k % 2] += terms.g_a;
-      if constexpr (kActiveSum) g_active[k / 2][k % 2] += terms.g_active;
+      g_a[k] += terms.g_a;
+      if constexpr (kActiveSum) g_active[k] += terms.g_active;
       o[x] = static_cast<T>(terms.direct);
     }
-    std::copy_n(g_a, L::kPairs, g_a_);
-    std::copy_n(g_active, L::kPairs, g_active_);
+    std::copy_n(g_a, kLanes, g_a_);
+    std::copy_n(g_active, kLanes, g_active_);
   }
 
   PlaneView<T> p_;
@@ -345,7 +294,7 @@ class MinMaxBackward {
   T* grad_;
   int64_t grad_row_stride_;
   double inv_den_;
-  D2 g_a_[L::kPairs] = {}, g_active_[L::kPairs] = {};
+  double g_a_[kLanes] = {}, g_active_[kLanes] = {};
   std::vector<int64_t> tied_rows_;
 };
 
