@@ -160,6 +160,31 @@ struct AxisTaps {
       weight1[o] = in1 ? w : 0.0;
       second_unused = second_unused && weight1[o] == 0.0;
     }
+    find_run();
+  }
+
+  /// A unit-stride run (flips, integer shifts): outputs [run_begin, run_end) read source pixel
+  /// run_first + run_step (o - run_begin) with weight 1 (run_step = +-1), every other output has weight 0
+  /// (outside the source) and reads pixel 0. is_run says whether the taps have this form.
+  bool is_run = false;
+  int64_t run_begin = 0, run_end = 0, run_first = 0, run_step = 1;
+
+ private:
+  void find_run() {
+    const auto n = static_cast<int64_t>(weight0.size());
+    is_run = second_unused;
+    if (!is_run) return;
+    run_begin = 0;
+    while (run_begin < n && weight0[run_begin] == 0.0) ++run_begin;
+    run_end = run_begin;
+    while (run_end < n && weight0[run_end] == 1.0) ++run_end;
+    run_first = run_begin < n ? index0[run_begin] : 0;
+    run_step = run_end - run_begin > 1 ? index0[run_begin + 1] - index0[run_begin] : 1;
+    is_run = run_step == 1 || run_step == -1;
+    for (int64_t o = 0; is_run && o < n; ++o) {
+      const bool in_run = o >= run_begin && o < run_end;
+      is_run = in_run ? index0[o] == run_first + run_step * (o - run_begin) : weight0[o] == 0.0 && index0[o] == 0;
+    }
   }
 };
 
@@ -202,6 +227,20 @@ void warp_plane_separable(const T* src, int64_t rows, int64_t cols, const AxisTa
     if (gather_rows && v0 == 1.0 && v1 == 0.0) {
       // Integer taps (a flip, a 90-degree rotation, an integer shift): each output is one source pixel
       // times its weight (1, or 0 outside the source); the blend below would add only exact zeros to it.
+      if (col_taps.is_run) {  // a copy, forwards or backwards, between the products with weight 0
+        const auto outside = static_cast<T>(static_cast<double>(r0[0]) * 0.0);
+        std::fill(o, o + col_taps.run_begin, outside);
+        const T* from = r0 + col_taps.run_first;
+        const int64_t count = col_taps.run_end - col_taps.run_begin;
+        T* to = o + col_taps.run_begin;
+        if (col_taps.run_step == 1) {
+          std::copy_n(from, count, to);
+        } else {
+          for (int64_t x = 0; x < count; ++x) to[x] = from[-x];
+        }
+        std::fill(o + col_taps.run_end, o + dst_cols, outside);
+        continue;
+      }
       for (int64_t x = 0; x < dst_cols; ++x) o[x] = static_cast<T>(static_cast<double>(r0[i0[x]]) * w0[x]);
       continue;
     }
@@ -231,6 +270,14 @@ void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps&
     // Integer taps, each source column read at most once, one source row: tmp would hold each
     // contribution once and be added with weight 1 (1 * t = t exactly), so the row goes straight in.
     double* a0 = acc + row_taps.index0[y] * cols;
+    if (col_taps.is_run) {
+      // The weight-0 products (+-0) would change no sum: an accumulator that starts at +0 never holds -0.
+      double* to = a0 + col_taps.run_first;
+      const G* from = gr + col_taps.run_begin;
+      const int64_t count = col_taps.run_end - col_taps.run_begin, step = col_taps.run_step;
+      for (int64_t x = 0; x < count; ++x) to[step * x] += static_cast<double>(from[x]);
+      return;
+    }
     for (int64_t x = 0; x < dst_cols; ++x) a0[i0[x]] += static_cast<double>(gr[x]) * w0[x];
     return;
   }

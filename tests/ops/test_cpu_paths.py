@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmcam import transforms
+from mmcam import ops, transforms
 from mmcam.losses import equivariance_terms
 
 from op_cases import family_matrix
@@ -192,3 +192,31 @@ def test_non_finite_values_stay_deterministic(kind, poison):
     for a, b in zip(*results):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
     assert any(not torch.isfinite(t).all() for t in results[0])
+
+
+def _shifted(planes, dx, dy):
+    """planes (N, C, H, W) moved by (dx, dy) integer pixels, zero fill: the expected warp of a translation."""
+    out = torch.zeros_like(planes)
+    h, w = planes.shape[-2:]
+    if abs(dx) >= w or abs(dy) >= h:
+        return out
+    ys, xs = slice(max(dy, 0), h + min(dy, 0)), slice(max(dx, 0), w + min(dx, 0))
+    out[..., ys, xs] = planes[..., max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exact_maps_forward_copies_pixels_bitwise(dtype):
+    """Flips and integer shifts move pixels without arithmetic (the warp copies runs of a row forwards or
+    backwards): bitwise equal to torch.flip / shifted slices of mn(src)."""
+    from mmcam.ops import reference
+
+    gen = torch.Generator().manual_seed(0)
+    src = _plane_batch((1, 2, 11, 13), gen, "mixed").to(dtype)
+    mn = reference.minmax_normalize(src)
+    for horizontal, dim in ((True, -1), (False, -2)):
+        matrix, dsize = transforms.flip_matrix(1, (11, 13), horizontal=horizontal, dtype=dtype)
+        assert torch.equal(ops.warp_normalized(src, matrix, dsize), mn.flip(dim))
+    for dx, dy in ((3, -2), (-4, 5), (0, 0), (15, 1)):
+        matrix, dsize = transforms.translation_matrix(torch.tensor([[dx, dy]], dtype=dtype), (11, 13), dtype=dtype)
+        assert torch.equal(ops.warp_normalized(src, matrix, dsize), _shifted(mn, dx, dy)), (dx, dy)
