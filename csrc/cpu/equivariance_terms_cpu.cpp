@@ -60,58 +60,96 @@ TermsInputs prepare_inputs(const at::Tensor& cams, const at::Tensor& cams_t, con
   return in;
 }
 
-/// Per-thread working set: every modality's two sides for the current sample.
+/// Per-thread working set of the forward pass: every modality's two sides for the current sample, with
+/// their norms but not their unit maps (SampleSums forms those chunk by chunk).
 template <class T>
 struct SampleSides {
-  std::vector<WarpedSource<T>> source;      // P_m (warped) and A_m (unit)
-  std::vector<NormalizedTarget<T>> target;  // Q_m and B_m (unit)
+  std::vector<WarpedSource<T>> source;      // P_m (warped), norm ||P_m + l2_eps||
+  std::vector<NormalizedTarget<T>> target;  // Q_m, norm ||Q_m + l2_eps||
 
   /// P_m is written to warped_out + m Hd Wd when given (the kept_warped output), else to scratch.
   void compute(const TermsInputs& in, int64_t n, T eps, T l2_eps, T* warped_out) {
     source.resize(static_cast<size_t>(in.M));
     target.resize(static_cast<size_t>(in.M));
     const InverseAffine inv = inverse_of_sample(in.inverses, n);
+    const int64_t HW = in.Hd * in.Wd;
     for (int64_t m = 0; m < in.M; ++m) {
-      T* out = warped_out == nullptr ? nullptr : warped_out + m * in.Hd * in.Wd;
-      source[m].compute(plane_of<T>(in.cams, n, m), inv, in.Hd, in.Wd, eps, true, l2_eps, out);
-      target[m].compute(plane_of<T>(in.cams_t, n, m), eps, true, l2_eps);
+      T* out = warped_out == nullptr ? nullptr : warped_out + m * HW;
+      source[m].compute(plane_of<T>(in.cams, n, m), inv, in.Hd, in.Wd, eps, false, l2_eps, out);
+      source[m].norm = l2_norm_shifted(source[m].map(), HW, l2_eps);
+      target[m].compute(plane_of<T>(in.cams_t, n, m), eps, false, l2_eps);
+      target[m].norm = l2_norm_shifted(target[m].normalized.data(), HW, l2_eps);
     }
   }
 };
 
+/// One sample's sums in one pass over its maps: sum_k d(P_m - Q_m) (ER) for every m, and ||A_i - B_j||^2
+/// for the ordered pairs asked for, with the unit maps A_m = P_m / ||P_m + l2_eps||, B_m = Q_m / ||Q_m +
+/// l2_eps|| (scale_plane, as the backward forms them), formed a chunk at a time instead of stored as planes.
+/// Element k goes to lane k % kLanes, as in lane_sum: the values of summing stored planes, bitwise.
 template <class T>
-double squared_distance(const T* a, const T* b, int64_t count) {
-  return lane_sum(count, [&](int64_t i) {
-    const T d = a[i] - b[i];
-    return static_cast<double>(d * d);
-  });
-}
-
-/// ||A_i - B_j||^2 of one sample's unit maps, each computed once: network i's CMER term reads it as
-/// (A_i, B_j) and network j's as (B_j, A_i) (the same value, bitwise: (a - b)^2 = (b - a)^2).
-class PairDistances {
+class SampleSums {
  public:
-  void reset(int64_t M) {
+  /// needed[i * M + j]: whether ||A_i - B_j||^2 is wanted.
+  void compute(const SampleSides<T>& sides, int64_t count, const std::vector<char>& needed, math::Distance distance) {
+    const auto M = static_cast<int64_t>(sides.source.size());
+    er_lanes_.assign(static_cast<size_t>(M * kLanes), 0.0);
+    pair_lanes_.assign(static_cast<size_t>(M * M * kLanes), 0.0);
+    units_.resize(static_cast<size_t>(2 * M * kChunk));
+    for (int64_t begin = 0; begin < count; begin += kChunk) {
+      const int64_t len = std::min(kChunk, count - begin);  // begin is a multiple of kLanes
+      for (int64_t m = 0; m < M; ++m) {
+        scale_plane(sides.source[m].map() + begin, len, 1.0 / sides.source[m].norm, A(m));
+        scale_plane(sides.target[m].normalized.data() + begin, len, 1.0 / sides.target[m].norm, B(m));
+        const T* P = sides.source[m].map() + begin;
+        const T* Q = sides.target[m].normalized.data() + begin;
+        add_in_lanes(er_lanes_.data() + m * kLanes, len,
+                     [&](int64_t k) { return static_cast<double>(math::distance_value<T>(P[k] - Q[k], distance)); });
+      }
+      for (int64_t i = 0; i < M; ++i) {
+        for (int64_t j = 0; j < M; ++j) {
+          if (!needed[i * M + j]) continue;
+          const T* a = A(i);
+          const T* b = B(j);
+          add_in_lanes(pair_lanes_.data() + (i * M + j) * kLanes, len, [&](int64_t k) {
+            const T d = a[k] - b[k];
+            return static_cast<double>(d * d);
+          });
+        }
+      }
+    }
     M_ = M;
-    value_.assign(static_cast<size_t>(M * M), 0.0);
-    known_.assign(static_cast<size_t>(M * M), false);
   }
 
-  template <class T>
-  double get(const SampleSides<T>& sides, int64_t i, int64_t j) {
-    const size_t k = static_cast<size_t>(i * M_ + j);
-    if (!known_[k]) {
-      value_[k] = squared_distance(sides.source[i].unit.data(), sides.target[j].unit.data(),
-                                   static_cast<int64_t>(sides.source[i].unit.size()));
-      known_[k] = true;
-    }
-    return value_[k];
-  }
+  /// sum_k d(P_m - Q_m).
+  double er(int64_t m) const { return combine(er_lanes_.data() + m * kLanes); }
+  /// ||A_i - B_j||^2 (asked for in compute). Network i's CMER term reads it as (A_i, B_j), network j's as
+  /// (B_j, A_i): the same value, bitwise ((a - b)^2 = (b - a)^2).
+  double pair(int64_t i, int64_t j) const { return combine(pair_lanes_.data() + (i * M_ + j) * kLanes); }
 
  private:
+  static constexpr int64_t kChunk = 32 * kLanes;
+
+  template <class F>
+  static void add_in_lanes(double* lanes_out, int64_t len, F&& f) {
+    double lanes[kLanes];  // a local copy: no aliasing with the maps (when T = double)
+    std::copy_n(lanes_out, kLanes, lanes);
+    visit_in_lanes(1, len, [&](int k, int64_t, int64_t x) { lanes[k] += f(x); });
+    std::copy_n(lanes, kLanes, lanes_out);
+  }
+
+  static double combine(const double* lanes) {
+    double total = 0.0;
+    for (int k = 0; k < kLanes; ++k) total += lanes[k];
+    return total;
+  }
+
+  T* A(int64_t m) { return units_.data() + (2 * m) * kChunk; }
+  T* B(int64_t m) { return units_.data() + (2 * m + 1) * kChunk; }
+
   int64_t M_ = 0;
-  std::vector<double> value_;
-  std::vector<bool> known_;
+  std::vector<double> er_lanes_, pair_lanes_;
+  std::vector<T> units_;  // the current chunk of A_m and B_m of every m
 };
 
 double er_scale(const TermsInputs& in) {
@@ -137,18 +175,6 @@ void store_stats(double* slot, const WarpedSource<T>& source, const NormalizedTa
 template <class T>
 MinMaxStats<T> stats_from(const double* slot, int first) {
   return {static_cast<T>(slot[first]), static_cast<T>(slot[first + 1]), static_cast<T>(slot[first + 2])};
-}
-
-/// out[k] = in[k] * scale (n elements, rounded to T): in T when scale is a normal T value (within an ulp
-/// of the double product, and twice the vector width), else in double as scale_plane.
-template <class T>
-void scale_row(const T* in, int64_t n, double scale, T* out) {
-  const auto t_scale = static_cast<T>(scale);
-  if (std::is_same_v<T, double> || std::isnormal(t_scale)) {
-    for (int64_t k = 0; k < n; ++k) out[k] = in[k] * t_scale;
-  } else {
-    scale_plane(in, n, scale, out);
-  }
 }
 
 /// One sample's maps for the backward pass, one destination row at a time, for every modality m: P_m
@@ -179,8 +205,8 @@ class SampleRows {
       const T* target = plane.target.row(y);
       T* q = Q(m);
       for (int64_t x = 0; x < cols_; ++x) q[x] = math::minmax_value(target[x], plane.stats.lo, plane.stats.den, eps_);
-      scale_row(P(m), cols_, plane.inv_norm_p, A(m));
-      scale_row(static_cast<const T*>(q), cols_, plane.inv_norm_q, B(m));
+      scale_plane(P(m), cols_, plane.inv_norm_p, A(m));
+      scale_plane(static_cast<const T*>(q), cols_, plane.inv_norm_q, B(m));
     }
   }
 
@@ -335,7 +361,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
     parallel_over(N, [&](int64_t begin, int64_t end) {
       // Scratch reused across samples and calls (thread_local: no fresh pages to fault in per call).
       thread_local SampleSides<scalar_t> sides;
-      thread_local PairDistances pairs;
+      thread_local SampleSums<scalar_t> sums;
+      thread_local std::vector<char> needed;
       for (int64_t n = begin; n < end; ++n) {
         const double y = in.labels[n];
         if (y == 0.0) {  // every term of a negative slice is weighted by y = 0; the backward skips it too
@@ -343,20 +370,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> equivariance_terms_cpu(
           continue;
         }
         sides.compute(in, n, e, le, keep_for_backward ? output_plane<scalar_t>(kept_warped, n, 0) : nullptr);
-        pairs.reset(M);
+        needed.assign(static_cast<size_t>(M * M), 0);
+        for (int64_t i = 0; i < M; ++i) {
+          for (int64_t j = 0; j < M; ++j) {
+            if (j == i) continue;
+            if (y * in.pred_t[n * M + j] != 0.0) needed[i * M + j] = 1;  // ||A_i - B_j||^2
+            if (y * in.pred[n * M + j] != 0.0) needed[j * M + i] = 1;    // ||B_i - A_j||^2 = ||A_j - B_i||^2
+          }
+        }
+        sums.compute(sides, HW, needed, distance);
         double* er = partial.data() + (n * 2 + 0) * M;
         double* cm = partial.data() + (n * 2 + 1) * M;
         for (int64_t i = 0; i < M; ++i) {
-          const scalar_t* P = sides.source[i].map();
-          const scalar_t* Q = sides.target[i].normalized.data();
-          er[i] = y * lane_sum(HW, [&](int64_t k) {
-            return static_cast<double>(math::distance_value<scalar_t>(P[k] - Q[k], distance));
-          });
+          er[i] = y * sums.er(i);
           for (int64_t j = 0; j < M; ++j) {
             if (j == i) continue;
             const double w_a = y * in.pred_t[n * M + j], w_b = y * in.pred[n * M + j];
-            if (w_a != 0.0) cm[i] += w_a * pairs.get(sides, i, j);  // ||A_i - B_j||^2
-            if (w_b != 0.0) cm[i] += w_b * pairs.get(sides, j, i);  // ||B_i - A_j||^2 = ||A_j - B_i||^2
+            if (w_a != 0.0) cm[i] += w_a * sums.pair(i, j);
+            if (w_b != 0.0) cm[i] += w_b * sums.pair(j, i);
           }
           if (keep_for_backward) {
             store_stats(kept_stats.mutable_data_ptr<double>() + (n * M + i) * kKeptStatsPerPlane, sides.source[i],

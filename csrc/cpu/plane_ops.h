@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "mmcam_math.h"
@@ -72,12 +73,12 @@ struct MinMaxStats {
   T lo, hi, den;
 };
 
-/// A 16-byte SIMD vector of T (GCC/Clang vector extension: SSE2 on x86-64, NEON on ARM) and loads
-/// from unaligned memory.
+/// A SIMD vector of kLanes values of T (GCC/Clang vector extension; the compiler splits it into the
+/// target's registers: two SSE2 or one AVX2 register of float) and loads from unaligned memory.
 template <class T>
-struct Vec16 {
-  typedef T type __attribute__((vector_size(16)));
-  static constexpr int kWidth = 16 / sizeof(T);
+struct LaneVec {
+  typedef T type __attribute__((vector_size(kLanes * sizeof(T))));
+  static constexpr int kWidth = kLanes;
   static type load(const T* p) {
     type v;
     std::memcpy(&v, p, sizeof(type));
@@ -92,7 +93,7 @@ struct Vec16 {
 
 template <class T>
 MinMaxStats<T> relu_minmax(const PlaneView<T>& p, T eps) {
-  using V = Vec16<T>;
+  using V = LaneVec<T>;
   using vec = typename V::type;
   constexpr int W = V::kWidth;
   const vec zero = V::splat(T(0)), one = V::splat(T(1));
@@ -172,7 +173,7 @@ auto is_tied(V v, const MinMaxStats<T>& s) {
 /// Whether some element of the row (cols elements) is tied.
 template <class T>
 bool any_tied(const T* row, int64_t cols, const MinMaxStats<T>& s) {
-  using V = Vec16<T>;
+  using V = LaneVec<T>;
   decltype(typename V::type{} > T(0)) hits = {};  // the integer mask vector of comparisons
   int64_t x = 0;
   for (; x + V::kWidth <= cols; x += V::kWidth) {
@@ -317,10 +318,17 @@ double l2_norm_shifted(const T* p, int64_t n, T l2_eps) {
   }));
 }
 
-/// out[i] = p[i] * scale (n elements), the product in double rounded to T.
+/// out[i] = p[i] * scale (n elements), rounded to T: in T when scale is a normal T value (within an ulp
+/// of the double product rounded to T; for float, twice the vector width and no conversions), else in
+/// double.
 template <class T>
 void scale_plane(const T* p, int64_t n, double scale, T* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<double>(p[i]) * scale);
+  const auto t_scale = static_cast<T>(scale);
+  if (std::is_same_v<T, double> || std::isnormal(t_scale)) {
+    for (int64_t i = 0; i < n; ++i) out[i] = p[i] * t_scale;
+  } else {
+    for (int64_t i = 0; i < n; ++i) out[i] = static_cast<T>(static_cast<double>(p[i]) * scale);
+  }
 }
 
 /// unit = p / ||p + l2_eps|| (p: n elements; unit resized to n); returns the norm.
