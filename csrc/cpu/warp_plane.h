@@ -7,8 +7,8 @@
 //     gather. Flips, 90-degree rotations, translations and resizes -- the paper's transform families --
 //     all take this path. Where the taps are integer (flips, 90-degree rotations, integer shifts) and the
 //     rows finite, a row is a plain gather (forward) or scatter (adjoint): no blend through a row buffer;
-//     where they also form a unit-stride run (flips, integer shifts), a copy forwards or backwards. Runs of
-//     constant weights (translations) skip the per-output index and weight loads.
+//     where they also form a unit-stride run (flips, integer shifts), a copy forwards or backwards. Unit-
+//     stride runs of two-tap outputs (translations) skip the per-output index loads.
 //   * any other affine map: per-pixel coordinates, branch-free inside the span of fully interior pixels.
 // Both are deterministic; the adjoints scatter into a plane private to the calling thread.
 #pragma once
@@ -166,11 +166,10 @@ struct AxisTaps {
     find_blend();
   }
 
-  /// A constant-weight run (translations): outputs [blend_begin, blend_end) read source pixels
-  /// blend_first + (o - blend_begin) and the next one, with the same weights blend_w0 and blend_w1; the
-  /// outputs outside it (the edges) take the per-output taps. An empty run when there is none.
+  /// A unit-stride run of two-tap outputs (translations): outputs [blend_begin, blend_end) read source
+  /// pixels blend_first + (o - blend_begin) and the next one (with their own weights); the outputs outside
+  /// it (the edges) take the general per-output taps. An empty run when there is none.
   int64_t blend_begin = 0, blend_end = 0, blend_first = 0;
-  double blend_w0 = 0.0, blend_w1 = 0.0;
 
   /// A unit-stride run (flips, integer shifts): outputs [run_begin, run_end) read source pixel
   /// run_first + run_step (o - run_begin) with weight 1 (run_step = +-1), every other output has weight 0
@@ -187,10 +186,7 @@ struct AxisTaps {
     blend_end = blend_begin;
     if (blend_begin == n) return;
     blend_first = index0[blend_begin];
-    blend_w0 = weight0[blend_begin];
-    blend_w1 = weight1[blend_begin];
-    while (blend_end < n && pair_inside(blend_end) && index0[blend_end] == blend_first + (blend_end - blend_begin) &&
-           weight0[blend_end] == blend_w0 && weight1[blend_end] == blend_w1) {
+    while (blend_end < n && pair_inside(blend_end) && index0[blend_end] == blend_first + (blend_end - blend_begin)) {
       ++blend_end;
     }
   }
@@ -272,11 +268,11 @@ void warp_plane_separable(const T* src, int64_t rows, int64_t cols, const AxisTa
     for (int64_t c = 0; c < cols; ++c) tmp[c] = static_cast<double>(r0[c]) * v0 + static_cast<double>(r1[c]) * v1;
     auto gather = [&](int64_t x) { o[x] = static_cast<T>(tmp[i0[x]] * w0[x] + tmp[i1[x]] * w1[x]); };
     for (int64_t x = 0; x < col_taps.blend_begin; ++x) gather(x);
-    {  // the constant-weight run: the same products, without the index and weight loads
+    {  // the unit-stride run: the same products, without the index loads
       const double* t = tmp.data() + col_taps.blend_first - col_taps.blend_begin;
-      const double b0 = col_taps.blend_w0, b1 = col_taps.blend_w1;
-      for (int64_t x = col_taps.blend_begin; x < col_taps.blend_end; ++x)
-        o[x] = static_cast<T>(t[x] * b0 + t[x + 1] * b1);
+      for (int64_t x = col_taps.blend_begin; x < col_taps.blend_end; ++x) {
+        o[x] = static_cast<T>(t[x] * w0[x] + t[x + 1] * w1[x]);
+      }
     }
     for (int64_t x = col_taps.blend_end; x < dst_cols; ++x) gather(x);
   }
@@ -316,17 +312,17 @@ void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps&
   }
   tmp.resize(static_cast<size_t>(cols));
   std::fill(tmp.begin(), tmp.end(), 0.0);
-  // Each pass scatters g times one tap's weights, in increasing x; in the constant-weight run the targets
+  // Each pass scatters g times one tap's weights, in increasing x; in the unit-stride run the targets
   // are consecutive, so it goes as a plain shifted loop (the same sums, in the same order).
   const int64_t rb = col_taps.blend_begin, re = col_taps.blend_end;
-  auto scatter = [&](const int64_t* index, const double* weight, int64_t shift, double run_weight) {
+  auto scatter = [&](const int64_t* index, const double* weight, int64_t shift) {
     for (int64_t x = 0; x < rb; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
     double* t = tmp.data() + col_taps.blend_first + shift - rb;
-    for (int64_t x = rb; x < re; ++x) t[x] += static_cast<double>(gr[x]) * run_weight;
+    for (int64_t x = rb; x < re; ++x) t[x] += static_cast<double>(gr[x]) * weight[x];
     for (int64_t x = re; x < dst_cols; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
   };
-  scatter(i0, w0, 0, col_taps.blend_w0);
-  if (!(col_taps.second_unused && finite)) scatter(i1, w1, 1, col_taps.blend_w1);
+  scatter(i0, w0, 0);
+  if (!(col_taps.second_unused && finite)) scatter(i1, w1, 1);
   double* a0 = acc + row_taps.index0[y] * cols;
   if (!(v0 == 0.0 && finite)) {
     for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
