@@ -164,7 +164,14 @@ struct AxisTaps {
     }
     find_run();
     find_blend();
+    live_begin = 0;
+    while (live_begin < out_size && weight0[live_begin] == 0.0 && weight1[live_begin] == 0.0) ++live_begin;
+    live_end = out_size;
+    while (live_end > live_begin && weight0[live_end - 1] == 0.0 && weight1[live_end - 1] == 0.0) --live_end;
   }
+
+  /// Outputs outside [live_begin, live_end) have both weights 0 (they sample outside the source).
+  int64_t live_begin = 0, live_end = 0;
 
   /// A unit-stride run of two-tap outputs (translations): outputs [blend_begin, blend_end) read source
   /// pixels blend_first + (o - blend_begin) and the next one (with their own weights); the outputs outside
@@ -208,6 +215,18 @@ struct AxisTaps {
     }
   }
 };
+
+/// out[k] += g[k] * w[k] for k < n, out not overlapping g or w (restrict: lets the compiler vectorise
+/// it without run-time overlap checks).
+template <class G>
+inline void add_products(double* __restrict out, const G* __restrict g, const double* __restrict w, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) out[k] += static_cast<double>(g[k]) * w[k];
+}
+
+/// out[k] += v * t[k] for k < n, out not overlapping t.
+inline void add_scaled(double* __restrict out, double v, const double* __restrict t, int64_t n) {
+  for (int64_t k = 0; k < n; ++k) out[k] += v * t[k];
+}
 
 /// Whether all n values are finite (no inf, no NaN). A zero-weight tap of a finite value adds +-0 to an
 /// accumulator that starts at +0, which changes no sum (bitwise), so the adjoint skips such taps only in
@@ -293,8 +312,7 @@ void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps&
   // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
   // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
   // way (0 + a + b = 0 + b + a).
-  const bool may_skip = col_taps.second_unused || v0 == 0.0 || v1 == 0.0;
-  const bool finite = may_skip && all_finite(gr, dst_cols);
+  const bool finite = all_finite(gr, dst_cols);
   if (col_taps.second_unused && col_taps.distinct && finite && v0 == 1.0 && v1 == 0.0) {
     // Integer taps, each source column read at most once, one source row: tmp would hold each
     // contribution once and be added with weight 1 (1 * t = t exactly), so the row goes straight in.
@@ -313,24 +331,23 @@ void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps&
   tmp.resize(static_cast<size_t>(cols));
   std::fill(tmp.begin(), tmp.end(), 0.0);
   // Each pass scatters g times one tap's weights, in increasing x; in the unit-stride run the targets
-  // are consecutive, so it goes as a plain shifted loop (the same sums, in the same order).
+  // are consecutive, so it goes as a plain shifted loop (the same sums, in the same order). Outputs
+  // outside the live range add g * 0 = +-0 to tmp[0], which changes nothing when g is finite (tmp never
+  // holds -0): they are skipped then, and with them a chain of dependent additions to one element.
   const int64_t rb = col_taps.blend_begin, re = col_taps.blend_end;
+  const int64_t lb = finite ? std::min(col_taps.live_begin, rb) : 0;
+  const int64_t le = finite ? std::max(col_taps.live_end, re) : dst_cols;
   auto scatter = [&](const int64_t* index, const double* weight, int64_t shift) {
-    for (int64_t x = 0; x < rb; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
-    double* t = tmp.data() + col_taps.blend_first + shift - rb;
-    for (int64_t x = rb; x < re; ++x) t[x] += static_cast<double>(gr[x]) * weight[x];
-    for (int64_t x = re; x < dst_cols; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
+    for (int64_t x = lb; x < rb; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
+    add_products(tmp.data() + col_taps.blend_first + shift, gr + rb, weight + rb, re - rb);
+    for (int64_t x = re; x < le; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
   };
   scatter(i0, w0, 0);
   if (!(col_taps.second_unused && finite)) scatter(i1, w1, 1);
   double* a0 = acc + row_taps.index0[y] * cols;
-  if (!(v0 == 0.0 && finite)) {
-    for (int64_t c = 0; c < cols; ++c) a0[c] += v0 * tmp[c];
-  }
+  if (!(v0 == 0.0 && finite)) add_scaled(a0, v0, tmp.data(), cols);
   double* a1 = acc + row_taps.index1[y] * cols;
-  if (!(v1 == 0.0 && finite)) {
-    for (int64_t c = 0; c < cols; ++c) a1[c] += v1 * tmp[c];
-  }
+  if (!(v1 == 0.0 && finite)) add_scaled(a1, v1, tmp.data(), cols);
 }
 
 /// How a destination->source map can be evaluated.
