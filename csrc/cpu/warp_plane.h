@@ -168,7 +168,14 @@ struct AxisTaps {
     while (live_begin < out_size && weight0[live_begin] == 0.0 && weight1[live_begin] == 0.0) ++live_begin;
     live_end = out_size;
     while (live_end > live_begin && weight0[live_end - 1] == 0.0 && weight1[live_end - 1] == 0.0) --live_end;
+    find_sources(src_size);
   }
+
+  /// With distinct taps, the adjoint as a gather: source pixel i is the first tap of output
+  /// first_of[i] with weight first_weight[i] and the second tap of output second_of[i] with weight
+  /// second_weight[i] (output 0 with weight 0 where no output reads it). Empty without distinct taps.
+  std::vector<int64_t> first_of, second_of;
+  std::vector<double> first_weight, second_weight;
 
   /// Outputs outside [live_begin, live_end) have both weights 0 (they sample outside the source).
   int64_t live_begin = 0, live_end = 0;
@@ -185,6 +192,25 @@ struct AxisTaps {
   int64_t run_begin = 0, run_end = 0, run_first = 0, run_step = 1;
 
  private:
+  void find_sources(int64_t src_size) {
+    const auto n = static_cast<int64_t>(weight0.size());
+    const int64_t size = distinct ? src_size : 0;
+    first_of.assign(static_cast<size_t>(size), 0);
+    second_of.assign(static_cast<size_t>(size), 0);
+    first_weight.assign(static_cast<size_t>(size), 0.0);
+    second_weight.assign(static_cast<size_t>(size), 0.0);
+    for (int64_t o = 0; size > 0 && o < n; ++o) {
+      if (weight0[o] != 0.0) {
+        first_of[index0[o]] = o;
+        first_weight[index0[o]] = weight0[o];
+      }
+      if (weight1[o] != 0.0) {
+        second_of[index1[o]] = o;
+        second_weight[index1[o]] = weight1[o];
+      }
+    }
+  }
+
   void find_blend() {
     const auto n = static_cast<int64_t>(weight0.size());
     auto pair_inside = [&](int64_t o) { return index1[o] == index0[o] + 1 && weight0[o] != 0.0; };
@@ -297,21 +323,41 @@ void warp_plane_separable(const T* src, int64_t rows, int64_t cols, const AxisTa
   }
 }
 
+/// tmp (zeroed here) = the row g scattered along the column taps: the first taps' products, then the
+/// second taps' (skipped when no second tap has a weight and g is finite).
+template <class G>
+void scatter_row(const G* gr, const AxisTaps& col_taps, int64_t dst_cols, bool finite, std::vector<double>& tmp) {
+  const int64_t* i0 = col_taps.index0.data();
+  const int64_t* i1 = col_taps.index1.data();
+  const double* w0 = col_taps.weight0.data();
+  const double* w1 = col_taps.weight1.data();
+  std::fill(tmp.begin(), tmp.end(), 0.0);
+  // Each pass scatters g times one tap's weights, in increasing x; in the unit-stride run the targets
+  // are consecutive, so it goes as a plain shifted loop (the same sums, in the same order). Outputs
+  // outside the live range add g * 0 = +-0 to tmp[0], which changes nothing when g is finite (tmp never
+  // holds -0): they are skipped then, and with them a chain of dependent additions to one element.
+  const int64_t rb = col_taps.blend_begin, re = col_taps.blend_end;
+  const int64_t lb = finite ? std::min(col_taps.live_begin, rb) : 0;
+  const int64_t le = finite ? std::max(col_taps.live_end, re) : dst_cols;
+  auto scatter = [&](const int64_t* index, const double* weight, int64_t shift) {
+    for (int64_t x = lb; x < rb; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
+    add_products(tmp.data() + col_taps.blend_first + shift, gr + rb, weight + rb, re - rb);
+    for (int64_t x = re; x < le; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
+  };
+  scatter(i0, w0, 0);
+  if (!(col_taps.second_unused && finite)) scatter(i1, w1, 1);
+}
+
 /// One destination row of the adjoint of warp_plane_separable: acc (rows x cols, contiguous) +=
-/// (row y of W)^T g (g: dst_cols values). Scatter along the row into tmp, then add tmp to the two source
-/// rows (vectorised).
+/// (row y of W)^T g (g: dst_cols values). Spread the row along the column taps into tmp, then add tmp to
+/// the two source rows (vectorised).
 template <class G>
 void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps& col_taps, const AxisTaps& row_taps,
                            int64_t dst_cols, double* acc, std::vector<double>& tmp) {
   const double v0 = row_taps.weight0[y], v1 = row_taps.weight1[y];
   if (v0 == 0.0 && v1 == 0.0) return;
   const int64_t* i0 = col_taps.index0.data();
-  const int64_t* i1 = col_taps.index1.data();
   const double* w0 = col_taps.weight0.data();
-  const double* w1 = col_taps.weight1.data();
-  // A tmp element gets at most one contribution per pass when the taps do not repeat (|scale| >= 1),
-  // so the two passes carry no store-to-load chain; for two contributions the sum is the same either
-  // way (0 + a + b = 0 + b + a).
   const bool finite = all_finite(gr, dst_cols);
   if (col_taps.second_unused && col_taps.distinct && finite && v0 == 1.0 && v1 == 0.0) {
     // Integer taps, each source column read at most once, one source row: tmp would hold each
@@ -329,21 +375,18 @@ void separable_adjoint_row(const G* gr, int64_t y, int64_t cols, const AxisTaps&
     return;
   }
   tmp.resize(static_cast<size_t>(cols));
-  std::fill(tmp.begin(), tmp.end(), 0.0);
-  // Each pass scatters g times one tap's weights, in increasing x; in the unit-stride run the targets
-  // are consecutive, so it goes as a plain shifted loop (the same sums, in the same order). Outputs
-  // outside the live range add g * 0 = +-0 to tmp[0], which changes nothing when g is finite (tmp never
-  // holds -0): they are skipped then, and with them a chain of dependent additions to one element.
-  const int64_t rb = col_taps.blend_begin, re = col_taps.blend_end;
-  const int64_t lb = finite ? std::min(col_taps.live_begin, rb) : 0;
-  const int64_t le = finite ? std::max(col_taps.live_end, re) : dst_cols;
-  auto scatter = [&](const int64_t* index, const double* weight, int64_t shift) {
-    for (int64_t x = lb; x < rb; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
-    add_products(tmp.data() + col_taps.blend_first + shift, gr + rb, weight + rb, re - rb);
-    for (int64_t x = re; x < le; ++x) tmp[index[x]] += static_cast<double>(gr[x]) * weight[x];
-  };
-  scatter(i0, w0, 0);
-  if (!(col_taps.second_unused && finite)) scatter(i1, w1, 1);
+  if (finite && col_taps.distinct && col_taps.blend_end - col_taps.blend_begin < dst_cols / 2) {
+    // Distinct taps (|scale| >= 1) without a long unit-stride run (resizes): each source pixel takes at
+    // most one product from each pass below, so tmp is formed as a gather, (0 + first) + second, the
+    // scatter's sums; the weight-0 products it adds instead of skipping are +-0 and change nothing.
+    const int64_t *f = col_taps.first_of.data(), *sc = col_taps.second_of.data();
+    const double *fw = col_taps.first_weight.data(), *sw = col_taps.second_weight.data();
+    for (int64_t c = 0; c < cols; ++c) {
+      tmp[c] = (0.0 + static_cast<double>(gr[f[c]]) * fw[c]) + static_cast<double>(gr[sc[c]]) * sw[c];
+    }
+  } else {
+    scatter_row(gr, col_taps, dst_cols, finite, tmp);
+  }
   double* a0 = acc + row_taps.index0[y] * cols;
   if (!(v0 == 0.0 && finite)) add_scaled(a0, v0, tmp.data(), cols);
   double* a1 = acc + row_taps.index1[y] * cols;
