@@ -59,6 +59,16 @@ def git_state() -> dict:
         return {"commit": None, "dirty": None}
 
 
+def _cpu_isa() -> str | None:
+    """The instruction-set variant mmcam's CPU kernels run (``mmcam._C.cpu_isa()``), if the build says."""
+    try:
+        from mmcam.ops.extension import _C
+
+        return _C.cpu_isa()
+    except Exception:  # noqa: BLE001  (an older build without it)
+        return None
+
+
 def machine_info(threads: list[int], device: torch.device) -> dict:
     """Versions, CPU, device name and build information recorded with every run."""
     try:
@@ -83,6 +93,7 @@ def machine_info(threads: list[int], device: torch.device) -> dict:
         device_name=torch.cuda.get_device_name(device) if cuda else cpu_model(),
         cuda_runtime=torch.version.cuda if cuda else None,
         git=git_state(),
+        cpu_isa=_cpu_isa(),
     )
     try:
         bi = mmcam.build_info()
@@ -202,6 +213,7 @@ def _header_lines(payload: dict) -> list[str]:
         f"{m['device_name']} (CUDA {m.get('cuda_runtime')})"
         if m["device"] == "cuda"
         else f"{m['cpu_model']}, {m['cpu_count']} logical CPUs"
+        + (f" (mmcam CPU kernels: {m['cpu_isa']})" if m.get("cpu_isa") else "")
     )
     lines = [
         "# mmcam equivariance operators: fused vs eager torch vs eager kornia vs torch.compile",
