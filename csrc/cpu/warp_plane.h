@@ -118,6 +118,13 @@ void general_adjoint_row(const G* gr, int64_t y, int64_t dst_cols, const Inverse
   };
   const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
   for (int64_t x = 0; x < span.begin; ++x) checked(x);
+  // Inside the span, the right column of a pixel's 2x2 footprint is held back in registers (pending): when
+  // the next pixel's footprint starts one column further in the same rows (the common case), the held
+  // values join its left column in one addition; otherwise they are added on their own. Each product is
+  // added once either way, and consecutive pixels no longer read back the element just written (a
+  // store-to-load chain that bounded this loop).
+  double* pending = nullptr;  // acc element of the held top-right product; the bottom one is a row below
+  double held0 = 0.0, held1 = 0.0;
   for (int64_t x = span.begin; x < span.end; ++x) {
     const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
     const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
@@ -126,10 +133,23 @@ void general_adjoint_row(const G* gr, int64_t y, int64_t dst_cols, const Inverse
     double* a0 = acc + y0 * src_cols + x0;
     double* a1 = a0 + src_cols;
     const double g0 = gv * (1.0 - wy), g1 = gv * wy;
-    a0[0] += g0 * (1.0 - wx);
-    a0[1] += g0 * wx;
-    a1[0] += g1 * (1.0 - wx);
-    a1[1] += g1 * wx;
+    double left0 = g0 * (1.0 - wx), left1 = g1 * (1.0 - wx);
+    if (pending == a0) {
+      left0 = held0 + left0;
+      left1 = held1 + left1;
+    } else if (pending != nullptr) {
+      pending[0] += held0;
+      pending[src_cols] += held1;
+    }
+    a0[0] += left0;
+    a1[0] += left1;
+    pending = a0 + 1;
+    held0 = g0 * wx;
+    held1 = g1 * wx;
+  }
+  if (pending != nullptr) {
+    pending[0] += held0;
+    pending[src_cols] += held1;
   }
   for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
 }
