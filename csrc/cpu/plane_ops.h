@@ -136,20 +136,19 @@ void minmax_normalize_plane(const PlaneView<T>& p, const MinMaxStats<T>& s, T ep
   }
 }
 
-/// The T-precision part of the min-max backward of one element (V = T; V = double holds it widened): relu(v),
-/// u = relu(v) - lo - eps (u > 0: the active set) and a = relu(u) = den mn(v), in torch's arithmetic. The
-/// backward needs mn(v) only inside the sum of g mn(v), which it forms as (sum g a) / den: no division per
-/// element.
+/// The T-precision part of the min-max backward of one element (V = T; V = double holds it widened): the
+/// element v, u = relu(v) - lo - eps (u > 0: the active set) and a = relu(u) = den mn(v), in torch's
+/// arithmetic. The backward needs mn(v) only inside the sum of g mn(v), which it forms as (sum g a) / den:
+/// no division per element.
 template <class V>
 struct MinMaxParts {
-  V v, r, u, a;
+  V v, u, a;
 };
 
-template <class T, class V>
-MinMaxParts<V> minmax_parts(V v, const MinMaxStats<T>& s, T eps) {
-  const V r = v <= T(0) ? T(0) : v;  // relu, NaN kept
-  const V u = (r - s.lo) - eps;
-  return {v, r, u, u <= T(0) ? T(0) : u};
+template <class T>
+MinMaxParts<T> minmax_parts(T v, const MinMaxStats<T>& s, T eps) {
+  const T u = (math::relu(v) - s.lo) - eps;  // relu keeps NaN
+  return {v, u, u <= T(0) ? T(0) : u};
 }
 
 /// The double part, for one element given its parts widened to double (exact): g a (the contribution to sum g relu(u)),
@@ -269,8 +268,7 @@ class MinMaxBackward {
         gd[k] = static_cast<double>(g[x + k]);
       }
       for (int k = 0; k < kLanes; ++k) {
-        const MinMaxBackwardTerms terms =
-            minmax_backward_terms(MinMaxParts<double>{v[k], 0.0, u[k], a[k]}, gd[k], inv_den);
+        const MinMaxBackwardTerms terms = minmax_backward_terms(MinMaxParts<double>{v[k], u[k], a[k]}, gd[k], inv_den);
         g_a[k] += terms.g_a;
         if constexpr (kActiveSum) g_active[k] += terms.g_active;
         direct[k] = terms.direct;
@@ -279,7 +277,7 @@ class MinMaxBackward {
     }
     for (int k = 0; x < cols; ++k, ++x) {  // the tail, element k in lane k
       const MinMaxParts<T> e = minmax_parts(row[x], s, eps);
-      const MinMaxParts<double> w{e.v, e.r, e.u, e.a};
+      const MinMaxParts<double> w{e.v, e.u, e.a};
       const auto terms = minmax_backward_terms(w, static_cast<double>(g[x]), inv_den);
       g_a[k] += terms.g_a;
       if constexpr (kActiveSum) g_active[k] += terms.g_active;
