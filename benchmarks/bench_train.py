@@ -32,8 +32,16 @@ VARIANTS = {  # name: ObjectiveConfig keyword arguments
     "no equivariance": dict(equivariance_backend="fused", use_er=False, use_cmer=False),
 }
 #: The same iteration as "fused" with the network and its input in channels_last memory format (what
-#: would cut the network's share on a CPU, where oneDNN's convolutions prefer it).
+#: would cut the network's share on a CPU, where oneDNN's convolutions prefer it), and under bfloat16
+#: autocast (``--amp bf16``; fast where the CPU has bfloat16 instructions, AVX512-BF16 or AMX).
 CHANNELS_LAST = "fused, channels_last"
+BF16 = "fused, bf16 autocast"
+CHANNELS_LAST_BF16 = "fused, channels_last + bf16"
+NETWORK_VARIANTS = {  # name: (channels_last, bf16 autocast), each the "fused" objective
+    CHANNELS_LAST: (True, False),
+    BF16: (False, True),
+    CHANNELS_LAST_BF16: (True, True),
+}
 
 
 def parse_args():
@@ -65,13 +73,14 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     images = torch.randn(args.batch, args.modalities, args.size, args.size, generator=gen).to(device)
     labels = (torch.rand(args.batch, generator=gen) < 0.5).long().to(device)
-    variants = {**VARIANTS, CHANNELS_LAST: VARIANTS["fused"]}
+    variants = {**VARIANTS, **{name: VARIANTS["fused"] for name in NETWORK_VARIANTS}}
     setups = {}
     for name, kwargs in variants.items():
         torch.manual_seed(0)
         model = MultiModalCAM(names, width_divisor=args.width_divisor).to(device)
         inputs = images
-        if name == CHANNELS_LAST:
+        channels_last, bf16 = NETWORK_VARIANTS.get(name, (False, False))
+        if channels_last:
             model = model.to(memory_format=torch.channels_last)
             inputs = images.contiguous(memory_format=torch.channels_last)
         setups[name] = (
@@ -80,13 +89,15 @@ def main() -> None:
             torch.optim.AdamW(model.parameters(), lr=1e-4),
             ObjectiveConfig(transform=args.transform, **kwargs),
             torch.Generator().manual_seed(1),
+            bf16,
         )
 
     def iteration(name: str) -> float:
-        model, inputs, optimizer, config, generator = setups[name]
+        model, inputs, optimizer, config, generator, bf16 = setups[name]
         synchronize(device)
         start = time.perf_counter()
-        result = compute_objective(model, inputs, labels, generator, config)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            result = compute_objective(model, inputs, labels, generator, config)
         optimizer.zero_grad(set_to_none=True)
         result.total.backward()
         optimizer.step()
@@ -107,12 +118,12 @@ def main() -> None:
         f"device {device_name}, threads {torch.get_num_threads()}, N={args.batch}, M={args.modalities}, "
         f"{args.size}x{args.size}, width/{args.width_divisor}, transform {args.transform}"
     )
-    print(f"{'backend':<22}{'iteration ms':>14}{'equivariance ms':>17}{'share':>8}{'vs fused':>10}")
+    print(f"{'backend':<28}{'iteration ms':>14}{'equivariance ms':>17}{'share':>8}{'vs fused':>10}")
     rows = []
     for name in variants:
-        # the equivariance part: the difference to "no equivariance" (same network layout); channels_last
-        # has no such baseline here, so only its iteration time is reported
-        eq = None if name == CHANNELS_LAST else 0.0 if name == "no equivariance" else median[name] - base
+        # the equivariance part: the difference to "no equivariance" (same network layout and precision);
+        # the network variants have no such baseline here, so only their iteration times are reported
+        eq = None if name in NETWORK_VARIANTS else 0.0 if name == "no equivariance" else median[name] - base
         share = None if eq is None else eq / median[name]
         ratio = median[name] / median["fused"]
         rows.append(
@@ -126,7 +137,7 @@ def main() -> None:
         )
         eq_text = "-" if eq is None else f"{eq:.1f}"
         share_text = "-" if share is None else f"{share:.0%}"
-        print(f"{name:<22}{median[name]:>14.1f}{eq_text:>17}{share_text:>8}{ratio:>9.2f}x")
+        print(f"{name:<28}{median[name]:>14.1f}{eq_text:>17}{share_text:>8}{ratio:>9.2f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(

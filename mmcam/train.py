@@ -45,7 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--run-dir", help="run directory (default: runs/<timestamp>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--device", choices=cfg.DEVICES)
-    p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision (CUDA)")
+    p.add_argument("--amp", choices=cfg.AMP_MODES, help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA)")
     p.add_argument("--channels-last", action="store_true", default=None)
     p.add_argument("--deterministic", action="store_true", default=None)
     p.add_argument("--seed", type=int)

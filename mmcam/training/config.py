@@ -27,7 +27,7 @@ class ConfigError(ValueError):
     """A configuration key, value, preset or file is invalid."""
 
 
-#: Devices a run can use, and its mixed-precision modes (CUDA only).
+#: Devices a run can use, and its mixed-precision modes (bf16 on either device, fp16 on CUDA).
 DEVICES = ("cpu", "cuda")
 AMP_MODES = ("bf16", "fp16")
 
@@ -248,8 +248,11 @@ def _validate_run_settings(config: TrainConfig) -> None:
         raise ConfigError(
             f"config keys: folds must be >= 2 and fold < folds, got folds={config.folds}, fold={config.fold}"
         )
-    if config.amp is not None and config.device != "cuda":
-        raise ConfigError(f"--amp {config.amp} needs --device cuda (mixed precision is a CUDA feature here)")
+    if config.amp == "fp16" and config.device != "cuda":
+        raise ConfigError(
+            "--amp fp16 needs --device cuda (its grad scaler is CUDA's); on the CPU use --amp bf16, which runs "
+            "the convolutions in bfloat16 where the CPU has bfloat16 instructions (AVX512-BF16, AMX)"
+        )
 
 
 def preset(name: str) -> dict[str, Any]:

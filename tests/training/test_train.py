@@ -78,6 +78,7 @@ def test_run_directory_contents(cache, tmp_path):
         (["lr=abc"], "must be a number"),
         (["--modalities", "t1ce,dwi"], "dwi"),
         (["--preset", "paper-brats", "epochs=0"], "'epochs' must be >= 1"),
+        (["--amp", "fp16"], "--amp fp16 needs --device cuda"),
     ],
 )
 def test_bad_input_fails_before_training(cache, tmp_path, capsys, argv, message):
@@ -85,6 +86,19 @@ def test_bad_input_fails_before_training(cache, tmp_path, capsys, argv, message)
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r" / "last.pt").exists()
+
+
+def test_bf16_autocast_trains_on_the_cpu(cache, tmp_path):
+    """``--amp bf16`` on the CPU runs the network under CPU autocast: the same seed and steps give weights
+    near, but not equal to, the float32 run's (bfloat16 convolutions), all finite."""
+    assert run(cache, tmp_path / "fp32", "--max-steps", "2") == 0
+    assert run(cache, tmp_path / "bf16", "--max-steps", "2", "--amp", "bf16") == 0
+    fp32, bf16 = weights(tmp_path / "fp32"), weights(tmp_path / "bf16")
+    floats = [k for k in fp32 if fp32[k].is_floating_point()]
+    assert all(bf16[k].dtype == torch.float32 and torch.isfinite(bf16[k]).all() for k in floats)
+    assert not all(torch.equal(fp32[k], bf16[k]) for k in floats)
+    assert all(torch.allclose(fp32[k], bf16[k], rtol=0.1, atol=0.05) for k in floats)
+    assert "amp: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
 
 
 def test_unknown_option_is_rejected(capsys):
