@@ -150,6 +150,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock.release()
 
 
+def _cpu_has_bf16() -> bool | None:
+    """Whether oneDNN runs bfloat16 natively on this CPU (None where this torch cannot tell)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _train(args: argparse.Namespace, config: cfg.TrainConfig, run_path: Path, distributed: Distributed) -> int:
     """Prepare, train, evaluate; the exit status."""
     import torch
@@ -187,6 +197,11 @@ def _train(args: argparse.Namespace, config: cfg.TrainConfig, run_path: Path, di
         f"training {', '.join(trainer.modalities)} on {cache}: {len(trainer.train_set)} slices, "
         f"{trainer.total_steps()} steps, backend {config.equivariance_backend}"
     )
+    if config.amp == "bf16" and config.device == "cpu" and _cpu_has_bf16() is False:
+        run_dir.log(
+            "warning: --amp bf16 on a CPU without bfloat16 instructions (AVX512-BF16 or AMX): oneDNN emulates "
+            "them, so this run is likely slower than float32 (leave --amp out)"
+        )
     try:
         trainer.fit(progress=not args.no_progress)
         if distributed.is_main:  # the test evaluation (python -m mmcam.evaluate's protocol) runs once

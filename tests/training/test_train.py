@@ -101,6 +101,15 @@ def test_bf16_autocast_trains_on_the_cpu(cache, tmp_path):
     assert "amp: bf16" in (tmp_path / "bf16" / "config.yaml").read_text()
 
 
+def test_bf16_on_a_cpu_without_bf16_instructions_is_warned_about(cache, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: False)
+    assert run(cache, tmp_path / "r", "--max-steps", "1", "--amp", "bf16") == 0
+    assert "without bfloat16 instructions" in (tmp_path / "r" / "train.log").read_text()
+    monkeypatch.setattr(train, "_cpu_has_bf16", lambda: True)
+    assert run(cache, tmp_path / "q", "--max-steps", "1", "--amp", "bf16") == 0
+    assert "without bfloat16 instructions" not in (tmp_path / "q" / "train.log").read_text()
+
+
 def test_unknown_option_is_rejected(capsys):
     with pytest.raises(SystemExit) as exit_info:
         train.main(["--learning-rate", "1"])
