@@ -59,12 +59,18 @@ seeds = st.integers(min_value=0, max_value=2**31 - 1)
 
 
 @contextlib.contextmanager
-def deterministic_algorithms(flag: bool):
-    """torch.use_deterministic_algorithms(flag) inside a with block (CUDA: gather instead of atomic scatter
-    in the backward pass), restored afterwards."""
-    before = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(flag)
+def process_setting(get, set_, value):
+    """A process-wide setting read by ``get()`` and written by ``set_(value)``, set to value inside a with
+    block and restored afterwards."""
+    before = get()
+    set_(value)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before)
+        set_(before)
+
+
+def deterministic_algorithms(flag: bool):
+    """torch.use_deterministic_algorithms(flag) inside a with block (CUDA: gather instead of atomic scatter
+    in the backward pass), restored afterwards."""
+    return process_setting(torch.are_deterministic_algorithms_enabled, torch.use_deterministic_algorithms, flag)

@@ -5,7 +5,6 @@ MMCAM_CPU_ISA, and a bad name is refused with a message naming it."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
@@ -17,32 +16,24 @@ from mmcam import ops
 from mmcam.losses import equivariance_terms
 from mmcam.ops.extension import _C
 
-from op_cases import FAMILIES, cams, family_matrix
+from op_cases import FAMILIES, cams, family_matrix, process_setting
 from repo_paths import ROOT
 
 
+def cpu_isa(name: str):
+    """The CPU kernels' variant forced to name inside a with block, restored afterwards."""
+    return process_setting(_C.cpu_isa, _C._set_cpu_isa, name)
+
+
 def _has_avx2_variant() -> bool:
-    previous = _C.cpu_isa()
     try:
-        _C._set_cpu_isa("avx2")
+        with cpu_isa("avx2"):
+            return True
     except (RuntimeError, ValueError):
         return False
-    finally:
-        _C._set_cpu_isa(previous)
-    return True
 
 
 needs_avx2 = pytest.mark.skipif(not _has_avx2_variant(), reason="this CPU (or build) has no AVX2 variant")
-
-
-@contextlib.contextmanager
-def cpu_isa(name: str):
-    previous = _C.cpu_isa()
-    _C._set_cpu_isa(name)
-    try:
-        yield
-    finally:
-        _C._set_cpu_isa(previous)
 
 
 def _grads(fn, inputs, needs_grad):
