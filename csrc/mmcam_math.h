@@ -116,11 +116,17 @@ MMCAM_HD BilinearTap<C> bilinear_tap(C sx, C sy, int64_t width, int64_t height) 
   return t;
 }
 
+/// Bilinear blend of the 2x2 neighbourhood v00, v01 (row y0) and v10, v11 (row y0 + 1).
+template <class T, class C>
+MMCAM_HD C bilinear_blend(T v00, T v01, T v10, T v11, C wx, C wy) {
+  return (static_cast<C>(v00) * (C(1) - wx) + static_cast<C>(v01) * wx) * (C(1) - wy) +
+         (static_cast<C>(v10) * (C(1) - wx) + static_cast<C>(v11) * wx) * wy;
+}
+
 /// Bilinear blend of the 2x2 neighbourhood r0[0], r0[1] (row y0) and r1[0], r1[1] (row y0 + 1).
 template <class T, class C>
 MMCAM_HD C bilinear_interior(const T* r0, const T* r1, C wx, C wy) {
-  return (static_cast<C>(r0[0]) * (C(1) - wx) + static_cast<C>(r0[1]) * wx) * (C(1) - wy) +
-         (static_cast<C>(r1[0]) * (C(1) - wx) + static_cast<C>(r1[1]) * wx) * wy;
+  return bilinear_blend(r0[0], r0[1], r1[0], r1[1], wx, wy);
 }
 
 /// Bilinear sample with zero padding of a plane whose element (x, y) is plane[y * row_stride + x].

@@ -9,11 +9,14 @@
 //     rows finite, a row is a plain gather (forward) or scatter (adjoint): no blend through a row buffer;
 //     where they also form a unit-stride run (flips, integer shifts), a copy forwards or backwards. Unit-
 //     stride runs of two-tap outputs (translations) skip the per-output index loads.
-//   * any other affine map: per-pixel coordinates, branch-free inside the span of fully interior pixels.
+//   * any other affine map: per-pixel coordinates, branch-free inside the span of fully interior pixels, where
+//     the coordinates, the blend (forward) and the tap products (adjoint) are formed a chunk of pixels at a time
+//     in vectorised loops around a scalar gather or scatter.
 // Both are deterministic; the adjoints scatter into a plane private to the calling thread.
 #pragma once
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -78,10 +81,44 @@ inline InteriorSpan interior_span(const InverseAffine& inv, double bx, double by
   return span;
 }
 
-/// warp_plane for any affine map: per-pixel coordinates, branch-free inside the interior span.
+/// The bilinear coordinates of a run of at most kSize consecutive pixels of one destination row, all inside
+/// the interior span, formed in a loop the compiler vectorises: pixel x = begin + k samples the source at
+/// (x0[k] + wx[k], y0[k] + wy[k]), with the double arithmetic of InverseAffine::src_x / src_y and
+/// math::bilinear_tap (truncation is floor there: sx, sy >= 0). Indices are int32 (AVX2 converts doubles to
+/// int32 lanes only), so the source axes must fit it: fits_int32_taps.
+struct InteriorTaps {
+  static constexpr int kSize = 64;
+  int32_t x0[kSize], y0[kSize];
+  double wx[kSize], wy[kSize];
+
+  void compute(const InverseAffine& inv, double bx, double by, int64_t begin, int len) {
+    const double m0 = inv.m[0], m3 = inv.m[3], first = static_cast<double>(begin);
+    for (int k = 0; k < len; ++k) {
+      const double x = first + static_cast<double>(k);  // exact: the same double as static_cast<double>(begin + k)
+      const double sx = bx + m0 * x, sy = by + m3 * x;
+      const auto ix = static_cast<int32_t>(sx), iy = static_cast<int32_t>(sy);
+      x0[k] = ix;
+      y0[k] = iy;
+      wx[k] = sx - static_cast<double>(ix);
+      wy[k] = sy - static_cast<double>(iy);
+    }
+  }
+};
+
+/// Whether every interior tap index of a src_rows x src_cols source fits InteriorTaps' int32 lanes.
+inline bool fits_int32_taps(int64_t src_rows, int64_t src_cols) {
+  return src_rows <= INT32_MAX && src_cols <= INT32_MAX;
+}
+
+/// warp_plane for any affine map: per-pixel coordinates. Inside the interior span (all four neighbours in
+/// the source) a chunk of pixels goes through three loops: coordinates (vectorised), the four neighbours'
+/// loads (scalar), the blend (vectorised); the pixels outside it take the checked path.
 template <class T>
 void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const InverseAffine& inv, int64_t dst_rows,
                         int64_t dst_cols, T* out, int64_t out_row_stride) {
+  InteriorTaps taps;
+  T v00[InteriorTaps::kSize], v01[InteriorTaps::kSize], v10[InteriorTaps::kSize], v11[InteriorTaps::kSize];
+  const bool chunked = fits_int32_taps(src_rows, src_cols);
   for (int64_t y = 0; y < dst_rows; ++y) {
     const double bx = inv.row_x(y), by = inv.row_y(y);
     T* o = out + y * out_row_stride;
@@ -89,14 +126,22 @@ void warp_plane_general(const T* src, int64_t src_rows, int64_t src_cols, const 
       const auto tap = math::bilinear_tap(inv.src_x(bx, x), inv.src_y(by, x), src_cols, src_rows);
       o[x] = static_cast<T>(math::bilinear_sample(src, src_cols, src_cols, src_rows, tap));
     };
-    const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
+    const InteriorSpan span = chunked ? interior_span(inv, bx, by, src_rows, src_cols, dst_cols) : InteriorSpan{0, 0};
     for (int64_t x = 0; x < span.begin; ++x) checked(x);
-    for (int64_t x = span.begin; x < span.end; ++x) {
-      const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
-      const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
-      const T* r0 = src + y0 * src_cols + x0;
-      o[x] = static_cast<T>(
-          math::bilinear_interior(r0, r0 + src_cols, sx - static_cast<double>(x0), sy - static_cast<double>(y0)));
+    for (int64_t begin = span.begin; begin < span.end; begin += InteriorTaps::kSize) {
+      const int len = static_cast<int>(std::min<int64_t>(InteriorTaps::kSize, span.end - begin));
+      taps.compute(inv, bx, by, begin, len);
+      for (int k = 0; k < len; ++k) {
+        const T* r0 = src + static_cast<int64_t>(taps.y0[k]) * src_cols + taps.x0[k];
+        v00[k] = r0[0];
+        v01[k] = r0[1];
+        v10[k] = r0[src_cols];
+        v11[k] = r0[src_cols + 1];
+      }
+      T* ob = o + begin;
+      for (int k = 0; k < len; ++k) {
+        ob[k] = static_cast<T>(math::bilinear_blend(v00[k], v01[k], v10[k], v11[k], taps.wx[k], taps.wy[k]));
+      }
     }
     for (int64_t x = span.end; x < dst_cols; ++x) checked(x);
   }
@@ -116,36 +161,49 @@ void general_adjoint_row(const G* gr, int64_t y, int64_t dst_cols, const Inverse
     const int k = math::bilinear_taps_inside(tap, src_cols, src_rows, index, weight);
     for (int j = 0; j < k; ++j) acc[index[j]] += gv * weight[j];
   };
-  const InteriorSpan span = interior_span(inv, bx, by, src_rows, src_cols, dst_cols);
+  const bool chunked = fits_int32_taps(src_rows, src_cols);
+  const InteriorSpan span = chunked ? interior_span(inv, bx, by, src_rows, src_cols, dst_cols) : InteriorSpan{0, 0};
   for (int64_t x = 0; x < span.begin; ++x) checked(x);
-  // Inside the span, the right column of a pixel's 2x2 footprint is held back in registers (pending): when
-  // the next pixel's footprint starts one column further in the same rows (the common case), the held
-  // values join its left column in one addition; otherwise they are added on their own. Each product is
-  // added once either way, and consecutive pixels no longer read back the element just written (a
-  // store-to-load chain that bounded this loop).
+  // Inside the span, a chunk at a time: the coordinates and the four products g (1 - wy) (1 - wx),
+  // g wy (1 - wx) (left column of the 2x2 footprint), g (1 - wy) wx, g wy wx (right column) in vectorised
+  // loops, then the scatter. There, the right column of a pixel's footprint is held back in registers
+  // (pending): when the next pixel's footprint starts one column further in the same rows (the common case),
+  // the held values join its left column in one addition; otherwise they are added on their own. Each
+  // product is added once either way, and consecutive pixels no longer read back the element just written
+  // (a store-to-load chain that bounded this loop).
+  InteriorTaps taps;
+  double left0[InteriorTaps::kSize], left1[InteriorTaps::kSize], right0[InteriorTaps::kSize],
+      right1[InteriorTaps::kSize];
   double* pending = nullptr;  // acc element of the held top-right product; the bottom one is a row below
   double held0 = 0.0, held1 = 0.0;
-  for (int64_t x = span.begin; x < span.end; ++x) {
-    const double sx = inv.src_x(bx, x), sy = inv.src_y(by, x);
-    const int64_t x0 = static_cast<int64_t>(sx), y0 = static_cast<int64_t>(sy);  // sx, sy >= 0
-    const double wx = sx - static_cast<double>(x0), wy = sy - static_cast<double>(y0);
-    const double gv = static_cast<double>(gr[x]);
-    double* a0 = acc + y0 * src_cols + x0;
-    double* a1 = a0 + src_cols;
-    const double g0 = gv * (1.0 - wy), g1 = gv * wy;
-    double left0 = g0 * (1.0 - wx), left1 = g1 * (1.0 - wx);
-    if (pending == a0) {
-      left0 = held0 + left0;
-      left1 = held1 + left1;
-    } else if (pending != nullptr) {
-      pending[0] += held0;
-      pending[src_cols] += held1;
+  for (int64_t begin = span.begin; begin < span.end; begin += InteriorTaps::kSize) {
+    const int len = static_cast<int>(std::min<int64_t>(InteriorTaps::kSize, span.end - begin));
+    taps.compute(inv, bx, by, begin, len);
+    const G* g = gr + begin;
+    for (int k = 0; k < len; ++k) {
+      const double gv = static_cast<double>(g[k]), wx = taps.wx[k], wy = taps.wy[k];
+      const double g0 = gv * (1.0 - wy), g1 = gv * wy;
+      left0[k] = g0 * (1.0 - wx);
+      left1[k] = g1 * (1.0 - wx);
+      right0[k] = g0 * wx;
+      right1[k] = g1 * wx;
     }
-    a0[0] += left0;
-    a1[0] += left1;
-    pending = a0 + 1;
-    held0 = g0 * wx;
-    held1 = g1 * wx;
+    for (int k = 0; k < len; ++k) {
+      double* a0 = acc + static_cast<int64_t>(taps.y0[k]) * src_cols + taps.x0[k];
+      double l0 = left0[k], l1 = left1[k];
+      if (pending == a0) {
+        l0 = held0 + l0;
+        l1 = held1 + l1;
+      } else if (pending != nullptr) {
+        pending[0] += held0;
+        pending[src_cols] += held1;
+      }
+      a0[0] += l0;
+      a0[src_cols] += l1;
+      pending = a0 + 1;
+      held0 = right0[k];
+      held1 = right1[k];
+    }
   }
   if (pending != nullptr) {
     pending[0] += held0;

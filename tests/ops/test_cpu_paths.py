@@ -70,6 +70,18 @@ def test_fused_matches_torch_reference_on_block_edges_and_ties(family, kind, wid
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15, msg=lambda s: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("width", [63, 64, 65, 150])
+def test_general_affine_rows_longer_than_a_chunk_match_torch_reference(width):
+    """The general warp and its adjoint form the interior pixels of a row in chunks of 64 (coordinates,
+    blend and tap products vectorised around a scalar gather / scatter): spans shorter than, equal to and
+    longer than one chunk, with a tail, agree with the float64 eager reference."""
+    args = _case(3, 2, (width // 2 + 5, width), "affine", "mixed", seed=width)
+    fused = _run(args, "fused")
+    expected = _run(args, "torch")
+    for name, a, b in zip(("terms", "grad cams", "grad cams_t"), fused, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15, msg=lambda s: f"{name}: {s}")
+
+
 def _at_1_and_2_threads(run):
     """[run() at 1 thread, run() at 2 threads]; the thread count is restored afterwards."""
     previous = torch.get_num_threads()
