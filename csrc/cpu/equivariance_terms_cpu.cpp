@@ -103,8 +103,15 @@ class SampleSums {
         scale_plane(sides.target[m].normalized.data() + begin, len, 1.0 / sides.target[m].norm, B(m));
         const T* P = sides.source[m].map() + begin;
         const T* Q = sides.target[m].normalized.data() + begin;
-        add_in_lanes(er_lanes_.data() + m * kLanes, len,
-                     [&](int64_t k) { return static_cast<double>(math::distance_value<T>(P[k] - Q[k], distance)); });
+        auto add_er = [&](auto distance_value) {  // the distance fixed outside the loop: vectorised
+          add_in_lanes(er_lanes_.data() + m * kLanes, len,
+                       [&](int64_t k) { return static_cast<double>(distance_value(P[k] - Q[k])); });
+        };
+        if (distance == math::Distance::SqL2) {
+          add_er([](T d) { return math::distance_value(d, math::Distance::SqL2); });
+        } else {
+          add_er([](T d) { return math::distance_value(d, math::Distance::L1); });
+        }
       }
       for (int64_t i = 0; i < M; ++i) {
         for (int64_t j = 0; j < M; ++j) {
