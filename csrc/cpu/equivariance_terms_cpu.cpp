@@ -295,13 +295,18 @@ class SideGradient {
   /// Pass 2: the current row of g (cols values in T, valid until the next call).
   const T* row(SampleRows<T>& rows) {
     const int64_t cols = rows.cols();
-    row_.assign(static_cast<size_t>(cols), T(0));
+    row_.resize(static_cast<size_t>(cols));
     T* g = row_.data();
     const T* u = unit(rows, i_);
-    for (const Pair& pair : pairs_) {
-      const T* o = other_unit(rows, pair.j);
-      const auto coef = static_cast<T>(pair.coef);
-      for (int64_t x = 0; x < cols; ++x) g[x] += coef * (u[x] - o[x]);
+    if (pairs_.empty()) std::fill_n(g, cols, T(0));
+    for (size_t p = 0; p < pairs_.size(); ++p) {  // the first pair's products start the sum (no zero-filled row)
+      const T* o = other_unit(rows, pairs_[p].j);
+      const auto coef = static_cast<T>(pairs_[p].coef);
+      if (p == 0) {
+        for (int64_t x = 0; x < cols; ++x) g[x] = coef * (u[x] - o[x]);
+      } else {
+        for (int64_t x = 0; x < cols; ++x) g[x] += coef * (u[x] - o[x]);
+      }
     }
     const T* xm = map(rows, i_);
     const T* P = rows.P(i_);
