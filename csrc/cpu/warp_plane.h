@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <vector>
 
-#include "cpu/plane_ops.h"
 #include "mmcam_math.h"
 
 namespace mmcam::cpu {
@@ -339,17 +338,9 @@ inline void add_scaled(double* __restrict out, double v, const double* __restric
 /// computation does (flips, 90-degree rotations and integer translations have only zero-weight second taps).
 template <class T>
 bool all_finite(const T* v, int64_t n) {
-  using V = LaneVec<T>;
-  decltype(typename V::type{} > T(0)) bad = {};  // lanes that met a value with v - v != 0 (inf - inf, NaN: NaN)
-  int64_t i = 0;
-  for (; i + V::kWidth <= n; i += V::kWidth) {
-    const typename V::type x = V::load(v + i);
-    bad |= (x - x) != T(0);
-  }
-  bool any = false;
-  for (int k = 0; k < V::kWidth; ++k) any |= bad[k] != 0;
-  for (; i < n; ++i) any |= !(v[i] - v[i] == T(0));
-  return !any;
+  int finite = 1;
+  for (int64_t i = 0; i < n; ++i) finite &= static_cast<int>(v[i] - v[i] == T(0));  // inf - inf, NaN: NaN
+  return finite != 0;
 }
 
 /// out = warp of the contiguous plane src (rows x cols) where destination column x samples source
