@@ -103,15 +103,11 @@ class SampleSums {
         scale_plane(sides.target[m].normalized.data() + begin, len, 1.0 / sides.target[m].norm, B(m));
         const T* P = sides.source[m].map() + begin;
         const T* Q = sides.target[m].normalized.data() + begin;
-        auto add_er = [&](auto distance_value) {  // the distance fixed outside the loop: vectorised
-          add_in_lanes(er_lanes_.data() + m * kLanes, len,
-                       [&](int64_t k) { return static_cast<double>(distance_value(P[k] - Q[k])); });
-        };
-        if (distance == math::Distance::SqL2) {
-          add_er([](T d) { return math::distance_value(d, math::Distance::SqL2); });
-        } else {
-          add_er([](T d) { return math::distance_value(d, math::Distance::L1); });
-        }
+        with_fixed_distance(distance, [&](auto fixed) {
+          add_in_lanes(er_lanes_.data() + m * kLanes, len, [&](int64_t k) {
+            return static_cast<double>(math::distance_value<T>(P[k] - Q[k], fixed.value));
+          });
+        });
       }
       for (int64_t i = 0; i < M; ++i) {
         for (int64_t j = 0; j < M; ++j) {
@@ -295,33 +291,23 @@ class SideGradient {
   /// Pass 2: the current row of g (cols values in T, valid until the next call).
   const T* row(SampleRows<T>& rows) {
     const int64_t cols = rows.cols();
-    row_.resize(static_cast<size_t>(cols));
+    row_.assign(static_cast<size_t>(cols), T(0));
     T* g = row_.data();
     const T* u = unit(rows, i_);
-    if (pairs_.empty()) std::fill_n(g, cols, T(0));
-    for (size_t p = 0; p < pairs_.size(); ++p) {  // the first pair's products start the sum (no zero-filled row)
-      const T* o = other_unit(rows, pairs_[p].j);
-      const auto coef = static_cast<T>(pairs_[p].coef);
-      if (p == 0) {
-        for (int64_t x = 0; x < cols; ++x) g[x] = coef * (u[x] - o[x]);
-      } else {
-        for (int64_t x = 0; x < cols; ++x) g[x] += coef * (u[x] - o[x]);
-      }
+    for (const Pair& pair : pairs_) {
+      const T* o = other_unit(rows, pair.j);
+      const auto coef = static_cast<T>(pair.coef);
+      for (int64_t x = 0; x < cols; ++x) g[x] += coef * (u[x] - o[x]);
     }
     const T* xm = map(rows, i_);
     const T* P = rows.P(i_);
     const T* Q = rows.Q(i_);
     const auto inv_norm = static_cast<T>(inv_norm_), c = static_cast<T>(c_), er = static_cast<T>(er_coef_);
     const T l2_eps = l2_eps_;
-    auto finish = [&](auto distance_grad) {
+    with_fixed_distance(distance_, [&](auto distance) {
       for (int64_t x = 0; x < cols; ++x)
-        g[x] = g[x] * inv_norm - c * (xm[x] + l2_eps) + er * distance_grad(P[x] - Q[x]);
-    };
-    if (distance_ == math::Distance::SqL2) {
-      finish([](T d) { return math::distance_grad(d, math::Distance::SqL2); });
-    } else {
-      finish([](T d) { return math::distance_grad(d, math::Distance::L1); });
-    }
+        g[x] = g[x] * inv_norm - c * (xm[x] + l2_eps) + er * math::distance_grad(P[x] - Q[x], distance.value);
+    });
     return g;
   }
 

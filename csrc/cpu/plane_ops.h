@@ -67,6 +67,17 @@ double lane_sum(int64_t n, F&& f) {
   return combine_lanes(acc);
 }
 
+/// Calls f with the distance as a compile-time constant (a std::integral_constant, read as .value), so that a
+/// per-element loop inside f does not branch on it per element (such loops then vectorise).
+template <class F>
+void with_fixed_distance(math::Distance distance, F&& f) {
+  if (distance == math::Distance::SqL2) {
+    f(std::integral_constant<math::Distance, math::Distance::SqL2>{});
+  } else {
+    f(std::integral_constant<math::Distance, math::Distance::L1>{});
+  }
+}
+
 /// Min / max of relu(plane) and den = (hi - lo) + eps; NaN anywhere makes lo, hi NaN (as amin/amax).
 template <class T>
 struct MinMaxStats {

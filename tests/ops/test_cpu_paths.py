@@ -59,15 +59,19 @@ def _case(n, m, src, family, kind, seed):
     )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("kind", ["mixed", "tied_max", "positive"])
-@pytest.mark.parametrize("width", [7, 8, 9, 17])
-def test_fused_matches_torch_reference_on_block_edges_and_ties(family, kind, width):
-    args = _case(3, 2, (width + 3, width), family, kind, seed=width)
+def _assert_fused_matches_torch_float64(args):
+    """Terms and both gradients of the fused backend equal the eager torch reference's (float64)."""
     fused = _run(args, "fused")
     expected = _run(args, "torch")
     for name, a, b in zip(("terms", "grad cams", "grad cams_t"), fused, expected):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15, msg=lambda s: f"{name}: {s}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["mixed", "tied_max", "positive"])
+@pytest.mark.parametrize("width", [7, 8, 9, 17])
+def test_fused_matches_torch_reference_on_block_edges_and_ties(family, kind, width):
+    _assert_fused_matches_torch_float64(_case(3, 2, (width + 3, width), family, kind, seed=width))
 
 
 @pytest.mark.parametrize("width", [63, 64, 65, 150])
@@ -75,11 +79,7 @@ def test_general_affine_rows_longer_than_a_chunk_match_torch_reference(width):
     """The general warp and its adjoint form the interior pixels of a row in chunks of 64 (coordinates,
     blend and tap products vectorised around a scalar gather / scatter): spans shorter than, equal to and
     longer than one chunk, with a tail, agree with the float64 eager reference."""
-    args = _case(3, 2, (width // 2 + 5, width), "affine", "mixed", seed=width)
-    fused = _run(args, "fused")
-    expected = _run(args, "torch")
-    for name, a, b in zip(("terms", "grad cams", "grad cams_t"), fused, expected):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-15, msg=lambda s: f"{name}: {s}")
+    _assert_fused_matches_torch_float64(_case(3, 2, (width // 2 + 5, width), "affine", "mixed", seed=width))
 
 
 def _at_1_and_2_threads(run):
